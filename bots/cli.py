@@ -1,0 +1,131 @@
+"""The `streambot` command: console chat, one-shot ask, run the configured adapters, check config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from rich.console import Console
+
+from core import config as cfg
+from core.demo import DEMO_NOTICE
+from core.pacing import Pacer
+from core.sources import build_brain
+
+
+def _load(path: str | None) -> tuple[cfg.Config, str]:
+    try:
+        return cfg.load(path)
+    except cfg.ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def check_config(path: str | None) -> int:
+    """Print every problem as `file: key: what is wrong: how to fix` (exit 1), or a summary."""
+    try:
+        config, source = cfg.load(path)
+        problems = cfg.check_env(config, source)
+    except cfg.ConfigError as exc:
+        problems = exc.problems
+    if problems:
+        for p in problems:
+            print(p)
+        return 1
+    model = ("offline demo model (no OPENAI_API_KEY or base_url)" if cfg.uses_demo_model(config)
+             else f"{config.model.model} via the {config.model.api} API"
+             + (f" at {config.model.base_url}" if config.model.base_url else ""))
+    adapters = [n for n in ("discord", "slack") if getattr(config, n).enabled]
+    if config.console.enabled or not adapters:
+        adapters.append("console")
+    print(f"{source}: OK\n  model: {model}\n  memory: {config.memory.backend} at "
+          f"{config.memory.path}\n  adapters: {', '.join(adapters)}")
+    return 0
+
+
+async def run(config: cfg.Config, source: str) -> int:
+    """Start every enabled adapter; the console when no chat platform is enabled."""
+    problems = cfg.check_env(config, source)
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1
+    brain, pacer = build_brain(config), Pacer()
+    jobs: list[Coroutine[Any, Any, None]] = []
+    if config.discord.enabled:
+        from bots import discord_bot
+
+        jobs.append(discord_bot.serve(config, brain, pacer))
+    if config.slack.enabled:
+        from bots import slack_bot
+
+        jobs.append(slack_bot.serve(config, brain, pacer))
+    if jobs and brain.demo:
+        logging.getLogger("streambot").warning(DEMO_NOTICE)
+    if config.console.enabled or not jobs:
+        from bots.console import chat
+
+        jobs.append(chat(config, brain, pacer, Console()))
+        # the console ends the process when the user leaves it
+        await asyncio.wait([asyncio.ensure_future(j) for j in jobs],
+                           return_when=asyncio.FIRST_COMPLETED)
+        return 0
+    await asyncio.gather(*jobs)
+    return 0
+
+
+async def ask(config: cfg.Config, question: str) -> int:
+    from bots.console import ask as console_ask
+
+    brain = build_brain(config)
+    if brain.demo:
+        Console(stderr=True).print(DEMO_NOTICE, style="yellow", markup=False)
+    outcome = await console_ask(config, brain, Pacer(), question, Console())
+    return 0 if outcome.status == "done" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="streambot", description="Stream LLM answers into Discord, Slack and the terminal.")
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    sub = parser.add_subparsers(dest="command")
+    p_run = sub.add_parser("run", help="start every adapter enabled in the config (the default)")
+    p_run.add_argument("--config", "-c", help="config file (default: ./config.toml if present)")
+    p_console = sub.add_parser("console", help="chat in the terminal")
+    p_console.add_argument("--config", "-c")
+    p_console.add_argument("--page-chars", type=int, help="page size, to watch paging (min 200)")
+    p_ask = sub.add_parser("ask", help="stream one answer to stdout and exit")
+    p_ask.add_argument("question", nargs="+")
+    p_ask.add_argument("--config", "-c")
+    p_check = sub.add_parser("check-config", help="validate a config and the environment")
+    p_check.add_argument("path", nargs="?")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = args.command or "run"
+    if command == "check-config":
+        return check_config(args.path)
+    config, source = _load(getattr(args, "config", None))
+    try:
+        if command == "ask":
+            return asyncio.run(ask(config, " ".join(args.question)))
+        if command == "console":
+            if args.page_chars:
+                config.console.page_chars = args.page_chars
+            config.console.enabled = True
+            config.discord.enabled = config.slack.enabled = False
+        return asyncio.run(run(config, source))
+    except KeyboardInterrupt:
+        return 130
+    except cfg.ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

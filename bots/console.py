@@ -1,0 +1,134 @@
+"""The terminal adapter: a reply is one block, edited in place, through the same relay and pacer.
+
+On a terminal each message is a rich `Live` Markdown block; on a pipe only the new text of each
+frame is written, so `streambot ask "…" | less` gets plain Markdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.text import Text
+
+from core.config import Config
+from core.demo import DEMO_NOTICE
+from core.pacing import Pacer
+from core.platform import Frame, Op, Rate, Target
+from core.relay import Outcome, Reply
+from core.sources import Brain
+
+PIPE_PAGE = 1_000_000  # a pipe has no message size: never page
+
+
+class ConsoleTarget(Target):
+    """Shows one reply in the terminal (or writes it to a pipe)."""
+
+    def __init__(self, console: Console, page_limit: int, edits_per_second: float,
+                 plain: bool | None = None) -> None:
+        self.console = console
+        self.plain = (not console.is_terminal) if plain is None else plain
+        self.page_limit = PIPE_PAGE if self.plain else page_limit
+        self._rate = Rate(max(1, round(edits_per_second)), 1.0)
+        self._written: dict[int, str] = {}
+
+    def budgets(self, op: Op) -> list[tuple[str, Rate]]:
+        return [("console", self._rate)]
+
+    def _view(self, frame: Frame) -> Any:
+        body = Markdown(frame.text)
+        return Group(Text("… continued", style="dim"), body) if frame.index else body
+
+    async def post(self, frame: Frame) -> Any:
+        if self.plain:
+            self._write(frame)
+            return frame.index
+        live = Live(self._view(frame), console=self.console, auto_refresh=False,
+                    vertical_overflow="visible")
+        live.start(refresh=True)
+        if frame.final:
+            live.stop()
+        return live
+
+    async def edit(self, handle: Any, frame: Frame) -> None:
+        if self.plain:
+            self._write(frame)
+            return
+        handle.update(self._view(frame), refresh=True)
+        if frame.final:
+            handle.stop()
+
+    def _write(self, frame: Frame) -> None:
+        """Append-only output: write what the page's source gained since last time."""
+        done, new = self._written.get(frame.index, ""), frame.raw
+        self.console.file.write(new[len(done):] if new.startswith(done) else "\n" + new)
+        if frame.final and not new.endswith("\n"):
+            self.console.file.write("\n")
+        self.console.file.flush()
+        self._written[frame.index] = new
+
+
+async def ask(config: Config, brain: Brain, pacer: Pacer, question: str,
+              console: Console) -> Outcome:
+    """Stream one answer to the console (plain text when it is not a terminal)."""
+    target = ConsoleTarget(console, config.console.page_chars, config.console.edits_per_second)
+    reply = Reply(brain.start(question), target, pacer, config.stream)
+    with _stop_on_ctrl_c(reply):
+        return await reply.run()
+
+
+class _stop_on_ctrl_c:
+    """While a reply streams, Ctrl-C stops that reply instead of quitting."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.installed = False
+
+    def __enter__(self) -> None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.reply.stop)
+            self.installed = True
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or no signal support: Ctrl-C keeps its default
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+
+
+async def _read_line(prompt: str) -> str:
+    return await asyncio.to_thread(input, prompt)
+
+
+async def chat(config: Config, brain: Brain, pacer: Pacer, console: Console,
+               read: Callable[[str], Awaitable[str]] = _read_line) -> None:
+    """Interactive multi-turn chat: earlier turns are remembered until /new or exit."""
+    if brain.demo:
+        console.print(DEMO_NOTICE, style="yellow", markup=False)
+    console.print("[dim]Type a message. /new starts a new conversation, /quit (or Ctrl-D) exits; "
+                  "Ctrl-C stops a reply.[/dim]")
+    conversation = f"console:{uuid.uuid4().hex[:12]}"
+    target_args = (config.console.page_chars, config.console.edits_per_second)
+    while True:
+        try:
+            line = (await read("you › ")).strip()
+        except EOFError:
+            return
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/new":
+            conversation = f"console:{uuid.uuid4().hex[:12]}"
+            console.print("[dim]New conversation.[/dim]")
+            continue
+        reply = Reply(brain.start(line, conversation), ConsoleTarget(console, *target_args),
+                      pacer, config.stream)
+        with _stop_on_ctrl_c(reply):
+            await reply.run()

@@ -1,0 +1,191 @@
+"""Configuration: a TOML file validated by pydantic, plus secrets from the environment.
+
+Every problem is reported as `file: key: what is wrong: how to fix`, all at once, so a user fixes
+a config in one pass. Secrets are never read from the file and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_PATH = Path("config.toml")
+
+
+class Section(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    model: str = "gpt-4.1-mini"
+    api: Literal["responses", "chat_completions"] = "responses"
+    base_url: str = ""
+    instructions: str = "You are a helpful assistant."
+    max_turns: int = Field(10, ge=1, le=100)
+    tracing: bool = False  # send Agents SDK traces to OpenAI; off so nothing leaves by surprise
+
+
+class StreamConfig(Section):
+    cursor: str = Field(" ▌", max_length=8)
+    placeholder: str = Field("…", min_length=1, max_length=200)
+    stopped_marker: str = Field("⏹ stopped", min_length=1, max_length=100)
+    final_deadline: float = Field(300.0, gt=0)  # keep retrying the final frame this long (s)
+    max_retries: int = Field(5, ge=0, le=50)  # for intermediate frames
+
+
+class MemoryConfig(Section):
+    backend: Literal["sqlite"] = "sqlite"
+    path: str = "streambot.db"
+    max_items: int = Field(40, ge=0)  # history items sent to the model per turn; 0 = all
+
+
+class ConsoleConfig(Section):
+    enabled: bool = False  # `streambot run` also starts the console when nothing else is enabled
+    page_chars: int = Field(4000, ge=200)
+    edits_per_second: float = Field(20.0, gt=0)
+
+
+class DiscordConfig(Section):
+    enabled: bool = False
+    api_base: str = ""
+    page_chars: int = Field(2000, ge=200, le=2000)
+    edits_per_5s: int = Field(4, ge=1, le=5)  # per channel, shared by every reply in it
+    open_threads: bool = False
+    reply_ping: bool = False
+    allow_dms: bool = True
+    guild_ids: list[int] = []
+    channel_ids: list[int] = []
+    role_ids: list[int] = []
+    user_ids: list[int] = []
+    blocked_user_ids: list[int] = []
+    shard_count: int | None = Field(None, ge=1)
+    shard_ids: list[int] = []
+
+
+class SlackConfig(Section):
+    enabled: bool = False
+    mode: Literal["socket", "http"] = "socket"
+    api_base: str = ""
+    port: int = Field(3000, ge=1, le=65535)
+    streaming: Literal["auto", "native", "edit"] = "auto"
+    allow_dms: bool = True
+    channel_ids: list[str] = []
+    user_ids: list[str] = []
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    stream: StreamConfig = StreamConfig()
+    memory: MemoryConfig = MemoryConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    discord: DiscordConfig = DiscordConfig()
+    slack: SlackConfig = SlackConfig()
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    key: str
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.what}: {self.fix}"
+
+
+class ConfigError(Exception):
+    """All problems found in one config, each on its own line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(map(str, problems)))
+        self.problems = problems
+
+
+def _fix_for(error: dict) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "remove it or check its spelling against config.example.toml"
+    if kind == "literal_error":
+        return f"use {error['ctx']['expected']}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return "pick a value in the documented range (see config.example.toml)"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"give a {kind.split('_')[0]} value"
+    return "see config.example.toml for the expected value"
+
+
+def parse(data: dict, file: str) -> Config:
+    """Validate parsed TOML data; raise ConfigError listing every problem."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            Problem(
+                file,
+                ".".join(str(p) for p in err["loc"]) or "(top level)",
+                err["msg"].lower() if err["type"] != "extra_forbidden" else "unknown key",
+                _fix_for(err),
+            )
+            for err in exc.errors()
+        ]
+        raise ConfigError(problems) from None
+
+
+def load(path: str | Path | None = None) -> tuple[Config, str]:
+    """Load a config file; with no path, `config.toml` if present, else built-in defaults.
+
+    Returns the config and the name of where it came from.
+    """
+    explicit = path is not None
+    p = Path(path) if explicit else DEFAULT_PATH
+    if not p.exists():
+        if explicit:
+            raise ConfigError([Problem(str(p), "(file)", "file not found",
+                                       "check the path, or copy config.example.toml there")])
+        return Config(), "built-in defaults"
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(str(p), "(syntax)", f"not valid TOML ({exc})",
+                                   "fix the TOML syntax at that line")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(str(p), "(file)", f"cannot read it ({exc.__class__.__name__})",
+                                   "check the file's permissions and that it is UTF-8 text")]) from None
+    return parse(data, str(p)), str(p)
+
+
+def env(name: str) -> str:
+    """A secret or setting from the environment; '' when unset. Never log the value."""
+    return os.environ.get(name, "").strip()
+
+
+def check_env(config: Config, file: str) -> list[Problem]:
+    """The environment variables the enabled features need but that are missing."""
+    missing: list[Problem] = []
+
+    def need(var: str, key: str, why: str) -> None:
+        if not env(var):
+            missing.append(Problem(file, key, f"{var} is not set ({why})",
+                                   f"export {var}=... in the bot's environment"))
+
+    if config.discord.enabled:
+        need("DISCORD_BOT_TOKEN", "discord.enabled", "the Discord adapter needs a bot token")
+    if config.slack.enabled:
+        need("SLACK_BOT_TOKEN", "slack.enabled", "the Slack adapter needs a bot token (xoxb-)")
+        if config.slack.mode == "socket":
+            need("SLACK_APP_TOKEN", "slack.mode", "Socket Mode needs an app-level token (xapp-)")
+        else:
+            need("SLACK_SIGNING_SECRET", "slack.mode", "HTTP mode verifies requests with it")
+    return missing
+
+
+def uses_demo_model(config: Config) -> bool:
+    """True when no real model is configured: no API key and no OpenAI-compatible base URL."""
+    return not (env("OPENAI_API_KEY") or config.model.base_url or env("OPENAI_BASE_URL"))

@@ -1,0 +1,73 @@
+"""Plain, typed events every model source is normalized into.
+
+The relay only understands these; sources (the Agents SDK, a test script, the demo model) only
+produce them. A stream is any number of TextDelta/ToolStarted/ToolFinished/Handoff events
+followed by exactly one Done or Failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """More answer text, to append to what is shown."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStarted:
+    """A function tool began running; shown as a status line until it finishes."""
+
+    name: str
+    call_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFinished:
+    """A function tool returned; its status line goes away."""
+
+    name: str
+    call_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """Another agent took over the conversation."""
+
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The model run failed; the text so far is kept and this message is shown after it."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The model finished normally."""
+
+
+Event = TextDelta | ToolStarted | ToolFinished | Handoff | Failed | Done
+
+
+class ModelRun(Protocol):
+    """One model answer in progress, as the relay consumes it."""
+
+    def events(self) -> AsyncIterator[Event]:
+        """The normalized event stream; ends after Done or Failed."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the model run now (Stop button, deleted message, shutdown)."""
+        ...
+
+    async def remember(self, shown: str) -> None:
+        """Store what the user saw when the run did not complete, so history stays honest."""
+        ...

@@ -1,0 +1,86 @@
+"""When a request may go out: shared, fair budgets per platform bucket.
+
+A budget is a sliding window ("at most N requests in any T seconds") shared by every reply that
+names the same key, e.g. one Discord channel or one Slack method in one workspace. Waiters are
+served first come, first served, and a reply only queues when it has something new to show, so
+ten concurrent replies take turns instead of one hogging the bucket. A 429 pauses the whole
+budget for Retry-After. Time comes from a `Clock` so tests can run without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Protocol
+
+from core.platform import Rate
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class RealClock:
+    """The event loop's monotonic time."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class Budget:
+    """At most `rate.count` acquisitions in any `rate.per` seconds, granted in FIFO order."""
+
+    def __init__(self, rate: Rate, clock: Clock) -> None:
+        self.rate = rate
+        self.clock = clock
+        self._sent: deque[float] = deque()
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order: fair turns
+
+    def wait_time(self) -> float:
+        """Seconds until one more request fits (0 if it fits now)."""
+        now = self.clock.now()
+        while self._sent and self._sent[0] <= now - self.rate.per:
+            self._sent.popleft()
+        wait = self._paused_until - now
+        if len(self._sent) >= self.rate.count:
+            wait = max(wait, self._sent[0] + self.rate.per - now)
+        return max(0.0, wait)
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while (wait := self.wait_time()) > 0:
+                await self.clock.sleep(wait)
+            self._sent.append(self.clock.now())
+
+    def pause(self, seconds: float) -> None:
+        """The platform said 429: nobody uses this budget for `seconds`."""
+        self._paused_until = max(self._paused_until, self.clock.now() + seconds)
+
+
+class Pacer:
+    """All budgets of one process, created on first use by key."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or RealClock()
+        self._budgets: dict[str, Budget] = {}
+
+    def budget(self, key: str, rate: Rate) -> Budget:
+        if key not in self._budgets:
+            self._budgets[key] = Budget(rate, self.clock)
+        return self._budgets[key]
+
+    async def acquire(self, budgets: list[tuple[str, Rate]]) -> None:
+        """Wait for a turn in every named budget (held in a fixed order: no deadlock)."""
+        for key, rate in sorted(budgets, key=lambda b: b[0]):
+            await self.budget(key, rate).acquire()
+
+    def pause(self, budgets: list[tuple[str, Rate]], seconds: float) -> None:
+        for key, rate in budgets:
+            self.budget(key, rate).pause(seconds)

@@ -1,0 +1,159 @@
+"""Split a growing reply into pages that fit a platform's message size, incrementally.
+
+Finished pages never change again; only the last page is re-rendered as text arrives, so the
+cost of a frame depends on the page size, not on the length of the reply. Cuts prefer paragraph,
+then line, then word boundaries, never fall inside a grapheme cluster or a Markdown link, and a
+cut inside a code block closes the fence on one page and reopens it on the next.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import regex
+
+from core.markdown import Fence, closer, scan_fences, tidy_tail
+
+_GRAPHEME = regex.compile(r"\X")
+_LINK = re.compile(r"!?\[[^\]\n]*\]\([^)\n]*\)")
+_BREAKS = (re.compile(r"\n\n"), re.compile(r"\n"), re.compile(r"\s"))
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One message's worth of the reply. Joining every page's `body` gives the reply back."""
+
+    prefix: str  # a code fence reopened because the previous page ended inside it
+    body: str
+    suffix: str  # the fence closed because this page ends inside a code block
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.body + self.suffix
+
+
+def is_grapheme_boundary(text: str, i: int) -> bool:
+    """Whether cutting `text` at `i` keeps every user-perceived character whole."""
+    if i <= 0 or i >= len(text) or text[i - 1] == "\n":
+        return True  # nothing joins across a line feed (UAX #29, GB4)
+    start = text.rfind("\n", 0, i) + 1
+    for m in _GRAPHEME.finditer(text, start, min(len(text), i + 64)):
+        if m.end() >= i:
+            return m.end() == i
+    return True
+
+
+def _link_safe(text: str, cut: int, lookahead: int) -> int:
+    """Move `cut` to the start of a Markdown link it would split (0 if that is the start)."""
+    for m in _LINK.finditer(text, 0, min(len(text), cut + lookahead)):
+        if m.start() < cut < m.end():
+            return m.start()
+    return cut
+
+
+def best_cut(text: str, room: int) -> int:
+    """Where to end a page holding at most `room` characters of `text` (always >= 1)."""
+    window = text[:room]
+    if not window:
+        return min(1, len(text))
+    good = len(window) // 2
+    late: list[int] = []
+    early: list[int] = []
+    for pattern in _BREAKS:
+        ends = [m.end() for m in pattern.finditer(window)]
+        late += [e for e in reversed(ends) if e >= good]
+        early += [e for e in ends if e < good]
+    for cut in late + sorted(early, reverse=True):
+        cut = _link_safe(text, cut, room)
+        if cut > 0 and is_grapheme_boundary(text, cut):
+            return cut
+    # No usable break: cut at the last whole grapheme that fits.
+    start = window.rfind("\n") + 1
+    cut = start
+    for m in _GRAPHEME.finditer(text, start, min(len(text), room + 64)):
+        if m.end() > room:
+            break
+        cut = m.end()
+    return cut if cut > 0 else max(1, len(window))
+
+
+class Pager:
+    """Pages of one reply. `feed` text as it arrives; `render` the last page when it is shown."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 64:
+            raise ValueError("page limit must be at least 64 characters")
+        self.limit = limit
+        self.pages: list[Page] = []  # finished; never change again
+        self._tail = ""  # text after the last finished page
+        self._pending: list[str] = []
+        self._fence: Fence | None = None  # code block open where the tail starts
+        self._line_start = True  # the tail starts at the start of a line
+
+    def feed(self, text: str) -> None:
+        if text:
+            self._pending.append(text)
+
+    @property
+    def tail(self) -> str:
+        if self._pending:
+            self._tail += "".join(self._pending)
+            self._pending.clear()
+        return self._tail
+
+    @property
+    def text(self) -> str:
+        """The whole reply so far."""
+        return "".join(p.body for p in self.pages) + self.tail
+
+    @property
+    def source(self) -> str:
+        """The last page's own text so far: reopened fence plus tail, nothing temporary."""
+        return (self._fence.opener if self._fence else "") + self.tail
+
+    @property
+    def empty(self) -> bool:
+        return not self.pages and not self.tail
+
+    def render(self, *, streaming: bool, cursor: str = "", status: str = "") -> str:
+        """The last page as it should look now, finishing full pages until it fits."""
+        while True:
+            text = self._render(streaming, cursor, status)
+            if len(text) <= self.limit:
+                return text
+            self._finish_page(self.limit)
+
+    def break_page(self) -> None:
+        """Finish the current page early at its best boundary (e.g. before a stream expires)."""
+        if self.tail:
+            self._finish_page(len(self.tail))
+
+    def _render(self, streaming: bool, cursor: str, status: str) -> str:
+        body = (self._fence.opener if self._fence else "") + self.tail
+        fence = scan_fences(self.tail, self._fence, self._line_start)
+        if not streaming:
+            return body + (closer(fence, body) if fence else "")
+        if fence:
+            body += closer(fence, body) + "\n" + cursor.strip()
+        else:
+            body = tidy_tail(body) + cursor
+        return body + (f"\n{status}" if status else "")
+
+    def _finish_page(self, room_limit: int) -> None:
+        tail = self.tail
+        prefix = self._fence.opener if self._fence else ""
+        room = min(room_limit, self.limit - len(prefix) - 4)
+        while True:
+            cut = best_cut(tail, max(1, room))
+            body = tail[:cut]
+            fence = scan_fences(body, self._fence, self._line_start)
+            suffix = closer(fence, prefix + body) if fence else ""
+            over = len(prefix) + len(body) + len(suffix) - self.limit
+            if over <= 0 or cut <= 1:
+                break
+            room = cut - over
+        self.pages.append(Page(prefix, body, suffix))
+        self._tail = tail[cut:]
+        self._fence = fence
+        self._line_start = body.endswith("\n")

@@ -1,0 +1,87 @@
+"""The contract between the core relay and a platform adapter.
+
+An adapter implements `Target` for one reply's destination (a channel, thread, DM, terminal).
+The relay decides *what* to show and *when*; the target only posts and edits. Errors are
+reported with the exceptions below so the relay can back off, retry or stop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Op = Literal["post", "edit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `count` requests in any window of `per` seconds."""
+
+    count: int
+    per: float
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """What one message of a reply should show now.
+
+    `text` is rendered for display: fences temporarily closed, a cursor and status line while
+    streaming, never longer than the target's `page_limit`. `raw` is the page's own source text
+    so far (no cursor, no temporary closers): while the page streams it only grows, so
+    append-only transports (a pipe, Slack's native streams) can send `raw[len(already_sent):]`.
+    One exception: when a full page is cut, its final frame's `raw` ends at the cut and the text
+    after it moves to the next message, so `raw` may be shorter than what was streamed; an
+    append-only transport must then replace the message's text with the final `text`.
+    """
+
+    index: int  # which message of the reply: 0 is the first, later ones are continuations
+    text: str
+    raw: str
+    final: bool  # this message will not change again
+    streaming: bool  # the reply as a whole is still being written (show a Stop button)
+
+
+class RateLimited(Exception):
+    """The platform said 429: wait `retry_after` seconds before this budget is used again."""
+
+    def __init__(self, retry_after: float, message: str = "rate limited") -> None:
+        super().__init__(f"{message} (retry after {retry_after:.2f}s)")
+        self.retry_after = max(0.0, float(retry_after))
+
+
+class TransientError(Exception):
+    """A 5xx, timeout or dropped connection: the same request may succeed if retried."""
+
+
+class MessageGone(Exception):
+    """The message or its channel was deleted: the reply is cancelled, nothing is retried."""
+
+
+class Target(ABC):
+    """Where one reply is streamed to. One instance per reply.
+
+    `page_limit` is the most characters one message may hold. `budgets(op)` names the shared
+    allowances a request uses, as (key, rate) pairs: every reply whose target returns the same
+    key shares that budget, e.g. ("discord:channel:42", Rate(5, 5.0)). `page_max_age`, when set,
+    makes the relay continue in a new message once a page has been streaming that long (for
+    transports whose messages expire while streaming).
+    """
+
+    page_limit: int = 2000
+    page_max_age: float | None = None
+
+    @abstractmethod
+    def budgets(self, op: Op) -> list[tuple[str, Rate]]:
+        """The budgets one `op` request draws from."""
+
+    @abstractmethod
+    async def post(self, frame: Frame) -> Any:
+        """Send a new message showing `frame`; return a handle that `edit` accepts."""
+
+    @abstractmethod
+    async def edit(self, handle: Any, frame: Frame) -> None:
+        """Make the message behind `handle` show `frame`."""
+
+    async def close(self) -> None:
+        """Called once after the reply's last frame was delivered (or given up on)."""

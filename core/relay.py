@@ -1,0 +1,256 @@
+"""The relay: stream one model run into one platform reply.
+
+It posts a placeholder at once, edits it as text arrives (only ever the newest frame, when the
+pacer allows), continues in a new message when a page fills, and always finishes with the final
+text: the partial text plus a marker when stopped, plus an error line when the model failed, and
+an explicit note when the model said nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from core.config import StreamConfig
+from core.events import Done, Failed, Handoff, ModelRun, TextDelta, ToolFinished, ToolStarted
+from core.pacing import Pacer
+from core.paging import Pager
+from core.platform import Frame, MessageGone, RateLimited, Target, TransientError
+
+log = logging.getLogger("streambot.relay")
+
+Status = Literal["done", "stopped", "failed", "empty"]
+EMPTY_NOTE = "⚠️ The model returned no text."
+_TRANSIENT = (TransientError, TimeoutError, ConnectionError)
+_PERMANENT_FINAL_TRIES = 3
+
+
+@dataclass
+class Outcome:
+    """How a reply ended and what it cost."""
+
+    status: Status
+    text: str  # everything the reply shows, markers included, without cursor or status line
+    pages: list[str]  # the final text of each message
+    handles: list[Any] = field(default_factory=list)
+    posts: int = 0
+    edits: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    failed_requests: int = 0
+    delivered: bool = True  # False if the final text could not be shown (deadline passed)
+
+
+class _Gone(Exception):
+    """The reply's message no longer exists; nothing more can be shown."""
+
+
+class Reply:
+    """One model run streamed into one destination through the shared pacer."""
+
+    def __init__(self, run: ModelRun, target: Target, pacer: Pacer,
+                 settings: StreamConfig | None = None) -> None:
+        self.model = run
+        self.target = target
+        self.pacer = pacer
+        self.settings = settings or StreamConfig()
+        self.pager = Pager(target.page_limit)
+        self.handles: list[Any] = []
+        self.status_line = ""
+        self._tools: dict[str, str] = {}
+        self._end: Status | None = None
+        self._changed = asyncio.Event()
+        self._delivered: list[Frame] = []  # last frame each message shows
+        self._consumer: asyncio.Task[None] | None = None
+        self._page_started = 0.0
+        self._gone = False
+        self._outcome = Outcome("done", "", [])
+
+    @property
+    def finished(self) -> bool:
+        return self._end is not None
+
+    def stop(self, marker: str | None = None) -> None:
+        """Cancel the model run; the reply ends with the text so far and a visible marker."""
+        if self._end is not None:
+            return
+        self.model.cancel()
+        if self._consumer is not None:
+            self._consumer.cancel()
+        self._finish("stopped", marker or self.settings.stopped_marker)
+
+    async def run(self) -> Outcome:
+        """Stream the whole reply; returns once the final text was delivered or given up on."""
+        self._consumer = asyncio.create_task(self._consume())
+        try:
+            await self._deliver()
+        except _Gone:
+            pass
+        finally:
+            if not self._consumer.done():
+                self.model.cancel()
+                self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
+            try:
+                await self.target.close()
+            except Exception:
+                log.exception("closing the reply's target failed")
+        if self._end is None:  # delivery ended early (message gone)
+            self._finish("stopped", self.settings.stopped_marker)
+        o = self._outcome
+        o.status, o.text, o.handles = self._end or "stopped", self.pager.text, self.handles
+        o.pages = [f.text for f in self._delivered]
+        if o.status in ("stopped", "failed"):
+            try:
+                await self.model.remember(o.text)
+            except Exception:
+                log.exception("could not store the partial reply in the conversation memory")
+        return o
+
+    def _finish(self, status: Status, note: str = "") -> None:
+        if self._end is not None:
+            return
+        if status == "done" and not self.pager.text.strip():
+            status, note = "empty", EMPTY_NOTE
+        if note:
+            self.pager.feed(("\n\n" if self.pager.text.strip() else "") + note)
+        self._end = status
+        self.status_line = ""
+        self._changed.set()
+
+    async def _consume(self) -> None:
+        """Fold the model's events into the pager and status line."""
+        try:
+            async for ev in self.model.events():
+                if isinstance(ev, TextDelta):
+                    self.pager.feed(ev.text)
+                    if not self._tools:
+                        self.status_line = ""
+                elif isinstance(ev, ToolStarted):
+                    self._tools[ev.call_id or ev.name] = ev.name
+                elif isinstance(ev, ToolFinished):
+                    self._tools.pop(ev.call_id or ev.name, None)
+                elif isinstance(ev, Handoff):
+                    self.status_line = f"↪️ {ev.agent} is taking over…"
+                elif isinstance(ev, Failed):
+                    self._finish("failed", f"⚠️ {ev.message}")
+                    return
+                elif isinstance(ev, Done):
+                    break
+                if self._tools:
+                    name = list(self._tools.values())[-1]
+                    self.status_line = f"🔧 {name.replace('_', ' ')}…"
+                elif isinstance(ev, ToolFinished):
+                    self.status_line = ""
+                self._changed.set()
+            self._finish("done")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a broken source must not leave a reply frozen mid-stream
+            log.exception("model stream failed")
+            self._finish("failed", f"⚠️ The model stream failed ({type(exc).__name__}).")
+
+    def _page_count(self) -> int:
+        return len(self.pager.pages) + (1 if self.pager.tail.strip() or not self.pager.pages else 0)
+
+    def _frame(self, k: int) -> Frame:
+        """The newest frame for message `k` (finishing full pages as a side effect)."""
+        streaming = self._end is None
+        status = self.status_line[: self.pager.limit // 4]
+        cursor = self.settings.cursor
+        if self.pager.empty:
+            text = self.settings.placeholder + (cursor if streaming else "")
+            return Frame(0, text + (f"\n{status}" if status else ""), "", not streaming, streaming)
+        last = self.pager.render(streaming=streaming, cursor=cursor, status=status)
+        pages = self.pager.pages
+        if k < len(pages):
+            return Frame(k, pages[k].text, pages[k].text, True, False)
+        raw = self.pager.source if streaming else last
+        return Frame(k, last, raw, not streaming, streaming)
+
+    async def _deliver(self) -> None:
+        k = 0  # first message whose final form is not delivered yet
+        while True:
+            if self._gone:
+                return
+            self._maybe_roll_page(k)
+            frame = self._frame(k)
+            if k < len(self._delivered) and frame == self._delivered[k]:
+                if frame.final and k + 1 < self._page_count():
+                    k += 1
+                    continue
+                if frame.final and self._end is not None:
+                    return
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            await self._send(k)
+
+    def _maybe_roll_page(self, k: int) -> None:
+        age = self.target.page_max_age
+        if (age and self._end is None and k == len(self.pager.pages) and k < len(self.handles)
+                and self.pacer.clock.now() - self._page_started >= age):
+            self.pager.break_page()
+
+    async def _send(self, k: int) -> None:
+        """Deliver the newest frame of message `k`, retrying as the error calls for."""
+        op = "post" if k >= len(self.handles) else "edit"
+        budgets = self.target.budgets(op)
+        clock, o = self.pacer.clock, self._outcome
+        attempt, deadline = 0, None
+        while True:
+            await self.pacer.acquire(budgets)
+            frame = self._frame(k)
+            if k < len(self._delivered) and frame == self._delivered[k]:
+                return
+            try:
+                if op == "post":
+                    self.handles.append(await self.target.post(frame))
+                    self._delivered.append(frame)
+                    self._page_started = clock.now()
+                    o.posts += 1
+                else:
+                    await self.target.edit(self.handles[k], frame)
+                    self._delivered[k] = frame
+                    o.edits += 1
+                return
+            except RateLimited as exc:
+                o.rate_limited += 1
+                self.pacer.pause(budgets, exc.retry_after)
+                continue
+            except MessageGone:
+                self._gone = True
+                self.stop()
+                raise _Gone from None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                o.failed_requests += 1
+                transient = isinstance(exc, _TRANSIENT)
+                if frame.final:
+                    deadline = deadline or clock.now() + self.settings.final_deadline
+                    give_up = clock.now() >= deadline or (
+                        not transient and attempt >= _PERMANENT_FINAL_TRIES)
+                else:
+                    give_up = not transient or attempt > self.settings.max_retries
+                if give_up:
+                    self._give_up(op, k, frame, exc)
+                    return
+                o.retries += 1
+                log.info("%s of message %d failed (%s); retrying", op, k, exc)
+                await clock.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2))
+
+    def _give_up(self, op: str, k: int, frame: Frame, exc: Exception) -> None:
+        log.warning("giving up on %s of message %d: %s", op, k, exc)
+        if op == "post":  # without the message there is nowhere to show the rest
+            self._outcome.delivered = False
+            self._gone = True
+            self.stop()
+            raise _Gone from exc
+        if frame.final:
+            self._outcome.delivered = False
+        self._delivered[k] = frame  # skip this frame; a newer one will be tried when it exists

@@ -1,0 +1,188 @@
+"""Model sources: run an Agents SDK agent and normalize its stream into core events.
+
+`Brain` owns the agent, the model and the conversation memory; `brain.start(prompt, key)` gives
+one `AgentRun` the relay can consume. Text grows only from the SDK's raw `output_text.delta`
+events; run-item events (message created, tool called, tool output, handoff) arrive later and are
+used for status only, so no text is ever shown twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import openai
+from agents import Agent, MaxTurnsExceeded, Model, ModelBehaviorError, RunConfig, Runner, Tool
+from agents.memory import SQLiteSession
+from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
+from agents.models.openai_responses import OpenAIResponsesModel
+from agents.result import RunResultStreaming
+
+from core.config import Config, env, uses_demo_model
+from core.events import Done, Event, Failed, Handoff, TextDelta, ToolFinished, ToolStarted
+
+log = logging.getLogger("streambot.model")
+_SECRETISH = re.compile(r"\b(sk|xox[abpr]|xapp)-[A-Za-z0-9_\-*]{6,}")
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, user-facing sentence for a model failure, with anything secret-looking removed."""
+    if isinstance(exc, openai.AuthenticationError):
+        msg = "the model server rejected the API key (401): check OPENAI_API_KEY"
+    elif isinstance(exc, openai.RateLimitError):
+        msg = "the model is rate limited or out of quota (429): try again shortly"
+    elif isinstance(exc, openai.APITimeoutError):
+        msg = "the model server timed out"
+    elif isinstance(exc, openai.APIConnectionError):
+        msg = "could not reach the model server: check [model] base_url and the network"
+    elif isinstance(exc, openai.APIStatusError):
+        msg = f"the model server answered {exc.status_code}: {exc.message}"
+    elif isinstance(exc, MaxTurnsExceeded):
+        msg = "the agent used up its turns ([model] max_turns) before answering"
+    elif isinstance(exc, ModelBehaviorError):
+        msg = f"the model misbehaved: {exc}"
+    else:
+        msg = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    key = env("OPENAI_API_KEY")
+    if key:
+        msg = msg.replace(key, "***")
+    return "Model error — " + _SECRETISH.sub("***", msg)[:300]
+
+
+async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
+    """Turn `Runner.run_streamed(...).stream_events()` into core events; always ends in Done/Failed."""
+    tools: dict[str, str] = {}
+    wrote = new_response = False
+    last_item: str | None = None
+    try:
+        async for ev in result.stream_events():
+            if ev.type == "raw_response_event":
+                data = ev.data
+                if data.type == "response.created":
+                    new_response = True
+                elif data.type == "response.output_text.delta" and data.delta:
+                    item = getattr(data, "item_id", None)
+                    if wrote and (new_response or item != last_item):
+                        yield TextDelta("\n\n")  # a new message after a tool call or handoff
+                    wrote, new_response, last_item = True, False, item
+                    yield TextDelta(data.delta)
+            elif ev.type == "run_item_stream_event":
+                raw = ev.item.raw_item
+                if ev.name == "tool_called":
+                    call_id = str(_get(raw, "call_id") or _get(raw, "id") or "")
+                    name = str(_get(raw, "name") or _get(raw, "type") or "tool")
+                    tools[call_id] = name
+                    yield ToolStarted(name, call_id)
+                elif ev.name == "tool_output":
+                    call_id = str(_get(raw, "call_id") or "")
+                    yield ToolFinished(tools.pop(call_id, "tool"), call_id)
+                elif ev.name == "handoff_occured":
+                    yield Handoff(ev.item.target_agent.name)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("model run failed: %s", describe_error(exc), exc_info=log.isEnabledFor(logging.DEBUG))
+        yield Failed(describe_error(exc))
+        return
+    yield Done()
+
+
+def _get(raw: Any, name: str) -> Any:
+    return raw.get(name) if isinstance(raw, dict) else getattr(raw, name, None)
+
+
+class AgentRun:
+    """One streamed agent run (the relay's `ModelRun`)."""
+
+    def __init__(self, brain: Brain, prompt: str, session: SQLiteSession | None) -> None:
+        self._brain = brain
+        self._prompt = prompt
+        self._session = session
+        self._result: RunResultStreaming | None = None
+        self._cancelled = False
+
+    async def events(self) -> AsyncIterator[Event]:
+        if self._cancelled:
+            return
+        try:
+            self._result = Runner.run_streamed(
+                self._brain.agent, self._prompt, session=self._session,
+                max_turns=self._brain.max_turns, run_config=self._brain.run_config,
+            )
+        except Exception as exc:
+            yield Failed(describe_error(exc))
+            return
+        async for ev in normalize(self._result):
+            yield ev
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._result is not None and not self._result.is_complete:
+            self._result.cancel()
+
+    async def remember(self, shown: str) -> None:
+        """The SDK stores only the user's turn when a run is cut short; add what they saw."""
+        if self._session is None:
+            return
+        users = [i for i in await self._session.get_items() if _get(i, "role") == "user"]
+        if not users or _get(users[-1], "content") != self._prompt:
+            await self._session.add_items([{"role": "user", "content": self._prompt}])
+        await self._session.add_items([{"role": "assistant", "content": shown}])
+
+
+class Brain:
+    """The agent plus conversation memory: start one run per incoming message."""
+
+    def __init__(self, agent: Agent[Any], *, max_turns: int = 10, memory_path: str | None = None,
+                 history_limit: int = 0, tracing: bool = False, demo: bool = False) -> None:
+        self.agent = agent
+        self.max_turns = max_turns
+        self.memory_path = memory_path
+        self.history_limit = history_limit
+        self.run_config = RunConfig(tracing_disabled=not tracing)
+        self.demo = demo
+
+    def session(self, conversation: str) -> SQLiteSession:
+        settings = {"limit": self.history_limit} if self.history_limit else None
+        return SQLiteSession(conversation, self.memory_path or ":memory:", session_settings=settings)
+
+    def start(self, prompt: str, conversation: str | None = None) -> AgentRun:
+        """A run answering `prompt`; with a `conversation` key, earlier turns are remembered."""
+        session = self.session(conversation) if conversation and self.memory_path else None
+        return AgentRun(self, prompt, session)
+
+
+def build_model(config: Config) -> Model:
+    """The configured model, or the offline demo model when nothing is configured."""
+    if uses_demo_model(config):
+        from core.demo import DemoModel
+
+        return DemoModel()
+    client = openai.AsyncOpenAI(
+        api_key=env("OPENAI_API_KEY") or "not-needed",  # local OpenAI-compatible servers take any key
+        base_url=config.model.base_url or env("OPENAI_BASE_URL") or None,
+    )
+    if config.model.api == "chat_completions":
+        return OpenAIChatCompletionsModel(model=config.model.model, openai_client=client)
+    return OpenAIResponsesModel(model=config.model.model, openai_client=client)
+
+
+def build_brain(config: Config, tools: Sequence[Tool] = (), model: Model | None = None) -> Brain:
+    """A Brain for `config`: its model, instructions, tools and memory."""
+    agent = Agent(
+        name="streambot",
+        instructions=config.model.instructions,
+        model=model or build_model(config),
+        tools=list(tools),
+    )
+    return Brain(
+        agent,
+        max_turns=config.model.max_turns,
+        memory_path=config.memory.path,
+        history_limit=config.memory.max_items,
+        tracing=config.model.tracing,
+        demo=model is None and uses_demo_model(config),
+    )
