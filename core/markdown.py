@@ -23,7 +23,9 @@ class Fence:
 
     @property
     def opener(self) -> str:
-        return f"{self.marker}{self.info}\n"
+        """The line that reopens this block on a new page: the marker and the language tag."""
+        lang = self.info.split()[0][:32] if self.info.strip() else ""
+        return f"{self.marker[:16]}{lang}\n"
 
     def closes(self, line: str) -> bool:
         m = _CLOSE.fullmatch(line)

@@ -18,6 +18,7 @@ from core.markdown import Fence, closer, scan_fences, tidy_tail
 _GRAPHEME = regex.compile(r"\X")
 _LINK = re.compile(r"!?\[[^\]\n]*\]\([^)\n]*\)")
 _BREAKS = (re.compile(r"\n\n"), re.compile(r"\n"), re.compile(r"\s"))
+_FENCE_START = re.compile(r" {0,3}(```|~~~)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,13 @@ class Page:
     @property
     def text(self) -> str:
         return self.prefix + self.body + self.suffix
+
+
+def _safe_cut(text: str, i: int) -> bool:
+    """A cut keeps graphemes whole and does not put a mid-line ``` at the start of a page."""
+    if 0 < i < len(text) and text[i - 1] != "\n" and _FENCE_START.match(text, i):
+        return False
+    return is_grapheme_boundary(text, i)
 
 
 def is_grapheme_boundary(text: str, i: int) -> bool:
@@ -66,7 +74,7 @@ def best_cut(text: str, room: int) -> int:
         early += [e for e in ends if e < good]
     for cut in late + sorted(early, reverse=True):
         cut = _link_safe(text, cut, room)
-        if cut > 0 and is_grapheme_boundary(text, cut):
+        if cut > 0 and _safe_cut(text, cut):
             return cut
     # No usable break: cut at the last whole grapheme that fits.
     start = window.rfind("\n") + 1
@@ -74,7 +82,8 @@ def best_cut(text: str, room: int) -> int:
     for m in _GRAPHEME.finditer(text, start, min(len(text), room + 64)):
         if m.end() > room:
             break
-        cut = m.end()
+        if _safe_cut(text, m.end()):
+            cut = m.end()
     return cut if cut > 0 else max(1, len(window))
 
 
@@ -122,6 +131,8 @@ class Pager:
             text = self._render(streaming, cursor, status)
             if len(text) <= self.limit:
                 return text
+            if not self.tail:  # nothing left to move on: drop the status line and cursor
+                return self._render(False, "", "")[: self.limit]
             self._finish_page(self.limit)
 
     def break_page(self) -> None:

@@ -1,0 +1,79 @@
+"""In-memory stand-ins for a model run and a platform, for testing the relay on a virtual clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from core.events import Done, Event, TextDelta
+from core.platform import Frame, Op, Rate, Target
+from tests.fakes.clock import FakeClock
+
+
+def deltas(text: str, size: int = 3, every: float = 0.05) -> list[tuple[float, Event]]:
+    """`text` as a stream of small deltas, one every `every` seconds, then Done."""
+    steps: list[tuple[float, Event]] = [(every, TextDelta(text[i : i + size]))
+                                        for i in range(0, len(text), size)]
+    return steps + [(0.0, Done())]
+
+
+class ScriptRun:
+    """A model run that replays scripted events on the virtual clock."""
+
+    def __init__(self, clock: FakeClock, steps: list[tuple[float, Event]]) -> None:
+        self.clock, self.steps = clock, steps
+        self.cancelled = False
+        self.remembered: str | None = None
+
+    async def events(self) -> AsyncIterator[Event]:
+        for delay, event in self.steps:
+            if delay:
+                await self.clock.sleep(delay)
+            yield event
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    async def remember(self, shown: str) -> None:
+        self.remembered = shown
+
+
+class RecordingTarget(Target):
+    """Records every request with its virtual time; can fail on demand; enforces page_limit."""
+
+    def __init__(self, clock: FakeClock, *, limit: int = 300, rate: Rate = Rate(5, 5.0),
+                 key: str = "channel", log: list[tuple[float, str, int]] | None = None,
+                 max_age: float | None = None) -> None:
+        self.clock, self.page_limit, self.rate, self.key = clock, limit, rate, key
+        self.page_max_age = max_age
+        self.messages: list[list[Frame]] = []
+        self.log = log if log is not None else []  # (time, op, message index), maybe shared
+        self.errors: list[Exception | None] = []  # raised by the next requests, in order
+        self.closed = False
+
+    def budgets(self, op: Op) -> list[tuple[str, Rate]]:
+        return [(self.key, self.rate)]
+
+    def _request(self, op: str, frame: Frame) -> None:
+        assert len(frame.text) <= self.page_limit, "frame longer than the page limit"
+        assert frame.text.strip(), "a message must never be empty"
+        self.log.append((self.clock.now(), op, frame.index))
+        if self.errors and (error := self.errors.pop(0)) is not None:
+            raise error
+
+    async def post(self, frame: Frame) -> Any:
+        self._request("post", frame)
+        self.messages.append([frame])
+        return len(self.messages) - 1
+
+    async def edit(self, handle: Any, frame: Frame) -> None:
+        self._request("edit", frame)
+        self.messages[handle].append(frame)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    @property
+    def shown(self) -> list[str]:
+        """What each message shows now."""
+        return [m[-1].text for m in self.messages]
