@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PATH = Path("config.toml")
 
@@ -54,19 +54,31 @@ class ConsoleConfig(Section):
 
 class DiscordConfig(Section):
     enabled: bool = False
-    api_base: str = ""
+    api_base: str = ""  # replaces https://discord.com/api/v10 (a proxy or a fake); gateway via it
     page_chars: int = Field(2000, ge=200, le=2000)
     edits_per_5s: int = Field(4, ge=1, le=5)  # per channel, shared by every reply in it
     open_threads: bool = False
     reply_ping: bool = False
     allow_dms: bool = True
+    sync_commands: bool = True  # register /ask with Discord at start-up
     guild_ids: list[int] = []
-    channel_ids: list[int] = []
+    channel_ids: list[int] = []  # a channel, thread parent or category id
     role_ids: list[int] = []
     user_ids: list[int] = []
+    blocked_guild_ids: list[int] = []
+    blocked_channel_ids: list[int] = []
+    blocked_role_ids: list[int] = []
     blocked_user_ids: list[int] = []
     shard_count: int | None = Field(None, ge=1)
     shard_ids: list[int] = []
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> DiscordConfig:
+        if self.shard_ids and self.shard_count is None:
+            raise ValueError("shard_ids needs shard_count (the total number of shards)")
+        if self.shard_count is not None and any(not 0 <= i < self.shard_count for i in self.shard_ids):
+            raise ValueError(f"every shard id must be in 0..{self.shard_count - 1}")
+        return self
 
 
 class SlackConfig(Section):
@@ -74,10 +86,16 @@ class SlackConfig(Section):
     mode: Literal["socket", "http"] = "socket"
     api_base: str = ""
     port: int = Field(3000, ge=1, le=65535)
+    host: str = "0.0.0.0"  # HTTP mode: address the events endpoint (/slack/events) listens on
     streaming: Literal["auto", "native", "edit"] = "auto"
+    page_chars: int = Field(11000, ge=500, le=12000)  # per message; Slack's Markdown limit is 12,000
     allow_dms: bool = True
     channel_ids: list[str] = []
     user_ids: list[str] = []
+    suggested_prompts: list[str] = Field(  # offered when an assistant thread opens (at most 4)
+        ["What can you help me with?", "Explain a concept simply", "Review a piece of code"],
+        max_length=4)
+    thinking_status: str = Field("is thinking…", max_length=50)  # assistant threads, while answering
 
 
 class Config(Section):

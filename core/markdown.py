@@ -32,16 +32,13 @@ class Fence:
         return bool(m) and m[1][0] == self.marker[0] and len(m[1]) >= len(self.marker)
 
 
-def scan_fences(text: str, fence: Fence | None = None, at_line_start: bool = True) -> Fence | None:
+def scan_fences(text: str, fence: Fence | None = None) -> Fence | None:
     """The fence still open at the end of `text`, given the one open at its start.
 
-    `at_line_start` is False when `text` begins mid-line (its first piece cannot open a fence).
-    A last line without a newline counts too: a half-written "```py" is an open block.
+    `text` is read as a renderer reads a message: its first line starts a line, even when a page
+    cut fell mid-line. A last line without a newline counts too: a half-written "```py" is open.
     """
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        if i == 0 and not at_line_start:
-            continue
+    for line in text.split("\n"):
         if fence is not None:
             if fence.closes(line):
                 fence = None

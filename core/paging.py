@@ -19,6 +19,7 @@ _GRAPHEME = regex.compile(r"\X")
 _LINK = re.compile(r"!?\[[^\]\n]*\]\([^)\n]*\)")
 _BREAKS = (re.compile(r"\n\n"), re.compile(r"\n"), re.compile(r"\s"))
 _FENCE_START = re.compile(r" {0,3}(```|~~~)")
+_OPEN_LINK = re.compile(r"!?\[[^\]\n]*(\](\([^)\n]*)?)?\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,16 +54,25 @@ def is_grapheme_boundary(text: str, i: int) -> bool:
 
 
 def _link_safe(text: str, cut: int, lookahead: int) -> int:
-    """Move `cut` to the start of a Markdown link it would split (0 if that is the start)."""
+    """Move `cut` to the start of a Markdown link it would split (0 if that is the start).
+
+    A link still being written at the end of `text` counts as running to the end.
+    """
     for m in _LINK.finditer(text, 0, min(len(text), cut + lookahead)):
         if m.start() < cut < m.end():
             return m.start()
-    return cut
+    m = _OPEN_LINK.search(text)
+    return m.start() if m and m.start() < cut else cut
 
 
-def best_cut(text: str, room: int) -> int:
-    """Where to end a page holding at most `room` characters of `text` (always >= 1)."""
-    window = text[:room]
+def best_cut(text: str, room: int, final: bool = True) -> int:
+    """Where to end a page holding at most `room` characters of `text` (always >= 1).
+
+    While streaming (`final` False) the end of `text` is not a safe cut: the next delta may
+    continue the word, the grapheme cluster or the link that ends there.
+    """
+    end = len(text) if final else len(text) - 1
+    window = text[: min(room, end)]
     if not window:
         return min(1, len(text))
     good = len(window) // 2
@@ -80,7 +90,7 @@ def best_cut(text: str, room: int) -> int:
     start = window.rfind("\n") + 1
     cut = start
     for m in _GRAPHEME.finditer(text, start, min(len(text), room + 64)):
-        if m.end() > room:
+        if m.end() > len(window):
             break
         if _safe_cut(text, m.end()):
             cut = m.end()
@@ -98,7 +108,6 @@ class Pager:
         self._tail = ""  # text after the last finished page
         self._pending: list[str] = []
         self._fence: Fence | None = None  # code block open where the tail starts
-        self._line_start = True  # the tail starts at the start of a line
 
     def feed(self, text: str) -> None:
         if text:
@@ -133,16 +142,16 @@ class Pager:
                 return text
             if not self.tail:  # nothing left to move on: drop the status line and cursor
                 return self._render(False, "", "")[: self.limit]
-            self._finish_page(self.limit)
+            self._finish_page(self.limit, final=not streaming)
 
     def break_page(self) -> None:
         """Finish the current page early at its best boundary (e.g. before a stream expires)."""
         if self.tail:
-            self._finish_page(len(self.tail))
+            self._finish_page(len(self.tail), final=False)
 
     def _render(self, streaming: bool, cursor: str, status: str) -> str:
         body = (self._fence.opener if self._fence else "") + self.tail
-        fence = scan_fences(self.tail, self._fence, self._line_start)
+        fence = scan_fences(self.tail, self._fence)
         if not streaming:
             return body + (closer(fence, body) if fence else "")
         if fence:
@@ -151,14 +160,14 @@ class Pager:
             body = tidy_tail(body) + cursor
         return body + (f"\n{status}" if status else "")
 
-    def _finish_page(self, room_limit: int) -> None:
+    def _finish_page(self, room_limit: int, final: bool) -> None:
         tail = self.tail
         prefix = self._fence.opener if self._fence else ""
         room = min(room_limit, self.limit - len(prefix) - 4)
         while True:
-            cut = best_cut(tail, max(1, room))
+            cut = best_cut(tail, max(1, room), final)
             body = tail[:cut]
-            fence = scan_fences(body, self._fence, self._line_start)
+            fence = scan_fences(body, self._fence)
             suffix = closer(fence, prefix + body) if fence else ""
             over = len(prefix) + len(body) + len(suffix) - self.limit
             if over <= 0 or cut <= 1:
@@ -167,4 +176,3 @@ class Pager:
         self.pages.append(Page(prefix, body, suffix))
         self._tail = tail[cut:]
         self._fence = fence
-        self._line_start = body.endswith("\n")
