@@ -87,6 +87,14 @@ async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
         log.warning("model run failed: %s", describe_error(exc), exc_info=log.isEnabledFor(logging.DEBUG))
         yield Failed(describe_error(exc))
         return
+    final = result.final_output
+    if not wrote and final is not None and str(final).strip():
+        # Some OpenAI-compatible servers, and agents with an output_type, send no text deltas.
+        yield TextDelta(final if isinstance(final, str) else str(final))
+    elif not wrote:
+        log.warning("the model returned no text: check that [model] model exists on the server, "
+                    "that [model] api matches it (responses or chat_completions), and that the "
+                    "agent's instructions ask for an answer")
     yield Done()
 
 
@@ -185,4 +193,28 @@ def build_brain(config: Config, tools: Sequence[Tool] = (), model: Model | None 
         history_limit=config.memory.max_items,
         tracing=config.model.tracing,
         demo=model is None and uses_demo_model(config),
+    )
+
+
+async def answer(brain: Brain, prompt: str, conversation: str | None = None) -> str:
+    """The whole answer as one string (for scripts and notebooks: `await answer(...)`)."""
+    parts: list[str] = []
+    async for ev in brain.start(prompt, conversation).events():
+        if isinstance(ev, TextDelta):
+            parts.append(ev.text)
+        elif isinstance(ev, Failed):
+            raise RuntimeError(ev.message)
+    return "".join(parts)
+
+
+def answer_sync(brain: Brain, prompt: str, conversation: str | None = None) -> str:
+    """`answer` for code with no event loop; inside one it fails clearly instead of hanging."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(answer(brain, prompt, conversation))
+    raise RuntimeError(
+        "answer_sync() was called inside a running event loop (Jupyter, IPython or an async "
+        "app), which is what 'This event loop is already running' means. Use "
+        "`await answer(brain, prompt)` there instead."
     )

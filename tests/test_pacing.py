@@ -7,7 +7,7 @@ from collections import Counter
 
 from core.pacing import Pacer
 from core.platform import Rate
-from tests.fakes.clock import FakeClock
+from fakes.clock import FakeClock
 
 
 def max_in_window(times: list[float], per: float) -> int:

@@ -10,8 +10,8 @@ from core.markdown import scan_fences
 from core.pacing import Pacer
 from core.platform import MessageGone, RateLimited, Rate, TransientError
 from core.relay import EMPTY_NOTE, Reply
-from tests.fakes.clock import FakeClock
-from tests.fakes.scripted import RecordingTarget, ScriptRun, deltas
+from fakes.clock import FakeClock
+from fakes.scripted import RecordingTarget, ScriptRun, deltas
 
 SETTINGS = StreamConfig()
 TEXT = "Streaming answers grow in place. " * 20

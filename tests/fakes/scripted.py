@@ -7,7 +7,7 @@ from typing import Any
 
 from core.events import Done, Event, TextDelta
 from core.platform import Frame, Op, Rate, Target
-from tests.fakes.clock import FakeClock
+from fakes.clock import FakeClock
 
 
 def deltas(text: str, size: int = 3, every: float = 0.05) -> list[tuple[float, Event]]:
