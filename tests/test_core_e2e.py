@@ -160,3 +160,17 @@ def test_answer_sync_works_without_a_loop(tmp_path) -> None:
     brain = build_brain(Config(memory=MemoryConfig(path=str(tmp_path / "m.db"))),
                         model=DemoModel(chars_per_second=0))
     assert "offline demo model" in answer_sync(brain, "hello")
+
+
+async def test_streambot_with_no_keys_chats_on_the_demo_model(tmp_path) -> None:
+    """The README's first command: no config, no keys -> console chat on the offline demo."""
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "streambot"), cwd=tmp_path,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(b"hello bot\n/quit\n"), 60)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert "offline demo model" in text.split("you ›")[0]  # said at start-up
+    assert "**This is the offline demo model**" in text and "“hello bot”" in text
+    assert "```python\n" in text and "OPENAI_API_KEY" in text
+    assert (tmp_path / "streambot.db").exists()  # conversation memory on by default
