@@ -84,16 +84,18 @@ class Reply:
 
     async def run(self) -> Outcome:
         """Stream the whole reply; returns once the final text was delivered or given up on."""
-        self._consumer = asyncio.create_task(self._consume())
+        if self._end is None:  # a reply stopped before it started never runs the model
+            self._consumer = asyncio.create_task(self._consume())
         try:
             await self._deliver()
         except _Gone:
             pass
         finally:
-            if not self._consumer.done():
-                self.model.cancel()
-                self._consumer.cancel()
-            await asyncio.gather(self._consumer, return_exceptions=True)
+            if self._consumer is not None:
+                if not self._consumer.done():
+                    self.model.cancel()
+                    self._consumer.cancel()
+                await asyncio.gather(self._consumer, return_exceptions=True)
             try:
                 await self.target.close()
             except Exception:

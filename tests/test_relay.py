@@ -175,3 +175,11 @@ async def test_pages_roll_over_when_a_message_has_streamed_for_too_long() -> Non
     assert len(target.messages) >= 3
     assert outcome.text == text
     assert all(page.endswith("\n\n") for page in outcome.pages[:-1])  # cut at paragraphs
+
+
+async def test_a_reply_stopped_before_it_starts_never_runs_the_model() -> None:
+    clock, run, target, reply = setup(deltas("never", 2, 0.1))
+    reply.stop()
+    outcome = await clock.run(reply.run())
+    assert outcome.status == "stopped" and target.shown == [SETTINGS.stopped_marker]
+    assert run.cancelled
