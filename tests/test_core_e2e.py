@@ -174,3 +174,19 @@ async def test_streambot_with_no_keys_chats_on_the_demo_model(tmp_path) -> None:
     assert "**This is the offline demo model**" in text and "“hello bot”" in text
     assert "```python\n" in text and "OPENAI_API_KEY" in text
     assert (tmp_path / "streambot.db").exists()  # conversation memory on by default
+
+
+async def test_handoff_to_another_agent_is_reported(fake_openai, tmp_path, key) -> None:
+    from agents import Agent
+
+    from core.events import Handoff
+
+    brain = build_brain(config_for(fake_openai, tmp_path))
+    billing = Agent(name="billing", instructions="Answer billing questions.", model=brain.agent.model)
+    brain.agent = brain.agent.clone(handoffs=[billing])
+    fake_openai.tool_call("transfer_to_billing", {})
+    fake_openai.reply("Billing here: your invoice is paid.")
+    events = await collect(brain.start("is my invoice paid?"))
+    assert Handoff("billing") in events
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Billing here: your invoice is paid."
+    assert isinstance(events[-1], Done)
