@@ -1,0 +1,179 @@
+"""What outlives one process: event de-duplication and records of replies still streaming.
+
+A reply records where its message is and what it shows, so that if the process dies (kill -9,
+a crash, a lost machine) the next start can finish that message with an "interrupted" marker
+instead of leaving a cursor blinking forever. Records are written behind: a new message is
+saved at once, later edits at most every `FLUSH_EVERY` seconds in one batch, so a thousand
+streaming replies cost one small write a second, not a thousand.
+
+`LocalStore` keeps records in a SQLite file beside the conversation memory (one process).
+`RedisStore` (core/redis_state.py) shares everything between replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from core.config import Config
+
+log = logging.getLogger("streambot.state")
+
+FLUSH_EVERY = 1.0  # seconds between batched writes of edited records
+DEDUP_TTL = 24 * 3600.0  # Slack redelivers for minutes, never for a day
+
+
+@dataclass
+class ReplyRecord:
+    """One reply's message that is still streaming.
+
+    `place` says where the message is, in the adapter's own JSON-able terms (channel and message
+    ids). `text` is what the message should show if the reply ends now: the text so far with
+    code fences closed, without cursor, status line or marker.
+    """
+
+    reply_id: str
+    platform: str
+    place: dict[str, Any]
+    text: str
+    owner: str = ""
+    updated: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> ReplyRecord:
+        return cls(**json.loads(data))
+
+
+def new_owner_id() -> str:
+    """Names this process in records: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class StateStore(ABC):
+    """The shared state of one process. Subclasses store; this class batches the writes."""
+
+    def __init__(self) -> None:
+        self.owner = new_owner_id()
+        self._dirty: dict[str, ReplyRecord | None] = {}  # None: drop it
+        self._flusher: asyncio.Task[None] | None = None
+
+    # --- de-duplication ----------------------------------------------------------------------
+
+    @abstractmethod
+    async def first_time(self, key: str, ttl: float = DEDUP_TTL) -> bool:
+        """True exactly once per key (across replicas, for shared stores) within `ttl`."""
+
+    # --- reply records -----------------------------------------------------------------------
+
+    async def save_reply(self, record: ReplyRecord, *, now: bool = False) -> None:
+        """Record a streaming reply; `now` writes at once (a new message), else batched."""
+        record.owner, record.updated = self.owner, time.time()
+        self._dirty[record.reply_id] = record
+        if now:
+            await self.flush()
+        else:
+            self._start_flusher()
+
+    async def drop_reply(self, reply_id: str) -> None:
+        """The reply finished: nothing is left to repair."""
+        self._dirty[reply_id] = None
+        self._start_flusher()
+
+    async def flush(self) -> None:
+        """Write every pending change now."""
+        if not self._dirty:
+            return
+        batch, self._dirty = self._dirty, {}
+        try:
+            await self._write(batch)
+        except Exception:
+            log.exception("could not write %d reply record(s); will retry", len(batch))
+            self._dirty = {**batch, **self._dirty}
+
+    @abstractmethod
+    async def _write(self, batch: dict[str, ReplyRecord | None]) -> None:
+        """Upsert the records, delete the ids mapped to None."""
+
+    @abstractmethod
+    async def claim_orphans(self, platform: str) -> list[ReplyRecord]:
+        """Records of `platform` left by processes that are gone; each is handed to one caller
+        only and removed from the store."""
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(FLUSH_EVERY)
+        await self.flush()
+
+    async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+        await self.flush()
+
+
+class LocalStore(StateStore):
+    """One process: de-duplication in memory, reply records in a SQLite file.
+
+    Every record found at start-up was left by an earlier run of this bot, so all are orphans.
+    Two processes must not share one file (use the Redis backend to run replicas).
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path or ":memory:"
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL" if self.path != ":memory:" else "PRAGMA foreign_keys=ON")
+        self._db.execute("CREATE TABLE IF NOT EXISTS streambot_replies ("
+                         "reply_id TEXT PRIMARY KEY, platform TEXT NOT NULL, owner TEXT NOT NULL, "
+                         "record TEXT NOT NULL)")
+        self._seen: dict[str, float] = {}
+
+    async def first_time(self, key: str, ttl: float = DEDUP_TTL) -> bool:
+        now = time.monotonic()
+        if len(self._seen) > 50_000:  # forget expired keys now and then: memory stays bounded
+            self._seen = {k: t for k, t in self._seen.items() if t > now}
+        if self._seen.get(key, 0.0) > now:
+            return False
+        self._seen[key] = now + ttl
+        return True
+
+    async def _write(self, batch: dict[str, ReplyRecord | None]) -> None:
+        with self._db:
+            for reply_id, record in batch.items():
+                if record is None:
+                    self._db.execute("DELETE FROM streambot_replies WHERE reply_id = ?", (reply_id,))
+                else:
+                    self._db.execute("INSERT OR REPLACE INTO streambot_replies VALUES (?, ?, ?, ?)",
+                                     (reply_id, record.platform, record.owner, record.to_json()))
+
+    async def claim_orphans(self, platform: str) -> list[ReplyRecord]:
+        with self._db:
+            rows = self._db.execute(
+                "SELECT record FROM streambot_replies WHERE platform = ? AND owner != ?",
+                (platform, self.owner)).fetchall()
+            self._db.execute("DELETE FROM streambot_replies WHERE platform = ? AND owner != ?",
+                             (platform, self.owner))
+        return [ReplyRecord.from_json(r[0]) for r in rows]
+
+    async def close(self) -> None:
+        await super().close()
+        self._db.close()
+
+
+def open_store(config: Config) -> StateStore:
+    """The store `[memory] backend` names."""
+    return LocalStore(config.memory.path)
