@@ -29,6 +29,7 @@ class ModelConfig(Section):
     base_url: str = ""
     instructions: str = "You are a helpful assistant."
     max_turns: int = Field(10, ge=1, le=100)
+    max_output_tokens: int | None = Field(None, ge=1)  # per model call; None: the model's own
     tracing: bool = False  # send Agents SDK traces to OpenAI; off so nothing leaves by surprise
 
 
@@ -38,12 +39,28 @@ class StreamConfig(Section):
     stopped_marker: str = Field("⏹ stopped", min_length=1, max_length=100)
     final_deadline: float = Field(300.0, gt=0)  # keep retrying the final frame this long (s)
     max_retries: int = Field(5, ge=0, le=50)  # for intermediate frames
+    slow_notice: float = Field(8.0, gt=0)  # no text yet after this long: say the model is slow
+    first_token_timeout: float = Field(60.0, gt=0)  # no output at all this long: give up
+    stall_timeout: float = Field(60.0, gt=0)  # silence mid-answer this long: give up
+    max_reply_chars: int = Field(30000, ge=0)  # the answer is cut there, with a note; 0: no cap
+    shutdown_grace: float = Field(20.0, ge=0)  # on SIGTERM, let replies finish this long
+    interrupted_marker: str = Field("⚠️ interrupted — please ask again", min_length=1,
+                                    max_length=100)  # replies cut by a shutdown or crash
 
 
 class MemoryConfig(Section):
     backend: Literal["sqlite"] = "sqlite"
     path: str = "streambot.db"
     max_items: int = Field(40, ge=0)  # history items sent to the model per turn; 0 = all
+
+
+class LimitsConfig(Section):
+    """Abuse and cost limits for chat platforms (0 turns a limit off)."""
+
+    max_prompt_chars: int = Field(8000, ge=0)
+    user_concurrent: int = Field(2, ge=0)  # replies one person may have streaming at once
+    user_per_minute: int = Field(10, ge=0)  # questions one person may ask per minute
+    channel_concurrent: int = Field(6, ge=0)  # replies streaming at once in one channel
 
 
 class ConsoleConfig(Section):
@@ -102,6 +119,7 @@ class Config(Section):
     model: ModelConfig = ModelConfig()
     stream: StreamConfig = StreamConfig()
     memory: MemoryConfig = MemoryConfig()
+    limits: LimitsConfig = LimitsConfig()
     console: ConsoleConfig = ConsoleConfig()
     discord: DiscordConfig = DiscordConfig()
     slack: SlackConfig = SlackConfig()

@@ -144,6 +144,10 @@ class Pager:
                 return self._render(False, "", "")[: self.limit]
             self._finish_page(self.limit, final=not streaming)
 
+    def settled(self) -> str:
+        """The last page as it would end if the reply ended now (fences closed, no cursor)."""
+        return self._render(False, "", "")
+
     def break_page(self) -> None:
         """Finish the current page early at its best boundary (e.g. before a stream expires)."""
         if self.tail:

@@ -70,6 +70,12 @@ class Target(ABC):
 
     page_limit: int = 2000
     page_max_age: float | None = None
+    platform: str = "console"  # names the adapter in metrics and reply records
+
+    def locate(self, handle: Any) -> dict[str, Any] | None:
+        """Where the message behind `handle` is, as JSON-able data the adapter can find it by
+        after a restart (to finish a reply a crash cut off); None: not recoverable."""
+        return None
 
     @abstractmethod
     def budgets(self, op: Op) -> list[tuple[str, Rate]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,11 +20,13 @@ from core.events import Done, Failed, Handoff, ModelRun, TextDelta, ToolFinished
 from core.pacing import Pacer
 from core.paging import Pager
 from core.platform import Frame, MessageGone, RateLimited, Target, TransientError
+from core.state import ReplyRecord, StateStore
 
 log = logging.getLogger("streambot.relay")
 
 Status = Literal["done", "stopped", "failed", "empty"]
 EMPTY_NOTE = "⚠️ The model returned no text."
+SLOW_STATUS = "⏳ The model is slow to answer…"
 _TRANSIENT = (TransientError, TimeoutError, ConnectionError)
 _PERMANENT_FINAL_TRIES = 3
 
@@ -52,7 +55,8 @@ class Reply:
     """One model run streamed into one destination through the shared pacer."""
 
     def __init__(self, run: ModelRun, target: Target, pacer: Pacer,
-                 settings: StreamConfig | None = None) -> None:
+                 settings: StreamConfig | None = None, store: StateStore | None = None) -> None:
+        self.id = uuid.uuid4().hex[:16]
         self.model = run
         self.target = target
         self.pacer = pacer
@@ -65,6 +69,9 @@ class Reply:
         self._changed = asyncio.Event()
         self._delivered: list[Frame] = []  # last frame each message shows
         self._consumer: asyncio.Task[None] | None = None
+        self._store = store  # where the streaming message is recorded, for crash recovery
+        self._last_event = pacer.clock.now()
+        self._events = 0
         self._page_started = 0.0
         self._gone = False
         self._outcome = Outcome("done", "", [])
@@ -84,18 +91,24 @@ class Reply:
 
     async def run(self) -> Outcome:
         """Stream the whole reply; returns once the final text was delivered or given up on."""
+        watchdog = None
         if self._end is None:  # a reply stopped before it started never runs the model
             self._consumer = asyncio.create_task(self._consume())
+            watchdog = asyncio.create_task(self._watch())
         try:
             await self._deliver()
         except _Gone:
             pass
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             if self._consumer is not None:
                 if not self._consumer.done():
                     self.model.cancel()
                     self._consumer.cancel()
                 await asyncio.gather(self._consumer, return_exceptions=True)
+            if self._store is not None:
+                await self._store.drop_reply(self.id)
             try:
                 await self.target.close()
             except Exception:
@@ -127,7 +140,10 @@ class Reply:
         """Fold the model's events into the pager and status line."""
         try:
             async for ev in self.model.events():
+                self._last_event, self._events = self.pacer.clock.now(), self._events + 1
                 if isinstance(ev, TextDelta):
+                    if self._too_long(ev.text):
+                        return
                     self.pager.feed(ev.text)
                     if not self._tools:
                         self.status_line = ""
@@ -154,6 +170,47 @@ class Reply:
         except Exception as exc:  # a broken source must not leave a reply frozen mid-stream
             log.exception("model stream failed")
             self._finish("failed", f"⚠️ The model stream failed ({type(exc).__name__}).")
+
+    def _too_long(self, delta: str) -> bool:
+        """Feed what fits under `max_reply_chars`; past it, cut the answer off with a note."""
+        cap = self.settings.max_reply_chars
+        room = cap - len(self.pager.text)
+        if not cap or len(delta) <= room:
+            return False
+        self.pager.feed(delta[: max(0, room)])
+        self.model.cancel()
+        self._finish("stopped", f"✂️ The answer was cut off at {cap:,} characters.")
+        return True
+
+    async def _watch(self) -> None:
+        """Say when the model is slow, and give up when it is silent too long: before its first
+        output (`first_token_timeout`) or in the middle of the answer (`stall_timeout`)."""
+        s, clock = self.settings, self.pacer.clock
+        while self._end is None:
+            quiet = clock.now() - self._last_event
+            if not self._events:
+                if quiet >= s.first_token_timeout:
+                    note = (f"⚠️ The model did not answer within {s.first_token_timeout:g} s: it "
+                            "may be slow or unavailable. Please try again.")
+                    break
+                if quiet >= s.slow_notice and not self.status_line:
+                    self.status_line = SLOW_STATUS
+                    self._changed.set()
+                wait = (s.slow_notice if quiet < s.slow_notice else s.first_token_timeout) - quiet
+            else:
+                if quiet >= s.stall_timeout:
+                    note = (f"⚠️ The model stopped responding for {s.stall_timeout:g} s; the answer "
+                            "is incomplete.")
+                    break
+                wait = s.stall_timeout - quiet
+            await clock.sleep(wait)
+        else:
+            return
+        log.warning("reply %s: %s", self.id, note)
+        self.model.cancel()
+        if self._consumer is not None:
+            self._consumer.cancel()
+        self._finish("failed", note)
 
     def _page_count(self) -> int:
         return len(self.pager.pages) + (1 if self.pager.tail.strip() or not self.pager.pages else 0)
@@ -218,6 +275,7 @@ class Reply:
                     await self.target.edit(self.handles[k], frame)
                     self._delivered[k] = frame
                     o.edits += 1
+                await self._record(k, frame, new=op == "post")
                 return
             except RateLimited as exc:
                 o.rate_limited += 1
@@ -245,6 +303,15 @@ class Reply:
                 o.retries += 1
                 log.info("%s of message %d failed (%s); retrying", op, k, exc)
                 await clock.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2))
+
+    async def _record(self, k: int, frame: Frame, new: bool) -> None:
+        """Note what message `k` should say if this process dies now (see core/state.py)."""
+        if self._store is None or frame.final or not (place := self.target.locate(self.handles[k])):
+            return
+        pages = self.pager.pages
+        text = pages[k].text if k < len(pages) else self.pager.settled()
+        record = ReplyRecord(self.id, self.target.platform, place, text)
+        await self._store.save_reply(record, now=new)
 
     def _give_up(self, op: str, k: int, frame: Frame, exc: Exception) -> None:
         log.warning("giving up on %s of message %d: %s", op, k, exc)

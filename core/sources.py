@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import openai
-from agents import Agent, MaxTurnsExceeded, Model, ModelBehaviorError, RunConfig, Runner, Tool
+from agents import (Agent, MaxTurnsExceeded, Model, ModelBehaviorError, ModelSettings, RunConfig,
+                    Runner, Tool)
 from agents.memory import SQLiteSession
 from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
 from agents.models.openai_responses import OpenAIResponsesModel
@@ -184,6 +185,7 @@ def build_brain(config: Config, tools: Sequence[Tool] = (), model: Model | None 
         name="streambot",
         instructions=config.model.instructions,
         model=model or build_model(config),
+        model_settings=ModelSettings(max_tokens=config.model.max_output_tokens),
         tools=list(tools),
     )
     return Brain(

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.config import Config
+from core.markdown import closer, scan_fences
+from core.paging import best_cut
 
 log = logging.getLogger("streambot.state")
 
@@ -47,6 +49,17 @@ class ReplyRecord:
     text: str
     owner: str = ""
     updated: float = 0.0
+
+    def final_text(self, marker: str, limit: int) -> str:
+        """What the message should end with: its text and `marker`, within `limit` characters
+        (cut at a boundary, code fences closed, when both do not fit)."""
+        text = self.text.rstrip()
+        room = limit - len(marker) - 2
+        if len(text) > room:
+            cut = text[: best_cut(text, max(1, room - 8))]
+            fence = scan_fences(cut)
+            text = cut + (closer(fence, cut) if fence else "")
+        return f"{text}\n\n{marker}" if text else marker
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)

@@ -1,0 +1,68 @@
+"""Abuse and cost limits: who may start a reply now, and the clear message when they may not.
+
+One `Gate` per process, shared by every adapter. A reply holds its slots from `admit` until
+`release`, so a person cannot flood a channel with parallel answers, and a busy channel cannot
+starve the others. Counters live in this process (per replica).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from core.config import LimitsConfig
+from core.pacing import Clock, RealClock
+
+
+@dataclass(frozen=True)
+class Slot:
+    """An admitted reply's place in the counters; hand it back to `Gate.release`."""
+
+    user: str
+    channel: str
+
+
+class Refused(Exception):
+    """The reply may not start; `str(exc)` is the message to show the person who asked."""
+
+
+class Gate:
+    def __init__(self, limits: LimitsConfig, clock: Clock | None = None) -> None:
+        self.limits = limits
+        self.clock = clock or RealClock()
+        self._user_active: Counter[str] = Counter()
+        self._channel_active: Counter[str] = Counter()
+        self._asked: dict[str, deque[float]] = {}
+
+    def admit(self, user: str, channel: str, prompt: str) -> Slot:
+        """Take a slot for a reply to `prompt`, or raise `Refused` saying why and what to do."""
+        lim, now = self.limits, self.clock.now()
+        if lim.max_prompt_chars and len(prompt) > lim.max_prompt_chars:
+            raise Refused(f"That question is too long ({len(prompt):,} characters; the limit is "
+                          f"{lim.max_prompt_chars:,}). Please shorten it.")
+        if lim.user_concurrent and self._user_active[user] >= lim.user_concurrent:
+            raise Refused(f"You already have {self._user_active[user]} answer(s) being written. "
+                          "Please wait for one to finish.")
+        if lim.channel_concurrent and self._channel_active[channel] >= lim.channel_concurrent:
+            raise Refused("I'm answering several questions here already. Please ask again in a "
+                          "moment.")
+        asked = self._asked.setdefault(user, deque())
+        while asked and asked[0] <= now - 60.0:
+            asked.popleft()
+        if lim.user_per_minute and len(asked) >= lim.user_per_minute:
+            wait = math.ceil(asked[0] + 60.0 - now)
+            raise Refused(f"You've asked {len(asked)} questions in the last minute. Please wait "
+                          f"{wait} s before asking again.")
+        asked.append(now)
+        self._user_active[user] += 1
+        self._channel_active[channel] += 1
+        if len(self._asked) > 10_000:  # forget people who have not asked for a minute
+            self._asked = {u: q for u, q in self._asked.items() if q and q[-1] > now - 60.0}
+        return Slot(user, channel)
+
+    def release(self, slot: Slot) -> None:
+        for counter, key in ((self._user_active, slot.user), (self._channel_active, slot.channel)):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
