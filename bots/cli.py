@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -13,8 +14,10 @@ from rich.console import Console
 
 from core import config as cfg
 from core.demo import DEMO_NOTICE
+from core.limits import Gate
 from core.pacing import Pacer
 from core.sources import build_brain
+from core.state import open_store
 
 
 def _load(path: str | None) -> tuple[cfg.Config, str]:
@@ -54,28 +57,49 @@ async def run(config: cfg.Config, source: str) -> int:
         for p in problems:
             print(p, file=sys.stderr)
         return 1
-    brain, pacer = build_brain(config), Pacer()
+    brain, pacer, gate = build_brain(config), Pacer(), Gate(config.limits)
+    store = open_store(config)
     jobs: list[Coroutine[Any, Any, None]] = []
     if config.discord.enabled:
         from bots import discord_bot
 
-        jobs.append(discord_bot.serve(config, brain, pacer))
+        jobs.append(discord_bot.serve(config, brain, pacer, store, gate))
     if config.slack.enabled:
         from bots import slack_bot
 
-        jobs.append(slack_bot.serve(config, brain, pacer))
+        jobs.append(slack_bot.serve(config, brain, pacer, store, gate))
     if jobs and brain.demo:
         logging.getLogger("streambot").warning(DEMO_NOTICE)
-    if config.console.enabled or not jobs:
-        from bots.console import chat
+    _cancel_on_sigterm()
+    try:
+        if config.console.enabled or not jobs:
+            from bots.console import chat
 
-        jobs.append(chat(config, brain, pacer, Console()))
-        # the console ends the process when the user leaves it
-        await asyncio.wait([asyncio.ensure_future(j) for j in jobs],
-                           return_when=asyncio.FIRST_COMPLETED)
+            jobs.append(chat(config, brain, pacer, Console()))
+            # the console ends the process when the user leaves it
+            tasks = [asyncio.ensure_future(j) for j in jobs]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # the adapters' own shutdown runs as their tasks are cancelled
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            return 0
+        await asyncio.gather(*jobs)
         return 0
-    await asyncio.gather(*jobs)
-    return 0
+    finally:
+        await store.close()
+
+
+def _cancel_on_sigterm() -> None:
+    """SIGTERM (docker stop, systemd, Kubernetes) shuts down like Ctrl-C: the running task is
+    cancelled, and each adapter lets its replies finish within `[stream] shutdown_grace`."""
+    task = asyncio.current_task()
+    if task is not None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+            pass
 
 
 async def ask(config: cfg.Config, question: str) -> int:
@@ -120,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             config.console.enabled = True
             config.discord.enabled = config.slack.enabled = False
         return asyncio.run(run(config, source))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         return 130
     except cfg.ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -33,10 +33,12 @@ from discord.http import HTTPClient, Route
 from discord.utils import MISSING
 
 from core.config import Config, DiscordConfig, env
+from core.limits import Gate, Refused, Slot
 from core.pacing import Pacer
 from core.platform import Frame, MessageGone, Op, Rate, RateLimited, Target, TransientError
 from core.relay import Outcome, Reply
 from core.sources import Brain
+from core.state import ReplyRecord, StateStore
 
 log = logging.getLogger("streambot.discord")
 
@@ -51,7 +53,8 @@ STOP_PREFIX = "streambot:stop:"
 MAX_CHAIN_HOPS = 40  # how far up a reply chain to look for its first message after a restart
 KEY_CACHE = 20_000  # message id -> conversation key entries kept in memory
 TYPING_EVERY = 8.0  # Discord shows "is typing" for ~10 s per request
-SHUTDOWN_GRACE = 15.0  # seconds to let stopped replies deliver their final text
+FINAL_GRACE = 15.0  # seconds to let interrupted replies deliver their final text
+RESTARTING = "I'm restarting: please ask again in a minute."
 
 
 class DiscordSetupError(RuntimeError):
@@ -267,8 +270,13 @@ class _DiscordTarget(Target):
         self.messages: list[Any] = []
         self.gone: set[int] = set()
 
+    platform = "discord"
+
     def budgets(self, op: Op) -> list[tuple[str, Rate]]:
         return self._edit_budgets if op == "edit" else self._budgets
+
+    def locate(self, handle: Any) -> dict[str, Any]:
+        return {"channel": handle.channel.id, "message": handle.id}
 
     def _view(self, frame: Frame) -> discord.ui.View | None:
         return stop_view(self.reply_id) if frame.streaming else None
@@ -318,6 +326,11 @@ class InteractionTarget(_DiscordTarget):
     def __init__(self, bot: DiscordBot, interaction: discord.Interaction, key: str) -> None:
         super().__init__(bot, interaction.id, key, f"discord:interaction:{interaction.id}")
         self.interaction = interaction
+
+    def locate(self, handle: Any) -> dict[str, Any]:
+        # The response is the interaction's webhook message: only its token may edit it.
+        return {**super().locate(handle), "application": self.interaction.application_id,
+                "token": self.interaction.token}
 
     async def post(self, frame: Frame) -> discord.Message:
         with _platform_errors():
@@ -374,11 +387,16 @@ class _Active:
 class DiscordBot(discord.AutoShardedClient):
     """One Discord connection (all shards) answering through the shared brain and pacer."""
 
-    def __init__(self, config: Config, brain: Brain, pacer: Pacer) -> None:
+    def __init__(self, config: Config, brain: Brain, pacer: Pacer, store: StateStore | None = None,
+                 gate: Gate | None = None) -> None:
         self.config = config
         self.settings = config.discord
         self.brain = brain
         self.pacer = pacer
+        self.store = store
+        self.gate = gate or Gate(config.limits)
+        self.closing = False  # shutting down: no new replies
+        self._recovery: asyncio.Task[None] | None = None
         super().__init__(
             intents=intents(),
             allowed_mentions=discord.AllowedMentions.none(),  # model output never pings
@@ -406,6 +424,8 @@ class DiscordBot(discord.AutoShardedClient):
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(StopButton)
+        if self.store is not None:  # REST works from here on: finish what a crash left
+            self._recovery = asyncio.create_task(self._recover(self.store))
         app_id = self.application_id or 0
         log.info("Discord: %s", _setup_summary(app_id, self.settings))
         flags = self.application_flags
@@ -446,17 +466,25 @@ class DiscordBot(discord.AutoShardedClient):
             return
         prompt = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
         if not prompt:
-            await self._hint(message)
+            await self._tell(message, "Ask me something after the mention, or use `/ask`.")
+            return
+        try:
+            slot = self._admit(message.author.id, channel.id, prompt)
+        except Refused as exc:
+            await self._tell(message, str(exc))
             return
         question: discord.Message | None = message
         if self.settings.open_threads and not replying_to_us and isinstance(channel, discord.TextChannel):
             if thread := await self._open_thread(message, prompt):
                 channel, question = thread, None  # a thread cannot reply to its parent's message
-        key = _place_key(channel, message.guild and message.guild.id) or await self._chain_key(message)
-        target = ChannelTarget(self, message.id, key, channel, question)
-        self.track(message.id, message.id, key)
-        async with self._typing_in(channel):
-            await self._stream(prompt, key, target, message.author.id)
+        try:
+            key = _place_key(channel, message.guild and message.guild.id) or await self._chain_key(message)
+            target = ChannelTarget(self, message.id, key, channel, question)
+            self.track(message.id, message.id, key)
+            async with self._typing_in(channel):
+                await self._stream(prompt, key, target, message.author.id)
+        finally:
+            self.gate.release(slot)
 
     async def _ask_command(self, interaction: discord.Interaction, prompt: str) -> None:
         """/ask prompt: - deferred at once ("is thinking…"), then the original response is edited."""
@@ -466,15 +494,28 @@ class DiscordBot(discord.AutoShardedClient):
                 channel_ids=_channel_ids(interaction.channel)):
             await interaction.response.send_message("You can't use this bot here.", ephemeral=True)
             return
-        callback = await interaction.response.defer(thinking=True)
-        # elsewhere the response message starts a reply chain of its own
-        key = (_place_key(interaction.channel, interaction.guild_id)
-               or f"discord:chain:{getattr(callback, 'message_id', None) or interaction.id}")
-        await self._stream(prompt.strip() or "Hello!", key, InteractionTarget(self, interaction, key),
-                           user.id)
+        prompt = prompt.strip() or "Hello!"
+        try:
+            slot = self._admit(user.id, interaction.channel.id, prompt)
+        except Refused as exc:
+            await interaction.response.send_message(str(exc), ephemeral=True)
+            return
+        try:
+            callback = await interaction.response.defer(thinking=True)
+            # elsewhere the response message starts a reply chain of its own
+            key = (_place_key(interaction.channel, interaction.guild_id)
+                   or f"discord:chain:{getattr(callback, 'message_id', None) or interaction.id}")
+            await self._stream(prompt, key, InteractionTarget(self, interaction, key), user.id)
+        finally:
+            self.gate.release(slot)
+
+    def _admit(self, user_id: int, channel_id: int, prompt: str) -> Slot:
+        if self.closing:
+            raise Refused(RESTARTING)
+        return self.gate.admit(str(user_id), str(channel_id), prompt)
 
     async def _stream(self, prompt: str, key: str, target: _DiscordTarget, asker_id: int) -> Outcome:
-        reply = Reply(self.brain.start(prompt, key), target, self.pacer, self.config.stream)
+        reply = Reply(self.brain.start(prompt, key), target, self.pacer, self.config.stream, self.store)
         active = self.active[target.reply_id] = _Active(reply, target, asker_id)
         try:
             outcome = await reply.run()
@@ -575,11 +616,34 @@ class DiscordBot(discord.AutoShardedClient):
                         message.channel.id, exc)
             return None
 
-    async def _hint(self, message: discord.Message) -> None:
+    async def _tell(self, message: discord.Message, text: str) -> None:
+        """A short answer that is not a model reply (a hint, a refusal), paced like the rest."""
         with contextlib.suppress(discord.HTTPException):
             await self.pacer.acquire(_budgets(f"discord:channel:{message.channel.id}", self.settings))
-            await message.reply("Ask me something after the mention, or use `/ask`.",
-                                allowed_mentions=_NO_PINGS(), mention_author=False)
+            await message.reply(text, allowed_mentions=_NO_PINGS(), mention_author=False)
+
+    async def _recover(self, store: StateStore) -> None:
+        """Finish the replies a crash or kill left streaming, with the interrupted marker."""
+        records = await store.claim_orphans("discord")
+        if records:
+            log.info("Discord: finishing %d reply(s) interrupted by an earlier run", len(records))
+        await asyncio.gather(*(self._repair(r) for r in records))
+
+    async def _repair(self, record: ReplyRecord) -> None:
+        place = record.place
+        content = record.final_text(self.config.stream.interrupted_marker, self.settings.page_chars)
+        try:
+            await self.pacer.acquire(_budgets(f"discord:channel:{place['channel']}", self.settings))
+            if "token" in place:
+                webhook = discord.Webhook.partial(place["application"], place["token"], client=self)
+                await webhook.edit_message(place["message"], content=content, view=None,
+                                           allowed_mentions=_NO_PINGS())
+            else:
+                message = self.get_partial_messageable(place["channel"]).get_partial_message(
+                    place["message"])
+                await message.edit(content=content, view=None, allowed_mentions=_NO_PINGS())
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            log.warning("Discord: could not finish interrupted reply %s: %s", record.reply_id, exc)
 
     @contextlib.asynccontextmanager
     async def _typing_in(self, channel: Any) -> AsyncIterator[None]:
@@ -607,26 +671,31 @@ class DiscordBot(discord.AutoShardedClient):
             await asyncio.sleep(TYPING_EVERY)
 
     async def shutdown(self) -> None:
-        """Stop every reply (they keep their text, with the marker), let them deliver, close."""
-        marker = f"{self.config.stream.stopped_marker} (the bot is shutting down)"
+        """Take no new questions, give running replies `shutdown_grace` seconds to finish, then
+        stop the rest with the interrupted marker (their text kept), let them deliver, close."""
+        self.closing = True
         waiting = [asyncio.create_task(a.done.wait()) for a in self.active.values()]
-        for active in list(self.active.values()):
-            active.reply.stop(marker)
         if waiting:
-            await asyncio.wait(waiting, timeout=SHUTDOWN_GRACE)
+            log.info("Discord: shutting down; waiting for %d reply(s)", len(waiting))
+            _, pending = await asyncio.wait(waiting, timeout=self.config.stream.shutdown_grace)
+            for active in list(self.active.values()):
+                active.reply.stop(self.config.stream.interrupted_marker)
+            if pending:
+                await asyncio.wait(pending, timeout=FINAL_GRACE)
         for _, task in self._typing.values():
             task.cancel()
         if not self.is_closed():
             await self.close()
 
 
-async def serve(config: Config, brain: Brain, pacer: Pacer) -> None:
+async def serve(config: Config, brain: Brain, pacer: Pacer, store: StateStore | None = None,
+                gate: Gate | None = None) -> None:
     """Run the Discord bot until cancelled. Token: env DISCORD_BOT_TOKEN (never logged)."""
     token = env("DISCORD_BOT_TOKEN")
     if not token:
         raise DiscordSetupError("DISCORD_BOT_TOKEN is not set: copy the bot token from the Developer "
                                 "Portal (Bot → Reset Token) into the bot's environment")
-    bot = DiscordBot(config, brain, pacer)
+    bot = DiscordBot(config, brain, pacer, store, gate)
     try:
         await bot.start(token)
     except discord.LoginFailure:

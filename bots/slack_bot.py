@@ -37,10 +37,12 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from core.config import Config, SlackConfig, env
+from core.limits import Gate, Refused
 from core.pacing import Pacer
 from core.platform import Frame, MessageGone, Op, Rate, RateLimited, Target, TransientError
 from core.relay import Reply
 from core.sources import Brain
+from core.state import ReplyRecord, StateStore
 
 log = logging.getLogger("streambot.slack")
 
@@ -58,6 +60,8 @@ BOT_EVENTS = {"app_mention", "assistant_thread_started", "message.channels", "me
               "message.im", "message.mpim"}
 
 STOP_ACTION = "streambot_stop"
+RESTARTING = "I'm restarting: please ask again in a minute."
+FINAL_GRACE = 15.0  # seconds to let interrupted replies deliver their final text
 EVENTS_PATH = "/slack/events"
 NATIVE_PAGE_AGE = 240.0  # native streams expire ~5 minutes after they start
 MARKDOWN_LIMIT = 12_000  # markdown blocks, markdown_text
@@ -111,6 +115,15 @@ def plain_fallback(text: str) -> str:
     """The notification text beside blocks: escaped as Slack's `text` field requires."""
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return text if len(text) <= FALLBACK_CHARS else text[: FALLBACK_CHARS - 1] + "…"
+
+
+def content(text: str, stop_id: str | None = None) -> dict[str, Any]:
+    """A message's text as a markdown block (plus a Stop button for reply `stop_id`)."""
+    text = neutralize(text)[:MARKDOWN_LIMIT]
+    blocks: list[dict[str, Any]] = [{"type": "markdown", "text": text}]
+    if stop_id:
+        blocks.append(stop_block(stop_id))
+    return {"text": plain_fallback(text), "blocks": blocks}
 
 
 def stop_block(reply_id: str) -> dict[str, Any]:
@@ -217,6 +230,11 @@ class SlackTarget(Target):
 
     # --- the core's questions --------------------------------------------------------------
 
+    platform = "slack"
+
+    def locate(self, handle: SlackMessage) -> dict[str, Any]:
+        return {"channel": handle.channel, "ts": handle.ts, "native": handle.native}
+
     def budgets(self, op: Op) -> list[tuple[str, Rate]]:
         team = self.place.team
         if self.native:
@@ -301,11 +319,7 @@ class SlackTarget(Target):
     # --- edit mode -------------------------------------------------------------------------
 
     def _content(self, frame: Frame) -> dict[str, Any]:
-        text = neutralize(frame.text)[:MARKDOWN_LIMIT]
-        blocks: list[dict[str, Any]] = [{"type": "markdown", "text": text}]
-        if frame.streaming and not frame.final:
-            blocks.append(stop_block(self.reply_id))
-        return {"text": plain_fallback(text), "blocks": blocks}
+        return content(frame.text, self.reply_id if frame.streaming and not frame.final else None)
 
     async def _update(self, handle: SlackMessage, frame: Frame) -> None:
         await call("chat.update", self.client.chat_update(
@@ -327,10 +341,10 @@ class Running:
     message_ts: set[str] = field(default_factory=set)
     cancelled: bool = False
 
-    def stop(self) -> None:
+    def stop(self, marker: str | None = None) -> None:
         self.cancelled = True
         if self.reply is not None:
-            self.reply.stop()
+            self.reply.stop(marker)
 
 
 class Recent(OrderedDict[Any, Any]):
@@ -365,9 +379,12 @@ class SlackBot:
 
     def __init__(self, config: Config, brain: Brain, pacer: Pacer, *, bot_token: str,
                  app_token: str = "", signing_secret: str = "",
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None, store: StateStore | None = None,
+                 gate: Gate | None = None) -> None:
         self.config = config
         self.settings: SlackConfig = config.slack
+        self.store = store
+        self.gate = gate or Gate(config.limits)
         self.brain = brain
         self.pacer = pacer
         self.app_token = app_token
@@ -432,6 +449,8 @@ class SlackBot:
     async def run(self) -> None:
         """Receive events until cancelled; on the way out stop every reply cleanly."""
         await self.identify()
+        if self.store is not None:
+            self._spawn(self._recover(self.store))
         stop = await (self._serve_http() if self.settings.mode == "http" else self._socket_mode())
         log.info("Slack adapter connected (%s mode) as %s", self.settings.mode, self.bot_user_id)
         try:
@@ -452,18 +471,40 @@ class SlackBot:
         await web.TCPSite(runner, self.settings.host, self.settings.port).start()
         return runner.cleanup
 
-    async def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop every reply (partial text + stopped marker) and give them time to show it."""
+    async def shutdown(self) -> None:
+        """Take no new questions, give running replies `shutdown_grace` seconds to finish, then
+        stop the rest with the interrupted marker (their text kept) and let them show it."""
         self._closing = True
-        for running in list(self._running.values()):
-            running.stop()
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            log.info("shutting down; waiting for %d reply(s)", len(self._running))
+            await asyncio.wait(set(self._tasks), timeout=self.config.stream.shutdown_grace)
+        for running in list(self._running.values()):
+            running.stop(self.config.stream.interrupted_marker)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=FINAL_GRACE)
+
+    async def _recover(self, store: StateStore) -> None:
+        """Finish the replies a crash or kill left streaming, with the interrupted marker."""
+        records = await store.claim_orphans("slack")
+        if records:
+            log.info("finishing %d reply(s) interrupted by an earlier run", len(records))
+        await asyncio.gather(*(self._repair(r) for r in records))
+
+    async def _repair(self, record: ReplyRecord) -> None:
+        place = record.place
+        text = record.final_text(self.config.stream.interrupted_marker, self.settings.page_chars)
+        team = self.team_id
+        try:
+            if place.get("native"):  # a stream left open: close it (it may have expired already)
+                await self._best_effort("chat.stopStream", self.client.chat_stopStream(
+                    channel=place["channel"], ts=place["ts"]))
+            await self.pacer.acquire([(f"slack:{team}:chat.update", UPDATE_RATE)])
+            await call("chat.update", self.client.chat_update(
+                channel=place["channel"], ts=place["ts"], **content(text)))
+        except Exception as exc:
+            log.warning("could not finish interrupted reply %s: %s", record.reply_id, exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        if self._closing:
-            coro.close()
-            return
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -600,6 +641,25 @@ class SlackBot:
 
     async def answer(self, place: Place, prompt: str, question_ts: str, assistant: bool = False) -> None:
         """Stream one reply into `place`'s thread, one reply per conversation at a time."""
+        try:
+            if self._closing:
+                raise Refused(RESTARTING)
+            slot = self.gate.admit(place.user, place.channel, prompt)
+        except Refused as exc:
+            await self._say(place, str(exc))
+            return
+        try:
+            await self._answer(place, prompt, question_ts, assistant)
+        finally:
+            self.gate.release(slot)
+
+    async def _say(self, place: Place, text: str) -> None:
+        """A short message in the thread that is not a model reply (a refusal)."""
+        await self.pacer.acquire([(f"slack:{place.team}:chat.postMessage:{place.channel}", POST_RATE)])
+        await self._best_effort("chat.postMessage", self.client.chat_postMessage(
+            channel=place.channel, thread_ts=place.thread_ts, **content(text)))
+
+    async def _answer(self, place: Place, prompt: str, question_ts: str, assistant: bool) -> None:
         reply_id = uuid.uuid4().hex[:16]
         running = Running(None, place.user, place.channel, question_ts)
         self._running[reply_id] = running
@@ -628,7 +688,7 @@ class SlackBot:
                 if assistant:
                     await self._thinking(place, prompt, thread)
                 reply = Reply(self.brain.start(prompt, conversation), target, self.pacer,
-                              self.config.stream)
+                              self.config.stream, self.store)
                 running.reply = reply
                 outcome = await reply.run()
                 log.info("reply %s in %s: %s, %d message(s), %d post(s), %d edit(s), %d 429(s)",
@@ -669,7 +729,8 @@ class SlackBot:
             log.info("%s failed: %s", method, exc)
 
 
-async def serve(config: Config, brain: Brain, pacer: Pacer) -> None:
+async def serve(config: Config, brain: Brain, pacer: Pacer, store: StateStore | None = None,
+                gate: Gate | None = None) -> None:
     """Run the Slack adapter until cancelled (tokens come from the environment)."""
     bot_token = env("SLACK_BOT_TOKEN")
     if not bot_token:
@@ -681,5 +742,5 @@ async def serve(config: Config, brain: Brain, pacer: Pacer) -> None:
         raise RuntimeError("SLACK_SIGNING_SECRET is not set: HTTP mode verifies requests with it")
     async with aiohttp.ClientSession() as session:
         bot = SlackBot(config, brain, pacer, bot_token=bot_token, app_token=app_token,
-                       signing_secret=secret, session=session)
+                       signing_secret=secret, session=session, store=store, gate=gate)
         await bot.run()

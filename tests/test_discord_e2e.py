@@ -31,6 +31,7 @@ EDIT = "PATCH /channels/{channel_id}/messages/{message_id}"
 POST = "POST /channels/{channel_id}/messages"
 CURSOR = " ▌"
 STOPPED = "⏹ stopped"
+INTERRUPTED = "⚠️ interrupted — please ask again"
 
 
 # --- harness ---------------------------------------------------------------------------------
@@ -564,8 +565,9 @@ async def test_explicit_shard_ids(fake_openai: FakeOpenAI, tmp_path: Path,
             assert final(fake.reply_pages(question)[0]) == "from one shard of three"
 
 
-async def test_shutdown_stops_replies_with_a_marker(bot: Bot) -> None:
+async def test_shutdown_interrupts_replies_that_outlast_the_grace_period(bot: Bot) -> None:
     fake = bot.fake
+    bot.config.stream.shutdown_grace = 0.5
     script = bot.model.reply(["Halfway ", "there"], hold_after=1)
     question = await fake.send(f"<@{fake.bot.id}> long task")
     page = await _streaming_page(bot, question, "Halfway")
@@ -576,8 +578,39 @@ async def test_shutdown_stops_replies_with_a_marker(bot: Bot) -> None:
         await bot.task
     script.release()
     assert bot.logs.outcomes[question.id].status == "stopped"
-    assert final(page) == f"Halfway \n\n{STOPPED} (the bot is shutting down)"
+    assert final(page) == f"Halfway \n\n{INTERRUPTED}"
     assert page.components == []
+
+
+async def test_shutdown_lets_running_replies_finish_and_turns_new_questions_away(bot: Bot) -> None:
+    fake = bot.fake
+    script = bot.model.reply(["Halfway ", "there"], hold_after=1)
+    question = await fake.send(f"<@{fake.bot.id}> long task")
+    page = await _streaming_page(bot, question, "Halfway")
+
+    assert bot.task is not None
+    bot.task.cancel()  # shutting down: the grace period (20 s by default) starts
+    late = await fake.send(f"<@{fake.bot.id}> one more?")
+    [notice] = await fake.wait_for(lambda: fake.reply_pages(late), GUARD)
+    assert "restarting" in final(notice)
+    script.release()
+    with contextlib.suppress(asyncio.CancelledError):
+        await bot.task
+    assert bot.logs.outcomes[question.id].status == "done"
+    assert final(page) == "Halfway there"
+    assert len(bot.model.requests) == 1  # the late question never reached the model
+
+
+async def test_a_person_over_the_rate_limit_is_told_to_wait(bot: Bot) -> None:
+    fake = bot.fake
+    bot.config.limits.user_per_minute = 1
+    bot.model.reply("first answer")
+    await bot.ask("one")
+    question = await fake.send(f"<@{fake.bot.id}> two")
+    [notice] = await fake.wait_for(lambda: fake.reply_pages(question), GUARD)
+    assert "1 questions in the last minute. Please wait" in final(notice)
+    assert len(bot.model.requests) == 1
+    assert_never_pinged(fake)
 
 
 async def test_bare_mention_gets_a_hint(bot: Bot) -> None:
