@@ -675,17 +675,19 @@ class DiscordBot(discord.AutoShardedClient):
         stop the rest with the interrupted marker (their text kept), let them deliver, close."""
         self.closing = True
         waiting = [asyncio.create_task(a.done.wait()) for a in self.active.values()]
-        if waiting:
-            log.info("Discord: shutting down; waiting for %d reply(s)", len(waiting))
-            _, pending = await asyncio.wait(waiting, timeout=self.config.stream.shutdown_grace)
-            for active in list(self.active.values()):
-                active.reply.stop(self.config.stream.interrupted_marker)
-            if pending:
-                await asyncio.wait(pending, timeout=FINAL_GRACE)
-        for _, task in self._typing.values():
-            task.cancel()
-        if not self.is_closed():
-            await self.close()
+        try:
+            if waiting:
+                log.info("Discord: shutting down; waiting for %d reply(s)", len(waiting))
+                _, pending = await asyncio.wait(waiting, timeout=self.config.stream.shutdown_grace)
+                for active in list(self.active.values()):
+                    active.reply.stop(self.config.stream.interrupted_marker)
+                if pending:
+                    await asyncio.wait(pending, timeout=FINAL_GRACE)
+        finally:  # even when a second Ctrl-C cuts the grace period short
+            for _, task in self._typing.values():
+                task.cancel()
+            if not self.is_closed():
+                await self.close()
 
 
 async def serve(config: Config, brain: Brain, pacer: Pacer, store: StateStore | None = None,

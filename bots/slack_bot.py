@@ -456,8 +456,10 @@ class SlackBot:
         try:
             await asyncio.Event().wait()
         finally:
-            await self.shutdown()
-            await stop()
+            try:
+                await self.shutdown()
+            finally:  # even when a second Ctrl-C cuts the grace period short
+                await stop()
 
     async def _serve_http(self) -> Callable[[], Awaitable[None]]:
         async def handle(request: web.Request) -> web.Response:

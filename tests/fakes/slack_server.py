@@ -846,7 +846,8 @@ def texts(messages: Iterable[Message]) -> list[str]:
 
 @asynccontextmanager
 async def running_bot(slack: FakeSlack, *, model_base_url: str, memory_path: str,
-                      stream: dict[str, Any] | None = None,
+                      stream: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
+                      store: Any = None,
                       **slack_settings: Any) -> AsyncIterator[asyncio.Task[None]]:
     """Run `bots.slack_bot.serve` (the real adapter, bolt and slack_sdk) against `slack`.
 
@@ -854,7 +855,8 @@ async def running_bot(slack: FakeSlack, *, model_base_url: str, memory_path: str
     waits for the websocket; HTTP mode binds a free 127.0.0.1 port and points the fake at it.
     """
     from bots.slack_bot import EVENTS_PATH, serve
-    from core.config import Config, MemoryConfig, ModelConfig, SlackConfig, StreamConfig
+    from core.config import (Config, LimitsConfig, MemoryConfig, ModelConfig, SlackConfig,
+                             StreamConfig)
     from core.pacing import Pacer
     from core.sources import build_brain
 
@@ -866,12 +868,13 @@ async def running_bot(slack: FakeSlack, *, model_base_url: str, memory_path: str
     config = Config(model=ModelConfig(base_url=model_base_url),
                     memory=MemoryConfig(path=memory_path),
                     stream=StreamConfig(**(stream or {})),
+                    limits=LimitsConfig(**(limits or {})),
                     slack=SlackConfig(**settings))
     saved = {k: os.environ.get(k) for k in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
                                              "SLACK_SIGNING_SECRET", "OPENAI_API_KEY")}
     os.environ.update({"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN,
                        "SLACK_SIGNING_SECRET": SIGNING_SECRET, "OPENAI_API_KEY": "test"})
-    task = asyncio.create_task(serve(config, build_brain(config), Pacer()))
+    task = asyncio.create_task(serve(config, build_brain(config), Pacer(), store))
     try:
         if slack.mode == "socket":
             connected = asyncio.create_task(slack.wait_connected(30.0, more_than=slack.connections))
