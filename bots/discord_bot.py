@@ -251,6 +251,8 @@ def _platform_errors() -> Iterator[None]:
 class _DiscordTarget(Target):
     """What both targets share: limits, the Stop button, deleted-message bookkeeping."""
 
+    platform = "discord"
+
     def __init__(self, bot: DiscordBot, reply_id: int, key: str, budget_key: str) -> None:
         self.bot = bot
         self.reply_id = reply_id

@@ -201,6 +201,8 @@ class Place:
 class SlackTarget(Target):
     """One reply in one Slack thread, natively streamed or edited in place."""
 
+    platform = "slack"
+
     def __init__(self, client: AsyncWebClient, place: Place, *, native: bool, page_chars: int,
                  reply_id: str, on_post: Callable[[str], None] | None = None,
                  on_native_refused: Callable[[str], None] | None = None,
