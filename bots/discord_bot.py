@@ -33,6 +33,8 @@ from discord.http import HTTPClient, Route
 from discord.utils import MISSING
 
 from core.config import Config, DiscordConfig, env
+from core.logs import tag_reply
+from core.ops import register_ready
 from core.pacing import Pacer
 from core.platform import Frame, MessageGone, Op, Rate, RateLimited, Target, TransientError
 from core.relay import Outcome, Reply
@@ -476,6 +478,7 @@ class DiscordBot(discord.AutoShardedClient):
                            user.id)
 
     async def _stream(self, prompt: str, key: str, target: _DiscordTarget, asker_id: int) -> Outcome:
+        tag_reply(reply_id=target.reply_id, conversation=key, platform="discord")
         reply = Reply(self.brain.start(prompt, key), target, self.pacer, self.config.stream)
         active = self.active[target.reply_id] = _Active(reply, target, asker_id)
         try:
@@ -487,7 +490,8 @@ class DiscordBot(discord.AutoShardedClient):
                 del self._watched[mid]
         log.info("Discord: reply %s %s in %d message(s) (%d posts, %d edits, %d rate limited)",
                  target.reply_id, outcome.status, len(outcome.pages), outcome.posts, outcome.edits,
-                 outcome.rate_limited, extra={"reply_id": target.reply_id, "outcome": outcome})
+                 outcome.rate_limited, extra={"reply_id": target.reply_id, "conversation": key,
+                                              "status": outcome.status, "outcome": outcome})
         return outcome
 
     # --- user actions reported back to the relay -------------------------------------------
@@ -629,6 +633,7 @@ async def serve(config: Config, brain: Brain, pacer: Pacer) -> None:
         raise DiscordSetupError("DISCORD_BOT_TOKEN is not set: copy the bot token from the Developer "
                                 "Portal (Bot → Reset Token) into the bot's environment")
     bot = DiscordBot(config, brain, pacer)
+    register_ready("discord", lambda: bot.is_ready() and not bot.is_closed())
     try:
         await bot.start(token)
     except discord.LoginFailure:

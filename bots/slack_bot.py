@@ -37,6 +37,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from core.config import Config, SlackConfig, env
+from core.logs import tag_reply
+from core.ops import register_ready
 from core.pacing import Pacer
 from core.platform import Frame, MessageGone, Op, Rate, RateLimited, Target, TransientError
 from core.relay import Reply
@@ -397,6 +399,8 @@ class SlackBot:
         self._native_off: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._socket: AsyncSocketModeHandler | None = None
+        self._listening = False  # HTTP mode: the events endpoint is up
         self._register()
 
     # --- wiring ----------------------------------------------------------------------------
@@ -429,7 +433,14 @@ class SlackBot:
                                "an app-level token (xapp-) with connections:write") from None
         handler.client.wss_uri = resp["url"]
         await handler.connect_async()
+        self._socket = handler
         return handler.close_async
+
+    async def connected(self) -> bool:
+        """Readiness: Socket Mode's websocket is up, or HTTP mode's endpoint is listening."""
+        if self._socket is not None:
+            return await self._socket.client.is_connected()
+        return self._listening
 
     async def run(self) -> None:
         """Receive events until cancelled; on the way out stop every reply cleanly."""
@@ -452,6 +463,7 @@ class SlackBot:
         runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, self.settings.host, self.settings.port).start()
+        self._listening = True
         return runner.cleanup
 
     async def shutdown(self, timeout: float = 10.0) -> None:
@@ -607,6 +619,7 @@ class SlackBot:
         self._running[reply_id] = running
         self._by_message[(place.channel, question_ts)] = reply_id
         conversation = f"slack:{place.team}:{place.channel}:{place.thread_ts}"
+        tag_reply(reply_id=reply_id, conversation=conversation, platform="slack")
         lock, users = self._locks.get(conversation, (asyncio.Lock(), 0))
         self._locks[conversation] = (lock, users + 1)
         thread = (place.channel, place.thread_ts)
@@ -635,7 +648,9 @@ class SlackBot:
                 outcome = await reply.run()
                 log.info("reply %s in %s: %s, %d message(s), %d post(s), %d edit(s), %d 429(s)",
                          reply_id, place.channel, outcome.status, len(outcome.pages), outcome.posts,
-                         outcome.edits, outcome.rate_limited)
+                         outcome.edits, outcome.rate_limited,
+                         extra={"reply_id": reply_id, "conversation": conversation,
+                                "status": outcome.status})
                 if assistant:
                     await self._best_effort("assistant.threads.setStatus",
                                             self.client.assistant_threads_setStatus(
@@ -684,4 +699,5 @@ async def serve(config: Config, brain: Brain, pacer: Pacer) -> None:
     async with aiohttp.ClientSession() as session:
         bot = SlackBot(config, brain, pacer, bot_token=bot_token, app_token=app_token,
                        signing_secret=secret, session=session)
+        register_ready("slack", bot.connected)
         await bot.run()
