@@ -16,10 +16,12 @@ from typing import Any, get_args
 import aiohttp
 import pytest
 from fakes.clock import FakeClock
+from fakes.discord_server import FakeDiscord
 from fakes.openai_server import FakeOpenAI
 from fakes.scripted import RecordingTarget, ScriptRun, deltas
 from fakes.slack_server import FakeSlack, running_bot
 from prometheus_client import REGISTRY
+from test_discord_e2e import running_bot as running_discord_bot
 
 from core import ops
 from core.config import MemoryConfig, parse
@@ -221,6 +223,27 @@ async def test_slack_reply_logs_ids_at_info_and_never_the_prompt(
     done = [json.loads(line) for line in lines if '"status": "done"' in line]
     assert done and done[0]["reply_id"] and done[0]["conversation"].startswith("slack:")
     assert done[0]["platform"] == "slack"
+
+
+async def test_discord_reply_is_counted_and_logged_with_ids_but_not_its_prompt(
+        fake_openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, checks: dict[str, ops.ReadyCheck]) -> None:
+    fake_openai.reply("Mount quokka-jade-0815 is the tallest.", delay=0.01)
+    caplog.set_level(logging.INFO)
+    caplog.handler.addFilter(add_reply_fields)
+    finished = sample("streambot_replies_finished_total", platform="discord", status="done")
+    async with FakeDiscord() as fake:
+        async with running_discord_bot(fake, fake_openai, tmp_path, monkeypatch) as bot:
+            await fake.wait_for(checks["discord"], 30.0)  # registered by serve(); up once ready
+            _, outcome = await bot.ask("Which zebra-quartz-4711 mountain is tallest?")
+        assert not await ops._passes(checks["discord"])  # closed: not ready
+
+    assert outcome.status == "done" and outcome.first_text_after is not None
+    assert sample("streambot_replies_finished_total", platform="discord", status="done") == finished + 1
+    lines = [JsonFormatter().format(r) for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [line for line in lines if "zebra-quartz" in line or "quokka-jade" in line]
+    done = [json.loads(line) for line in lines if '"status": "done"' in line]
+    assert done and done[0]["conversation"].startswith("discord:") and done[0]["platform"] == "discord"
 
 
 # --- deployment files ------------------------------------------------------------------------
