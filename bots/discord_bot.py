@@ -491,7 +491,9 @@ class DiscordBot(discord.AutoShardedClient):
         log.info("Discord: reply %s %s in %d message(s) (%d posts, %d edits, %d rate limited)",
                  target.reply_id, outcome.status, len(outcome.pages), outcome.posts, outcome.edits,
                  outcome.rate_limited, extra={"reply_id": target.reply_id, "conversation": key,
-                                              "status": outcome.status, "outcome": outcome})
+                                              "status": outcome.status, "outcome": outcome,
+                                              "placeholder_after": outcome.placeholder_after,
+                                              "first_text_after": outcome.first_text_after})
         return outcome
 
     # --- user actions reported back to the relay -------------------------------------------

@@ -650,7 +650,9 @@ class SlackBot:
                          reply_id, place.channel, outcome.status, len(outcome.pages), outcome.posts,
                          outcome.edits, outcome.rate_limited,
                          extra={"reply_id": reply_id, "conversation": conversation,
-                                "status": outcome.status})
+                                "status": outcome.status,
+                                "placeholder_after": outcome.placeholder_after,
+                                "first_text_after": outcome.first_text_after})
                 if assistant:
                     await self._best_effort("assistant.threads.setStatus",
                                             self.client.assistant_threads_setStatus(

@@ -1,7 +1,7 @@
 """Log set-up: readable text or one JSON object per line, with secrets scrubbed either way.
 
-JSON lines carry `reply_id`, `conversation`, `platform` and `status` when a log call passes them
-in `extra=`, or when the adapter tagged the running reply with `tag_reply` (so the relay's and
+JSON lines carry `reply_id`, `conversation`, `platform`, `status` and the reply's latencies when
+a log call passes them in `extra=`, or when the adapter tagged the running reply with `tag_reply` (so the relay's and
 the model source's lines about a reply carry its ids too). Message content (prompts, model
 text) is only ever logged at DEBUG.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from core.config import env
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-FIELDS = ("reply_id", "conversation", "platform", "status")
+FIELDS = ("reply_id", "conversation", "platform", "status", "placeholder_after", "first_text_after")
 SECRET_VARS = ("OPENAI_API_KEY", "DISCORD_BOT_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
                "SLACK_SIGNING_SECRET")
 _reply: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("streambot_reply", default={})

@@ -222,7 +222,7 @@ async def test_slack_reply_logs_ids_at_info_and_never_the_prompt(
     assert not [line for line in lines if "zebra-quartz" in line or "quokka-jade" in line]
     done = [json.loads(line) for line in lines if '"status": "done"' in line]
     assert done and done[0]["reply_id"] and done[0]["conversation"].startswith("slack:")
-    assert done[0]["platform"] == "slack"
+    assert done[0]["platform"] == "slack" and done[0]["first_text_after"] >= 0
 
 
 async def test_discord_reply_is_counted_and_logged_with_ids_but_not_its_prompt(
