@@ -464,7 +464,12 @@ class SlackBot:
         await runner.setup()
         await web.TCPSite(runner, self.settings.host, self.settings.port).start()
         self._listening = True
-        return runner.cleanup
+
+        async def stop() -> None:
+            self._listening = False
+            await runner.cleanup()
+
+        return stop
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Stop every reply (partial text + stopped marker) and give them time to show it."""

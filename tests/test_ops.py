@@ -3,9 +3,11 @@ in logs, and the deployment files. Replies run on the virtual clock; nothing ass
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 import tomllib
@@ -19,7 +21,7 @@ from fakes.clock import FakeClock
 from fakes.discord_server import FakeDiscord
 from fakes.openai_server import FakeOpenAI
 from fakes.scripted import RecordingTarget, ScriptRun, deltas
-from fakes.slack_server import FakeSlack, running_bot
+from fakes.slack_server import FakeSlack, free_port, running_bot
 from prometheus_client import REGISTRY
 from test_discord_e2e import running_bot as running_discord_bot
 
@@ -199,24 +201,25 @@ def test_secret_values_never_reach_the_output(monkeypatch: pytest.MonkeyPatch) -
         assert token not in formatter.format(rec)
 
 
+@pytest.mark.parametrize("mode", ["socket", "http"])
 async def test_slack_reply_logs_ids_at_info_and_never_the_prompt(
         fake_openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-        checks: dict[str, ops.ReadyCheck]) -> None:
+        checks: dict[str, ops.ReadyCheck], mode: str) -> None:
     prompt = "Which zebra-quartz-4711 mountain is tallest?"
     answer = "Mount quokka-jade-0815 is the tallest."
     fake_openai.reply(answer, delay=0.01)
     caplog.set_level(logging.INFO)
     caplog.handler.addFilter(add_reply_fields)  # as logs.setup() does
-    async with FakeSlack() as slack:
+    async with FakeSlack(mode=mode) as slack:
         async with running_bot(slack, model_base_url=fake_openai.base_url,
                                memory_path=str(tmp_path / "memory.db")):
-            assert await ops._passes(checks["slack"])  # registered by serve(), connected
+            assert await ops._passes(checks["slack"])  # registered by serve(); connected/listening
             ts = await slack.mention("C0GENERAL", prompt)
             await slack.wait_for(lambda: answer in slack.reply_text("C0GENERAL", ts), 30.0,
                                  "the reply")
             await slack.wait_for(lambda: any(getattr(r, "status", None) for r in caplog.records),
                                  30.0, "the reply's log line")
-        assert not await ops._passes(checks["slack"])  # disconnected: not ready
+        assert not await ops._passes(checks["slack"])  # disconnected or stopped: not ready
 
     lines = [JsonFormatter().format(r) for r in caplog.records if r.levelno >= logging.INFO]
     assert not [line for line in lines if "zebra-quartz" in line or "quokka-jade" in line]
@@ -244,6 +247,45 @@ async def test_discord_reply_is_counted_and_logged_with_ids_but_not_its_prompt(
     assert not [line for line in lines if "zebra-quartz" in line or "quokka-jade" in line]
     done = [json.loads(line) for line in lines if '"status": "done"' in line]
     assert done and done[0]["conversation"].startswith("discord:") and done[0]["platform"] == "discord"
+
+
+async def test_the_cli_serves_health_and_logs_json_as_the_docker_image_runs_it(tmp_path: Path) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bots.cli", "--log-format", "json", "--log-level", "INFO", "run",
+        "--ops", f"127.0.0.1:{port}", cwd=tmp_path, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(600):  # the console (no adapters configured) waits for input meanwhile
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        assert resp.status == 200 and (await resp.json())["ready"]
+                        break
+                except aiohttp.ClientConnectionError:
+                    assert proc.returncode is None, "streambot exited"
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("/healthz never answered")
+        assert proc.stdin is not None
+        proc.stdin.close()  # end of input: the console, and with it the process, exits
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0
+    entries = [json.loads(line) for line in err.decode().splitlines()]
+    assert any(e["logger"] == "streambot.ops" for e in entries)
+
+
+def test_ops_address_option() -> None:
+    from bots.cli import _address
+
+    assert _address("0.0.0.0:9108") == ("0.0.0.0", 9108)
+    for bad in ("9108", "host:", "host:99999", ":9108"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _address(bad)
 
 
 # --- deployment files ------------------------------------------------------------------------
