@@ -510,7 +510,8 @@ class DiscordBot(discord.AutoShardedClient):
         if active is None:
             return
         active.target.gone.add(event.message_id)
-        log.info("Discord: message %s deleted; stopping reply %s", event.message_id, reply_id)
+        log.info("Discord: message %s deleted; stopping reply %s", event.message_id, reply_id,
+                 extra={"reply_id": reply_id, "conversation": active.target.key})
         active.reply.stop()
 
     async def on_stop_click(self, interaction: discord.Interaction, reply_id: int) -> None:
@@ -529,7 +530,8 @@ class DiscordBot(discord.AutoShardedClient):
                                                     ephemeral=True)
             return
         await interaction.response.defer()  # the relay's final edit removes the button
-        log.info("Discord: %s pressed Stop on reply %s", interaction.user.id, reply_id)
+        log.info("Discord: %s pressed Stop on reply %s", interaction.user.id, reply_id,
+                 extra={"reply_id": reply_id, "conversation": active.target.key})
         active.reply.stop()
 
     # --- helpers ---------------------------------------------------------------------------
