@@ -13,8 +13,10 @@ from typing import Any
 from rich.console import Console
 
 from core import config as cfg
+from core import logs
 from core.demo import DEMO_NOTICE
 from core.limits import Gate
+from core.ops import OpsServer
 from core.pacing import Pacer
 from core.sources import build_brain
 from core.state import open_store
@@ -47,16 +49,36 @@ def check_config(path: str | None) -> int:
         adapters.append("console")
     print(f"{source}: OK\n  model: {model}\n  memory: {config.memory.backend} at "
           f"{config.memory.path}\n  adapters: {', '.join(adapters)}")
+    if config.ops.enabled and config.ops.port:
+        print(f"  ops: http://{config.ops.host}:{config.ops.port} (/metrics, /healthz)")
     return 0
 
 
 async def run(config: cfg.Config, source: str) -> int:
-    """Start every enabled adapter; the console when no chat platform is enabled."""
+    """Start every enabled adapter (the console when no chat platform is enabled) and, when
+    `[ops]` is enabled, the /metrics and /healthz endpoint beside them."""
     problems = cfg.check_env(config, source)
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
         return 1
+    ops = OpsServer(config.ops.host, config.ops.port) if config.ops.enabled and config.ops.port else None
+    if ops is not None:
+        try:
+            await ops.start()
+        except OSError as exc:
+            print(f"{source}: ops.port: cannot listen on {config.ops.host}:{config.ops.port} "
+                  f"({exc.strerror or exc}): pick a free port or set ops.enabled = false",
+                  file=sys.stderr)
+            return 1
+    try:
+        return await _run_adapters(config)
+    finally:
+        if ops is not None:
+            await ops.stop()
+
+
+async def _run_adapters(config: cfg.Config) -> int:
     brain, pacer, gate = build_brain(config), Pacer(), Gate(config.limits)
     store = open_store(config)
     jobs: list[Coroutine[Any, Any, None]] = []
@@ -112,13 +134,25 @@ async def ask(config: cfg.Config, question: str) -> int:
     return 0 if outcome.status == "done" else 1
 
 
+def _address(value: str) -> tuple[str, int]:
+    """HOST:PORT for --ops."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, e.g. 0.0.0.0:9108, not {value!r}")
+    return host, int(port)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="streambot", description="Stream LLM answers into Discord, Slack and the terminal.")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        help="text, or json: one object per line (default: [ops] log_format)")
     sub = parser.add_subparsers(dest="command")
     p_run = sub.add_parser("run", help="start every adapter enabled in the config (the default)")
     p_run.add_argument("--config", "-c", help="config file (default: ./config.toml if present)")
+    p_run.add_argument("--ops", type=_address, metavar="HOST:PORT",
+                       help="serve /metrics and /healthz there (turns [ops] on)")
     p_console = sub.add_parser("console", help="chat in the terminal")
     p_console.add_argument("--config", "-c")
     p_console.add_argument("--page-chars", type=int, help="page size, to watch paging (min 200)")
@@ -129,15 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("path", nargs="?")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format or "text")
     command = args.command or "run"
     if command == "check-config":
         return check_config(args.path)
     config, source = _load(getattr(args, "config", None))
+    if not args.log_format and config.ops.log_format != "text":
+        logs.setup(args.log_level, config.ops.log_format)
     try:
         if command == "ask":
             return asyncio.run(ask(config, " ".join(args.question)))
+        if getattr(args, "ops", None):
+            config.ops.enabled = True
+            config.ops.host, config.ops.port = args.ops
         if command == "console":
             if args.page_chars:
                 config.console.page_chars = args.page_chars

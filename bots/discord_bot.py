@@ -34,6 +34,8 @@ from discord.utils import MISSING
 
 from core.config import Config, DiscordConfig, env
 from core.limits import Gate, Refused, Slot
+from core.logs import tag_reply
+from core.ops import register_ready
 from core.pacing import Pacer
 from core.platform import Frame, MessageGone, Op, Rate, RateLimited, Target, TransientError
 from core.relay import Outcome, Reply
@@ -253,6 +255,8 @@ def _platform_errors() -> Iterator[None]:
 
 class _DiscordTarget(Target):
     """What both targets share: limits, the Stop button, deleted-message bookkeeping."""
+
+    platform = "discord"
 
     def __init__(self, bot: DiscordBot, reply_id: int, key: str, budget_key: str) -> None:
         self.bot = bot
@@ -515,6 +519,7 @@ class DiscordBot(discord.AutoShardedClient):
         return self.gate.admit(str(user_id), str(channel_id), prompt)
 
     async def _stream(self, prompt: str, key: str, target: _DiscordTarget, asker_id: int) -> Outcome:
+        tag_reply(reply_id=target.reply_id, conversation=key, platform="discord")
         reply = Reply(self.brain.start(prompt, key), target, self.pacer, self.config.stream, self.store)
         active = self.active[target.reply_id] = _Active(reply, target, asker_id)
         try:
@@ -526,7 +531,10 @@ class DiscordBot(discord.AutoShardedClient):
                 del self._watched[mid]
         log.info("Discord: reply %s %s in %d message(s) (%d posts, %d edits, %d rate limited)",
                  target.reply_id, outcome.status, len(outcome.pages), outcome.posts, outcome.edits,
-                 outcome.rate_limited, extra={"reply_id": target.reply_id, "outcome": outcome})
+                 outcome.rate_limited, extra={"reply_id": target.reply_id, "conversation": key,
+                                              "status": outcome.status, "outcome": outcome,
+                                              "placeholder_after": outcome.placeholder_after,
+                                              "first_text_after": outcome.first_text_after})
         return outcome
 
     # --- user actions reported back to the relay -------------------------------------------
@@ -543,7 +551,8 @@ class DiscordBot(discord.AutoShardedClient):
         if active is None:
             return
         active.target.gone.add(event.message_id)
-        log.info("Discord: message %s deleted; stopping reply %s", event.message_id, reply_id)
+        log.info("Discord: message %s deleted; stopping reply %s", event.message_id, reply_id,
+                 extra={"reply_id": reply_id, "conversation": active.target.key})
         active.reply.stop()
 
     async def on_stop_click(self, interaction: discord.Interaction, reply_id: int) -> None:
@@ -562,7 +571,8 @@ class DiscordBot(discord.AutoShardedClient):
                                                     ephemeral=True)
             return
         await interaction.response.defer()  # the relay's final edit removes the button
-        log.info("Discord: %s pressed Stop on reply %s", interaction.user.id, reply_id)
+        log.info("Discord: %s pressed Stop on reply %s", interaction.user.id, reply_id,
+                 extra={"reply_id": reply_id, "conversation": active.target.key})
         active.reply.stop()
 
     # --- helpers ---------------------------------------------------------------------------
@@ -698,6 +708,7 @@ async def serve(config: Config, brain: Brain, pacer: Pacer, store: StateStore | 
         raise DiscordSetupError("DISCORD_BOT_TOKEN is not set: copy the bot token from the Developer "
                                 "Portal (Bot → Reset Token) into the bot's environment")
     bot = DiscordBot(config, brain, pacer, store, gate)
+    register_ready("discord", lambda: bot.is_ready() and not bot.is_closed())
     try:
         await bot.start(token)
     except discord.LoginFailure:

@@ -38,6 +38,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from core.config import Config, SlackConfig, env
 from core.limits import Gate, Refused
+from core.logs import tag_reply
+from core.ops import register_ready
 from core.pacing import Pacer
 from core.platform import Frame, MessageGone, Op, Rate, RateLimited, Target, TransientError
 from core.relay import Reply
@@ -213,6 +215,8 @@ class Place:
 
 class SlackTarget(Target):
     """One reply in one Slack thread, natively streamed or edited in place."""
+
+    platform = "slack"
 
     def __init__(self, client: AsyncWebClient, place: Place, *, native: bool, page_chars: int,
                  reply_id: str, on_post: Callable[[str], None] | None = None,
@@ -412,6 +416,8 @@ class SlackBot:
         self._native_off: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._socket: AsyncSocketModeHandler | None = None
+        self._listening = False  # HTTP mode: the events endpoint is up
         self._register()
 
     # --- wiring ----------------------------------------------------------------------------
@@ -444,7 +450,14 @@ class SlackBot:
                                "an app-level token (xapp-) with connections:write") from None
         handler.client.wss_uri = resp["url"]
         await handler.connect_async()
+        self._socket = handler
         return handler.close_async
+
+    async def connected(self) -> bool:
+        """Readiness: Socket Mode's websocket is up, or HTTP mode's endpoint is listening."""
+        if self._socket is not None:
+            return await self._socket.client.is_connected()
+        return self._listening
 
     async def run(self) -> None:
         """Receive events until cancelled; on the way out stop every reply cleanly."""
@@ -471,7 +484,13 @@ class SlackBot:
         runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, self.settings.host, self.settings.port).start()
-        return runner.cleanup
+        self._listening = True
+
+        async def stop() -> None:
+            self._listening = False
+            await runner.cleanup()
+
+        return stop
 
     async def shutdown(self) -> None:
         """Take no new questions, give running replies `shutdown_grace` seconds to finish, then
@@ -667,6 +686,7 @@ class SlackBot:
         self._running[reply_id] = running
         self._by_message[(place.channel, question_ts)] = reply_id
         conversation = f"slack:{place.team}:{place.channel}:{place.thread_ts}"
+        tag_reply(reply_id=reply_id, conversation=conversation, platform="slack")
         lock, users = self._locks.get(conversation, (asyncio.Lock(), 0))
         self._locks[conversation] = (lock, users + 1)
         thread = (place.channel, place.thread_ts)
@@ -695,7 +715,11 @@ class SlackBot:
                 outcome = await reply.run()
                 log.info("reply %s in %s: %s, %d message(s), %d post(s), %d edit(s), %d 429(s)",
                          reply_id, place.channel, outcome.status, len(outcome.pages), outcome.posts,
-                         outcome.edits, outcome.rate_limited)
+                         outcome.edits, outcome.rate_limited,
+                         extra={"reply_id": reply_id, "conversation": conversation,
+                                "status": outcome.status,
+                                "placeholder_after": outcome.placeholder_after,
+                                "first_text_after": outcome.first_text_after})
                 if assistant:
                     await self._best_effort("assistant.threads.setStatus",
                                             self.client.assistant_threads_setStatus(
@@ -745,4 +769,5 @@ async def serve(config: Config, brain: Brain, pacer: Pacer, store: StateStore | 
     async with aiohttp.ClientSession() as session:
         bot = SlackBot(config, brain, pacer, bot_token=bot_token, app_token=app_token,
                        signing_secret=secret, session=session, store=store, gate=gate)
+        register_ready("slack", bot.connected)
         await bot.run()

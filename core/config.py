@@ -115,6 +115,13 @@ class SlackConfig(Section):
     thinking_status: str = Field("is thinking…", max_length=50)  # assistant threads, while answering
 
 
+class OpsConfig(Section):
+    enabled: bool = False  # off so nothing listens by surprise; the Docker image turns it on
+    host: str = "127.0.0.1"  # /metrics and /healthz; "0.0.0.0" inside a container
+    port: int = Field(9108, ge=0, le=65535)  # 0 also means off
+    log_format: Literal["text", "json"] = "text"
+
+
 class Config(Section):
     model: ModelConfig = ModelConfig()
     stream: StreamConfig = StreamConfig()
@@ -123,6 +130,7 @@ class Config(Section):
     console: ConsoleConfig = ConsoleConfig()
     discord: DiscordConfig = DiscordConfig()
     slack: SlackConfig = SlackConfig()
+    ops: OpsConfig = OpsConfig()
 
 
 @dataclass(frozen=True)

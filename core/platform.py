@@ -65,9 +65,10 @@ class Target(ABC):
     allowances a request uses, as (key, rate) pairs: every reply whose target returns the same
     key shares that budget, e.g. ("discord:channel:42", Rate(5, 5.0)). `page_max_age`, when set,
     makes the relay continue in a new message once a page has been streaming that long (for
-    transports whose messages expire while streaming).
+    transports whose messages expire while streaming). `platform` labels the reply's metrics.
     """
 
+    platform: str = "console"
     page_limit: int = 2000
     page_max_age: float | None = None
     platform: str = "console"  # names the adapter in metrics and reply records

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from core import metrics
 from core.config import StreamConfig
 from core.events import Done, Failed, Handoff, ModelRun, TextDelta, ToolFinished, ToolStarted
 from core.pacing import Pacer
@@ -45,6 +46,8 @@ class Outcome:
     retries: int = 0
     failed_requests: int = 0
     delivered: bool = True  # False if the final text could not be shown (deadline passed)
+    placeholder_after: float | None = None  # seconds from the start until the first message showed
+    first_text_after: float | None = None  # ... until the model's first text showed
 
 
 class _Gone(Exception):
@@ -75,6 +78,8 @@ class Reply:
         self._page_started = 0.0
         self._gone = False
         self._outcome = Outcome("done", "", [])
+        self._started = 0.0  # clock time run() began: latencies count from here
+        self._had_text = False  # the model said something before the reply ended
 
     @property
     def finished(self) -> bool:
@@ -92,6 +97,9 @@ class Reply:
     async def run(self) -> Outcome:
         """Stream the whole reply; returns once the final text was delivered or given up on."""
         watchdog = None
+        platform, self._started = self.target.platform, self.pacer.clock.now()
+        metrics.REPLIES_STARTED.labels(platform).inc()
+        metrics.REPLIES_ACTIVE.labels(platform).inc()
         if self._end is None:  # a reply stopped before it started never runs the model
             self._consumer = asyncio.create_task(self._consume())
             watchdog = asyncio.create_task(self._watch())
@@ -102,6 +110,7 @@ class Reply:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            metrics.REPLIES_ACTIVE.labels(platform).dec()
             if self._consumer is not None:
                 if not self._consumer.done():
                     self.model.cancel()
@@ -118,6 +127,7 @@ class Reply:
         o = self._outcome
         o.status, o.text, o.handles = self._end or "stopped", self.pager.text, self.handles
         o.pages = [f.text for f in self._delivered]
+        metrics.REPLIES_FINISHED.labels(platform, o.status).inc()
         if o.status in ("stopped", "failed"):
             try:
                 await self.model.remember(o.text)
@@ -128,6 +138,9 @@ class Reply:
     def _finish(self, status: Status, note: str = "") -> None:
         if self._end is not None:
             return
+        self._had_text = bool(self.pager.text.strip())
+        if status == "failed":
+            metrics.MODEL_ERRORS.labels(self.target.platform).inc()
         if status == "done" and not self.pager.text.strip():
             status, note = "empty", EMPTY_NOTE
         if note:
@@ -276,9 +289,11 @@ class Reply:
                     self._delivered[k] = frame
                     o.edits += 1
                 await self._record(k, frame, new=op == "post")
+                self._shown(op, frame)
                 return
             except RateLimited as exc:
                 o.rate_limited += 1
+                metrics.RATE_LIMITED.labels(self.target.platform).inc()
                 self.pacer.pause(budgets, exc.retry_after)
                 continue
             except MessageGone:
@@ -290,6 +305,7 @@ class Reply:
             except Exception as exc:
                 attempt += 1
                 o.failed_requests += 1
+                metrics.FAILED_REQUESTS.labels(self.target.platform, op).inc()
                 transient = isinstance(exc, _TRANSIENT)
                 if frame.final:
                     deadline = deadline or clock.now() + self.settings.final_deadline
@@ -312,6 +328,18 @@ class Reply:
         text = pages[k].text if k < len(pages) else self.pager.settled()
         record = ReplyRecord(self.id, self.target.platform, place, text)
         await self._store.save_reply(record, now=new)
+    def _shown(self, op: str, frame: Frame) -> None:
+        """Count a delivered request; note when the first message and the first text showed."""
+        platform, o = self.target.platform, self._outcome
+        metrics.MESSAGES_SENT.labels(platform, op).inc()
+        since = self.pacer.clock.now() - self._started
+        if o.placeholder_after is None:
+            o.placeholder_after = since
+            metrics.TIME_TO_PLACEHOLDER.labels(platform).observe(since)
+        # before the end every non-blank page source is model text; after it, only if there was any
+        if o.first_text_after is None and frame.raw.strip() and (self._end is None or self._had_text):
+            o.first_text_after = since
+            metrics.TIME_TO_FIRST_TEXT.labels(platform).observe(since)
 
     def _give_up(self, op: str, k: int, frame: Frame, exc: Exception) -> None:
         log.warning("giving up on %s of message %d: %s", op, k, exc)

@@ -1,0 +1,79 @@
+"""Log set-up: readable text or one JSON object per line, with secrets scrubbed either way.
+
+JSON lines carry `reply_id`, `conversation`, `platform`, `status` and the reply's latencies when
+a log call passes them in `extra=`, or when the adapter tagged the running reply with `tag_reply` (so the relay's and
+the model source's lines about a reply carry its ids too). Message content (prompts, model
+text) is only ever logged at DEBUG.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from core.config import env
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FIELDS = ("reply_id", "conversation", "platform", "status", "placeholder_after", "first_text_after")
+SECRET_VARS = ("OPENAI_API_KEY", "DISCORD_BOT_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
+               "SLACK_SIGNING_SECRET")
+_reply: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("streambot_reply", default={})
+
+
+def tag_reply(**fields: Any) -> None:
+    """Attach ids to every log line of the current task and the tasks it starts (one reply)."""
+    _reply.set({**_reply.get(), **fields})
+
+
+def add_reply_fields(record: logging.LogRecord) -> bool:
+    """Handler filter: copy the tags of the reply being logged about onto the record. Filters
+    run in the task that logs, so the tags are that task's; `extra=` fields win."""
+    for name, value in _reply.get().items():
+        if not hasattr(record, name):
+            setattr(record, name, value)
+    return True
+
+
+class TextFormatter(logging.Formatter):
+    """The default format. A secret's value never reaches the output, even inside a traceback
+    or a third-party library's debug line: it is replaced by ***."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self.secrets = [v for name in SECRET_VARS if len(v := env(name)) >= 8]
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.render(record)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def render(self, record: logging.LogRecord) -> str:
+        return super().format(record)
+
+
+class JsonFormatter(TextFormatter):
+    """One JSON object per line: time, level, logger, message, the reply's ids, exception."""
+
+    def render(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        for name in FIELDS:
+            if (value := getattr(record, name, None)) is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def setup(level: str = "WARNING", fmt: str = "text") -> None:
+    """Log to stderr in `fmt` ("text" or "json") from `level` up, replacing earlier set-up."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(add_reply_fields)
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
