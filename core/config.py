@@ -60,7 +60,7 @@ class LimitsConfig(Section):
     max_prompt_chars: int = Field(8000, ge=0)
     user_concurrent: int = Field(2, ge=0)  # replies one person may have streaming at once
     user_per_minute: int = Field(10, ge=0)  # questions one person may ask per minute
-    channel_concurrent: int = Field(6, ge=0)  # replies streaming at once in one channel
+    channel_concurrent: int = Field(10, ge=0)  # replies streaming at once in one channel
 
 
 class ConsoleConfig(Section):

@@ -85,7 +85,8 @@ async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        log.warning("model run failed: %s", describe_error(exc), exc_info=log.isEnabledFor(logging.DEBUG))
+        # the user sees a short line; the log gets the whole error (secrets scrubbed by core/logs)
+        log.warning("model run failed: %s", describe_error(exc), exc_info=exc)
         yield Failed(describe_error(exc))
         return
     final = result.final_output
