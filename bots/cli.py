@@ -15,6 +15,7 @@ from core import config as cfg
 from core.demo import DEMO_NOTICE
 from core.pacing import Pacer
 from core.sources import build_brain
+from core.state import StateStore, open_store
 
 
 def _load(path: str | None) -> tuple[cfg.Config, str]:
@@ -42,8 +43,10 @@ def check_config(path: str | None) -> int:
     adapters = [n for n in ("discord", "slack") if getattr(config, n).enabled]
     if config.console.enabled or not adapters:
         adapters.append("console")
+    where = (cfg.redis_where(cfg.redis_url(config)) if config.memory.backend == "redis"
+             else config.memory.path)  # host:port only: a Redis URL may hold a password
     print(f"{source}: OK\n  model: {model}\n  memory: {config.memory.backend} at "
-          f"{config.memory.path}\n  adapters: {', '.join(adapters)}")
+          f"{where}\n  adapters: {', '.join(adapters)}")
     return 0
 
 
@@ -54,16 +57,35 @@ async def run(config: cfg.Config, source: str) -> int:
         for p in problems:
             print(p, file=sys.stderr)
         return 1
-    brain, pacer = build_brain(config), Pacer()
+    store = open_store(config)
+    try:
+        return await _serve(config, store)
+    finally:
+        await store.close()
+
+
+def _shared(config: cfg.Config, store: StateStore) -> tuple[Any, Pacer]:
+    """The store's Redis client for memory to share (None for sqlite) and a Pacer using it."""
+    if config.memory.backend != "redis":
+        return None, Pacer()
+    from core.redis_state import RedisStore, RedisWindows
+
+    assert isinstance(store, RedisStore)
+    return store.redis, Pacer(shared=RedisWindows(store.redis))
+
+
+async def _serve(config: cfg.Config, store: StateStore) -> int:
+    redis, pacer = _shared(config, store)
+    brain = build_brain(config, redis=redis)
     jobs: list[Coroutine[Any, Any, None]] = []
     if config.discord.enabled:
         from bots import discord_bot
 
-        jobs.append(discord_bot.serve(config, brain, pacer))
+        jobs.append(discord_bot.serve(config, brain, pacer, store))
     if config.slack.enabled:
         from bots import slack_bot
 
-        jobs.append(slack_bot.serve(config, brain, pacer))
+        jobs.append(slack_bot.serve(config, brain, pacer, store))
     if jobs and brain.demo:
         logging.getLogger("streambot").warning(DEMO_NOTICE)
     if config.console.enabled or not jobs:

@@ -37,6 +37,7 @@ from core.pacing import Pacer
 from core.platform import Frame, MessageGone, Op, Rate, RateLimited, Target, TransientError
 from core.relay import Outcome, Reply
 from core.sources import Brain
+from core.state import StateStore
 
 log = logging.getLogger("streambot.discord")
 
@@ -620,8 +621,11 @@ class DiscordBot(discord.AutoShardedClient):
             await self.close()
 
 
-async def serve(config: Config, brain: Brain, pacer: Pacer) -> None:
-    """Run the Discord bot until cancelled. Token: env DISCORD_BOT_TOKEN (never logged)."""
+async def serve(config: Config, brain: Brain, pacer: Pacer, store: StateStore | None = None) -> None:
+    """Run the Discord bot until cancelled. Token: env DISCORD_BOT_TOKEN (never logged).
+
+    `store` is the process's shared state (accepted here so `run` can pass it; not used yet).
+    """
     token = env("DISCORD_BOT_TOKEN")
     if not token:
         raise DiscordSetupError("DISCORD_BOT_TOKEN is not set: copy the bot token from the Developer "
