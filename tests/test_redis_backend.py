@@ -276,3 +276,26 @@ async def test_a_pause_in_one_process_holds_the_other(redis_url: str) -> None:
 
 async def _present(raw: Redis, key: str) -> bool:
     return bool(await raw.exists(key))
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+async def test_streambot_runs_on_the_redis_backend(redis_url: str, tmp_path: Path) -> None:
+    """`streambot` with backend = "redis": the console's turns are remembered in Redis."""
+    (tmp_path / "config.toml").write_text('[memory]\nbackend = "redis"\n')
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "streambot"), "--log-level", "INFO", cwd=tmp_path,
+        env={**os.environ, "REDIS_URL": redis_url.replace("redis://", "redis://:hunter2@")},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(b"hello bot\n/quit\n"), 60)
+    assert proc.returncode == 0, err.decode()
+    assert "offline demo model" in out.decode()
+    assert b"using Redis at 127.0.0.1:" in err and b"hunter2" not in out + err  # never the password
+    assert not (tmp_path / "streambot.db").exists()  # nothing went to SQLite
+    raw = connect(redis_url)
+    try:
+        (key,) = await raw.keys("streambot:session:console:*:messages")
+        assert "hello bot" in str(await raw.lrange(key, 0, -1))
+    finally:
+        await raw.aclose()
