@@ -100,13 +100,23 @@ async def _serve(config: cfg.Config, store: StateStore) -> int:
     return 0
 
 
-async def ask(config: cfg.Config, question: str) -> int:
+async def ask(config: cfg.Config, question: str, source: str = "built-in defaults") -> int:
     from bots.console import ask as console_ask
 
+    # Only memory matters here: the chat adapters' tokens are not needed to ask one question.
+    problems = [p for p in cfg.check_env(config, source) if p.key.startswith("memory.")]
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1
     brain = build_brain(config)
     if brain.demo:
         Console(stderr=True).print(DEMO_NOTICE, style="yellow", markup=False)
-    outcome = await console_ask(config, brain, Pacer(), question, Console())
+    try:
+        outcome = await console_ask(config, brain, Pacer(), question, Console())
+    finally:
+        if brain.redis is not None:
+            await brain.redis.aclose()
     return 0 if outcome.status == "done" else 1
 
 
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     config, source = _load(getattr(args, "config", None))
     try:
         if command == "ask":
-            return asyncio.run(ask(config, " ".join(args.question)))
+            return asyncio.run(ask(config, " ".join(args.question), source))
         if command == "console":
             if args.page_chars:
                 config.console.page_chars = args.page_chars

@@ -68,6 +68,15 @@ def test_check_config_shows_where_redis_is_but_never_the_password(tmp_path, monk
     assert "memory: redis at 10.1.2.3:6380/2" in out and "s3cret" not in out and "user" not in out
 
 
+def test_ask_names_a_missing_redis_url(tmp_path, monkeypatch, capsys) -> None:
+    from bots.cli import main
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    (tmp_path / "config.toml").write_text('[memory]\nbackend = "redis"\n')
+    assert main(["ask", "--config", str(tmp_path / "config.toml"), "hi"]) == 1
+    assert "config.toml: memory.url: the redis backend needs a Redis URL" in capsys.readouterr().err
+
+
 # --- de-duplication ----------------------------------------------------------------------------
 
 
