@@ -35,15 +35,17 @@ class RedisServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> None:
-        self._proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._proc = subprocess.Popen(self._args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         try:
             while True:
                 if self._proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: {self._proc.stderr.read().decode()}")
+                    raise RuntimeError(f"redis-server exited: {self._proc.stdout.read().decode()[-500:]}")
                 try:
-                    client.ping()
+                    # ours, not another test run's server that took the port first
+                    if client.info("server")["process_id"] != self._proc.pid:
+                        raise RuntimeError(f"port {self.port} is taken by another redis-server")
                     return
                 except redis.ConnectionError:
                     if time.monotonic() > deadline:
@@ -69,8 +71,15 @@ def redis_url() -> Iterator[str]:
     executable = shutil.which("redis-server")
     if executable is None:
         pytest.skip(SKIP_REASON)
-    server = RedisServer(executable)
-    server.start()
+    for attempt in range(3):  # a free port can be taken before redis-server binds it
+        server = RedisServer(executable)
+        try:
+            server.start()
+            break
+        except RuntimeError:
+            server.stop()
+            if attempt == 2:
+                raise
     try:
         yield server.url
     finally:
