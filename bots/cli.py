@@ -19,7 +19,7 @@ from core.limits import Gate
 from core.ops import OpsServer
 from core.pacing import Pacer
 from core.sources import build_brain
-from core.state import open_store
+from core.state import StateStore, open_store
 
 
 def _load(path: str | None) -> tuple[cfg.Config, str]:
@@ -47,8 +47,10 @@ def check_config(path: str | None) -> int:
     adapters = [n for n in ("discord", "slack") if getattr(config, n).enabled]
     if config.console.enabled or not adapters:
         adapters.append("console")
+    where = (cfg.redis_where(cfg.redis_url(config)) if config.memory.backend == "redis"
+             else config.memory.path)  # host:port only: a Redis URL may hold a password
     print(f"{source}: OK\n  model: {model}\n  memory: {config.memory.backend} at "
-          f"{config.memory.path}\n  adapters: {', '.join(adapters)}")
+          f"{where}\n  adapters: {', '.join(adapters)}")
     if config.ops.enabled and config.ops.port:
         print(f"  ops: http://{config.ops.host}:{config.ops.port} (/metrics, /healthz)")
     return 0
@@ -79,8 +81,26 @@ async def run(config: cfg.Config, source: str) -> int:
 
 
 async def _run_adapters(config: cfg.Config) -> int:
-    brain, pacer, gate = build_brain(config), Pacer(), Gate(config.limits)
     store = open_store(config)
+    try:
+        return await _serve(config, store)
+    finally:
+        await store.close()
+
+
+def _shared(config: cfg.Config, store: StateStore) -> tuple[Any, Pacer]:
+    """The store's Redis client for memory to share (None for sqlite) and a Pacer using it."""
+    if config.memory.backend != "redis":
+        return None, Pacer()
+    from core.redis_state import RedisStore, RedisWindows
+
+    assert isinstance(store, RedisStore)
+    return store.redis, Pacer(shared=RedisWindows(store.redis))
+
+
+async def _serve(config: cfg.Config, store: StateStore) -> int:
+    redis, pacer = _shared(config, store)
+    brain, gate = build_brain(config, redis=redis), Gate(config.limits)
     jobs: list[Coroutine[Any, Any, None]] = []
     if config.discord.enabled:
         from bots import discord_bot
@@ -93,24 +113,21 @@ async def _run_adapters(config: cfg.Config) -> int:
     if jobs and brain.demo:
         logging.getLogger("streambot").warning(DEMO_NOTICE)
     _cancel_on_sigterm()
-    try:
-        if config.console.enabled or not jobs:
-            from bots.console import chat
+    if config.console.enabled or not jobs:
+        from bots.console import chat
 
-            jobs.append(chat(config, brain, pacer, Console()))
-            # the console ends the process when the user leaves it
-            tasks = [asyncio.ensure_future(j) for j in jobs]
-            try:
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:  # the adapters' own shutdown runs as their tasks are cancelled
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            return 0
-        await asyncio.gather(*jobs)
+        jobs.append(chat(config, brain, pacer, Console()))
+        # the console ends the process when the user leaves it
+        tasks = [asyncio.ensure_future(j) for j in jobs]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # the adapters' own shutdown runs as their tasks are cancelled
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return 0
-    finally:
-        await store.close()
+    await asyncio.gather(*jobs)
+    return 0
 
 
 def _cancel_on_sigterm() -> None:
@@ -124,13 +141,23 @@ def _cancel_on_sigterm() -> None:
             pass
 
 
-async def ask(config: cfg.Config, question: str) -> int:
+async def ask(config: cfg.Config, question: str, source: str = "built-in defaults") -> int:
     from bots.console import ask as console_ask
 
+    # Only memory matters here: the chat adapters' tokens are not needed to ask one question.
+    problems = [p for p in cfg.check_env(config, source) if p.key.startswith("memory.")]
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1
     brain = build_brain(config)
     if brain.demo:
         Console(stderr=True).print(DEMO_NOTICE, style="yellow", markup=False)
-    outcome = await console_ask(config, brain, Pacer(), question, Console())
+    try:
+        outcome = await console_ask(config, brain, Pacer(), question, Console())
+    finally:
+        if brain.redis is not None:
+            await brain.redis.aclose()
     return 0 if outcome.status == "done" else 1
 
 
@@ -172,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(args.log_level, config.ops.log_format)
     try:
         if command == "ask":
-            return asyncio.run(ask(config, " ".join(args.question)))
+            return asyncio.run(ask(config, " ".join(args.question), source))
         if getattr(args, "ops", None):
             config.ops.enabled = True
             config.ops.host, config.ops.port = args.ops

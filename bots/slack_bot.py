@@ -407,7 +407,8 @@ class SlackBot:
         self.bot_user_id = ""
         self.bot_id = ""
         self.team_id = ""
-        self._seen = Recent(20_000)  # event ids and messages already answered
+        self.store = store  # shared with other replicas (redis backend): each event answered once
+        self._seen = Recent(20_000)  # without a store: event ids and messages already answered
         self._running: dict[str, Running] = {}
         self._by_message: dict[tuple[str, str], str] = {}  # question or reply message -> reply id
         self._threads = Recent(50_000)  # (channel, thread_ts) -> is the bot part of it?
@@ -532,9 +533,17 @@ class SlackBot:
 
     # --- deciding whether to answer --------------------------------------------------------
 
-    def _first_time(self, *keys: str | None) -> bool:
+    async def _first_time(self, *keys: str | None) -> bool:
         """False if any key was seen before (Slack redelivers; app_mention + message twin)."""
         keys_ = [k for k in keys if k]
+        if self.store is not None:
+            # Keys are taken one by one, always in this order, stopping at the first one seen:
+            # of two deliveries sharing a key, exactly one takes them all (taking every key
+            # regardless could let each win one key and neither answer).
+            for k in keys_:
+                if not await self.store.first_time(f"slack:{k}"):
+                    return False
+            return True
         if any(k in self._seen for k in keys_):
             return False
         for k in keys_:
@@ -565,7 +574,7 @@ class SlackBot:
         channel, user, ts = event.get("channel", ""), event.get("user", ""), event.get("ts", "")
         if self._from_bot(event) or not self._allowed(channel, user, dm=False):
             return
-        if not self._first_time(body.get("event_id"), f"msg:{channel}:{ts}"):
+        if not await self._first_time(body.get("event_id"), f"msg:{channel}:{ts}"):
             return
         thread_ts = event.get("thread_ts") or ts
         self._threads[(channel, thread_ts)] = True
@@ -585,7 +594,7 @@ class SlackBot:
         if event.get("channel_type") == "im":
             if not self._allowed(channel, user, dm=True):
                 return
-            if not self._first_time(body.get("event_id"), f"msg:{channel}:{ts}"):
+            if not await self._first_time(body.get("event_id"), f"msg:{channel}:{ts}"):
                 return
             place = Place(team, channel, thread_ts or ts, user, is_dm=True)
             self._spawn(self.answer(place, self._prompt(text), ts, assistant=bool(thread_ts)))
@@ -596,7 +605,7 @@ class SlackBot:
             return
         if not self._allowed(channel, user, dm=False):
             return
-        if not self._first_time(body.get("event_id"), f"msg:{channel}:{ts}"):
+        if not await self._first_time(body.get("event_id"), f"msg:{channel}:{ts}"):
             return
         place = Place(team, channel, thread_ts, user, is_dm=False)
         self._spawn(self._follow_up(place, self._prompt(text), ts, event.get("parent_user_id")))
@@ -757,7 +766,10 @@ class SlackBot:
 
 async def serve(config: Config, brain: Brain, pacer: Pacer, store: StateStore | None = None,
                 gate: Gate | None = None) -> None:
-    """Run the Slack adapter until cancelled (tokens come from the environment)."""
+    """Run the Slack adapter until cancelled (tokens come from the environment).
+
+    With a shared `store` (redis backend), replicas behind one load balancer answer each event once.
+    """
     bot_token = env("SLACK_BOT_TOKEN")
     if not bot_token:
         raise RuntimeError("SLACK_BOT_TOKEN is not set: export the app's bot token (xoxb-...)")

@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -49,8 +50,9 @@ class StreamConfig(Section):
 
 
 class MemoryConfig(Section):
-    backend: Literal["sqlite"] = "sqlite"
-    path: str = "streambot.db"
+    backend: Literal["sqlite", "redis"] = "sqlite"  # redis: shared by every replica of the bot
+    path: str = "streambot.db"  # sqlite backend
+    url: str = ""  # redis backend; else env REDIS_URL (a URL with a password belongs there)
     max_items: int = Field(40, ge=0)  # history items sent to the model per turn; 0 = all
 
 
@@ -227,7 +229,29 @@ def check_env(config: Config, file: str) -> list[Problem]:
             need("SLACK_APP_TOKEN", "slack.mode", "Socket Mode needs an app-level token (xapp-)")
         else:
             need("SLACK_SIGNING_SECRET", "slack.mode", "HTTP mode verifies requests with it")
+    if config.memory.backend == "redis":
+        url = redis_url(config)
+        if not url:
+            missing.append(Problem(file, "memory.url", "the redis backend needs a Redis URL",
+                                   'set [memory] url = "redis://host:6379/0" or export REDIS_URL=...'))
+        elif urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            missing.append(Problem(file, "memory.url", "not a Redis URL",
+                                   "use redis://[:password@]host:port/db, rediss://... or unix://..."))
+        if urlsplit(config.memory.url).password:
+            missing.append(Problem(file, "memory.url", "holds a password, and secrets never go in the file",
+                                   "export the whole URL as REDIS_URL and remove memory.url"))
     return missing
+
+
+def redis_url(config: Config) -> str:
+    """`[memory] url`, else env REDIS_URL. It may hold a password: log only `redis_where(url)`."""
+    return config.memory.url.strip() or env("REDIS_URL")
+
+
+def redis_where(url: str) -> str:
+    """Where a Redis URL points (host:port/db), without user or password: safe to log."""
+    parts = urlsplit(url)
+    return parts.path if parts.scheme == "unix" else parts.netloc.rpartition("@")[2] + parts.path
 
 
 def uses_demo_model(config: Config) -> bool:

@@ -5,6 +5,10 @@ names the same key, e.g. one Discord channel or one Slack method in one workspac
 served first come, first served, and a reply only queues when it has something new to show, so
 ten concurrent replies take turns instead of one hogging the bucket. A 429 pauses the whole
 budget for Retry-After. Time comes from a `Clock` so tests can run without sleeping.
+
+With `SharedBudgets` (the redis backend: core/redis_state.py), every grant also takes a slot in
+a window all processes share, and a 429 pauses the key for every process: two replicas
+streaming into one channel stay under the platform's limit together.
 """
 
 from __future__ import annotations
@@ -33,12 +37,30 @@ class RealClock:
         await asyncio.sleep(max(0.0, seconds))
 
 
-class Budget:
-    """At most `rate.count` acquisitions in any `rate.per` seconds, granted in FIFO order."""
+class SharedBudgets(Protocol):
+    """Sliding windows shared by every process, by budget key."""
 
-    def __init__(self, rate: Rate, clock: Clock) -> None:
+    async def reserve(self, key: str, rate: Rate) -> float:
+        """Take a slot now and return 0, or return the seconds until one may be free."""
+        ...
+
+    async def pause(self, key: str, seconds: float) -> None:
+        """Nobody, in any process, uses `key` for `seconds`."""
+        ...
+
+
+class Budget:
+    """At most `rate.count` acquisitions in any `rate.per` seconds, granted in FIFO order.
+
+    With `shared`, a grant also needs a slot in the window every process shares under `key`.
+    """
+
+    def __init__(self, rate: Rate, clock: Clock, key: str = "",
+                 shared: SharedBudgets | None = None) -> None:
         self.rate = rate
         self.clock = clock
+        self.key = key
+        self.shared = shared
         self._sent: deque[float] = deque()
         self._paused_until = 0.0
         self._lock = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order: fair turns
@@ -54,8 +76,12 @@ class Budget:
         return max(0.0, wait)
 
     async def acquire(self) -> None:
-        async with self._lock:
-            while (wait := self.wait_time()) > 0:
+        async with self._lock:  # the local queue first: replies in this process take turns
+            while True:
+                while (wait := self.wait_time()) > 0:
+                    await self.clock.sleep(wait)
+                if self.shared is None or (wait := await self.shared.reserve(self.key, self.rate)) <= 0:
+                    break
                 await self.clock.sleep(wait)
             self._sent.append(self.clock.now())
 
@@ -65,15 +91,17 @@ class Budget:
 
 
 class Pacer:
-    """All budgets of one process, created on first use by key."""
+    """All budgets of one process, created on first use by key; `shared` spans processes."""
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, shared: SharedBudgets | None = None) -> None:
         self.clock: Clock = clock or RealClock()
+        self.shared = shared
         self._budgets: dict[str, Budget] = {}
+        self._pausing: set[asyncio.Task[None]] = set()
 
     def budget(self, key: str, rate: Rate) -> Budget:
         if key not in self._budgets:
-            self._budgets[key] = Budget(rate, self.clock)
+            self._budgets[key] = Budget(rate, self.clock, key, self.shared)
         return self._budgets[key]
 
     async def acquire(self, budgets: list[tuple[str, Rate]]) -> None:
@@ -84,3 +112,7 @@ class Pacer:
     def pause(self, budgets: list[tuple[str, Rate]], seconds: float) -> None:
         for key, rate in budgets:
             self.budget(key, rate).pause(seconds)
+            if self.shared is not None:  # tell the other processes without holding this one up
+                task = asyncio.ensure_future(self.shared.pause(key, seconds))
+                self._pausing.add(task)
+                task.add_done_callback(self._pausing.discard)

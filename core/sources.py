@@ -12,18 +12,21 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 from agents import (Agent, MaxTurnsExceeded, Model, ModelBehaviorError, ModelSettings, RunConfig,
                     Runner, Tool)
-from agents.memory import SQLiteSession
+from agents.memory import Session, SQLiteSession
 from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
 from agents.models.openai_responses import OpenAIResponsesModel
 from agents.result import RunResultStreaming
 
-from core.config import Config, env, uses_demo_model
+from core.config import Config, env, redis_url, uses_demo_model
 from core.events import Done, Event, Failed, Handoff, TextDelta, ToolFinished, ToolStarted
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("streambot.model")
 _SECRETISH = re.compile(r"\b(sk|xox[abpr]|xapp)-[A-Za-z0-9_\-*]{6,}")
@@ -107,7 +110,7 @@ def _get(raw: Any, name: str) -> Any:
 class AgentRun:
     """One streamed agent run (the relay's `ModelRun`)."""
 
-    def __init__(self, brain: Brain, prompt: str, session: SQLiteSession | None) -> None:
+    def __init__(self, brain: Brain, prompt: str, session: Session | None) -> None:
         self._brain = brain
         self._prompt = prompt
         self._session = session
@@ -144,24 +147,36 @@ class AgentRun:
 
 
 class Brain:
-    """The agent plus conversation memory: start one run per incoming message."""
+    """The agent plus conversation memory: start one run per incoming message.
+
+    Memory is a SQLite file at `memory_path`, or, given `redis`, the Agents SDK's RedisSession so
+    every replica of the bot sees the same conversations.
+    """
 
     def __init__(self, agent: Agent[Any], *, max_turns: int = 10, memory_path: str | None = None,
-                 history_limit: int = 0, tracing: bool = False, demo: bool = False) -> None:
+                 history_limit: int = 0, tracing: bool = False, demo: bool = False,
+                 redis: Redis | None = None) -> None:
         self.agent = agent
         self.max_turns = max_turns
         self.memory_path = memory_path
+        self.redis = redis
         self.history_limit = history_limit
         self.run_config = RunConfig(tracing_disabled=not tracing)
         self.demo = demo
 
-    def session(self, conversation: str) -> SQLiteSession:
+    def session(self, conversation: str) -> Session:
         settings = {"limit": self.history_limit} if self.history_limit else None
+        if self.redis is not None:
+            from agents.extensions.memory.redis_session import RedisSession
+
+            return RedisSession(conversation, redis_client=self.redis,
+                                key_prefix="streambot:session", session_settings=settings)
         return SQLiteSession(conversation, self.memory_path or ":memory:", session_settings=settings)
 
     def start(self, prompt: str, conversation: str | None = None) -> AgentRun:
         """A run answering `prompt`; with a `conversation` key, earlier turns are remembered."""
-        session = self.session(conversation) if conversation and self.memory_path else None
+        remembers = self.memory_path or self.redis is not None
+        session = self.session(conversation) if conversation and remembers else None
         return AgentRun(self, prompt, session)
 
 
@@ -180,8 +195,17 @@ def build_model(config: Config) -> Model:
     return OpenAIResponsesModel(model=config.model.model, openai_client=client)
 
 
-def build_brain(config: Config, tools: Sequence[Tool] = (), model: Model | None = None) -> Brain:
-    """A Brain for `config`: its model, instructions, tools and memory."""
+def build_brain(config: Config, tools: Sequence[Tool] = (), model: Model | None = None,
+                redis: Redis | None = None) -> Brain:
+    """A Brain for `config`: its model, instructions, tools and memory.
+
+    With the redis backend, pass the client the process already has (`RedisStore.redis`) to
+    share its connections; without one, a client for the configured URL is made.
+    """
+    if config.memory.backend == "redis" and redis is None:
+        from core.redis_state import connect
+
+        redis = connect(redis_url(config))
     agent = Agent(
         name="streambot",
         instructions=config.model.instructions,
@@ -196,6 +220,7 @@ def build_brain(config: Config, tools: Sequence[Tool] = (), model: Model | None 
         history_limit=config.memory.max_items,
         tracing=config.model.tracing,
         demo=model is None and uses_demo_model(config),
+        redis=redis,
     )
 
 

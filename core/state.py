@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.config import Config
+from core.config import Config, redis_url
 from core.markdown import closer, scan_fences
 from core.paging import best_cut
 
@@ -188,5 +188,9 @@ class LocalStore(StateStore):
 
 
 def open_store(config: Config) -> StateStore:
-    """The store `[memory] backend` names."""
+    """The store `[memory] backend` names (check_env has made sure a redis backend has a URL)."""
+    if config.memory.backend == "redis":
+        from core.redis_state import RedisStore  # only the redis backend needs the client loaded
+
+        return RedisStore.from_url(redis_url(config))
     return LocalStore(config.memory.path)
