@@ -40,7 +40,7 @@ from core.pacing import Pacer
 from core.platform import Frame, MessageGone, Op, Rate, RateLimited, Target, TransientError
 from core.relay import Outcome, Reply
 from core.sources import Brain
-from core.state import ReplyRecord, StateStore
+from core.state import ReplyRecord, StateStore, repair_orphans
 
 log = logging.getLogger("streambot.discord")
 
@@ -429,7 +429,7 @@ class DiscordBot(discord.AutoShardedClient):
     async def setup_hook(self) -> None:
         self.add_dynamic_items(StopButton)
         if self.store is not None:  # REST works from here on: finish what a crash left
-            self._recovery = asyncio.create_task(self._recover(self.store))
+            self._recovery = asyncio.create_task(repair_orphans(self.store, "discord", self._repair))
         app_id = self.application_id or 0
         log.info("Discord: %s", _setup_summary(app_id, self.settings))
         flags = self.application_flags
@@ -632,14 +632,8 @@ class DiscordBot(discord.AutoShardedClient):
             await self.pacer.acquire(_budgets(f"discord:channel:{message.channel.id}", self.settings))
             await message.reply(text, allowed_mentions=_NO_PINGS(), mention_author=False)
 
-    async def _recover(self, store: StateStore) -> None:
-        """Finish the replies a crash or kill left streaming, with the interrupted marker."""
-        records = await store.claim_orphans("discord")
-        if records:
-            log.info("Discord: finishing %d reply(s) interrupted by an earlier run", len(records))
-        await asyncio.gather(*(self._repair(r) for r in records))
-
     async def _repair(self, record: ReplyRecord) -> None:
+        """Finish a reply a crash or kill left streaming, with the interrupted marker."""
         place = record.place
         content = record.final_text(self.config.stream.interrupted_marker, self.settings.page_chars)
         try:
@@ -696,6 +690,8 @@ class DiscordBot(discord.AutoShardedClient):
         finally:  # even when a second Ctrl-C cuts the grace period short
             for _, task in self._typing.values():
                 task.cancel()
+            if self._recovery is not None:
+                self._recovery.cancel()
             if not self.is_closed():
                 await self.close()
 

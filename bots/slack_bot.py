@@ -44,7 +44,7 @@ from core.pacing import Pacer
 from core.platform import Frame, MessageGone, Op, Rate, RateLimited, Target, TransientError
 from core.relay import Reply
 from core.sources import Brain
-from core.state import ReplyRecord, StateStore
+from core.state import LocalStore, ReplyRecord, StateStore, repair_orphans
 
 log = logging.getLogger("streambot.slack")
 
@@ -387,7 +387,8 @@ class SlackBot:
                  gate: Gate | None = None) -> None:
         self.config = config
         self.settings: SlackConfig = config.slack
-        self.store = store
+        # Event de-duplication and reply records; shared by replicas with the redis backend.
+        self.store = store if store is not None else LocalStore("")
         self.gate = gate or Gate(config.limits)
         self.brain = brain
         self.pacer = pacer
@@ -407,8 +408,6 @@ class SlackBot:
         self.bot_user_id = ""
         self.bot_id = ""
         self.team_id = ""
-        self.store = store  # shared with other replicas (redis backend): each event answered once
-        self._seen = Recent(20_000)  # without a store: event ids and messages already answered
         self._running: dict[str, Running] = {}
         self._by_message: dict[tuple[str, str], str] = {}  # question or reply message -> reply id
         self._threads = Recent(50_000)  # (channel, thread_ts) -> is the bot part of it?
@@ -463,13 +462,13 @@ class SlackBot:
     async def run(self) -> None:
         """Receive events until cancelled; on the way out stop every reply cleanly."""
         await self.identify()
-        if self.store is not None:
-            self._spawn(self._recover(self.store))
         stop = await (self._serve_http() if self.settings.mode == "http" else self._socket_mode())
         log.info("Slack adapter connected (%s mode) as %s", self.settings.mode, self.bot_user_id)
+        recovery = asyncio.create_task(repair_orphans(self.store, "slack", self._repair))
         try:
             await asyncio.Event().wait()
         finally:
+            recovery.cancel()
             try:
                 await self.shutdown()
             finally:  # even when a second Ctrl-C cuts the grace period short
@@ -505,14 +504,8 @@ class SlackBot:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=FINAL_GRACE)
 
-    async def _recover(self, store: StateStore) -> None:
-        """Finish the replies a crash or kill left streaming, with the interrupted marker."""
-        records = await store.claim_orphans("slack")
-        if records:
-            log.info("finishing %d reply(s) interrupted by an earlier run", len(records))
-        await asyncio.gather(*(self._repair(r) for r in records))
-
     async def _repair(self, record: ReplyRecord) -> None:
+        """Finish a reply a crash or kill left streaming, with the interrupted marker."""
         place = record.place
         text = record.final_text(self.config.stream.interrupted_marker, self.settings.page_chars)
         team = self.team_id
@@ -535,19 +528,15 @@ class SlackBot:
 
     async def _first_time(self, *keys: str | None) -> bool:
         """False if any key was seen before (Slack redelivers; app_mention + message twin)."""
-        keys_ = [k for k in keys if k]
-        if self.store is not None:
-            # Keys are taken one by one, always in this order, stopping at the first one seen:
-            # of two deliveries sharing a key, exactly one takes them all (taking every key
-            # regardless could let each win one key and neither answer).
-            for k in keys_:
+        # Keys are taken one by one, always in this order, stopping at the first one seen: of
+        # two deliveries sharing a key, exactly one takes them all (taking every key regardless
+        # could let each win one key and neither answer).
+        for k in filter(None, keys):
+            try:
                 if not await self.store.first_time(f"slack:{k}"):
                     return False
-            return True
-        if any(k in self._seen for k in keys_):
-            return False
-        for k in keys_:
-            self._seen[k] = None
+            except Exception as exc:  # a shared store that is down: better twice than never
+                log.warning("could not check event %s for redelivery (%s); answering it", k, exc)
         return True
 
     def _from_bot(self, event: dict[str, Any]) -> bool:

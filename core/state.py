@@ -21,6 +21,7 @@ import sqlite3
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from core.paging import best_cut
 log = logging.getLogger("streambot.state")
 
 FLUSH_EVERY = 1.0  # seconds between batched writes of edited records
+ORPHAN_CHECK_EVERY = 30.0  # a dead replica's records become orphans when its lease runs out
 DEDUP_TTL = 24 * 3600.0  # Slack redelivers for minutes, never for a day
 
 
@@ -185,6 +187,22 @@ class LocalStore(StateStore):
     async def close(self) -> None:
         await super().close()
         self._db.close()
+
+
+async def repair_orphans(store: StateStore, platform: str,
+                         repair: Callable[[ReplyRecord], Awaitable[None]]) -> None:
+    """Finish the replies dead processes left streaming: at start-up, then every
+    `ORPHAN_CHECK_EVERY` seconds (a replica killed later is found once its lease expires)."""
+    while True:
+        try:
+            records = await store.claim_orphans(platform)
+        except Exception:
+            log.exception("could not look for replies interrupted by a dead process")
+            records = []
+        if records:
+            log.info("%s: finishing %d reply(s) interrupted by a dead process", platform, len(records))
+            await asyncio.gather(*(repair(r) for r in records))
+        await asyncio.sleep(ORPHAN_CHECK_EVERY)
 
 
 def open_store(config: Config) -> StateStore:
