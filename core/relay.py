@@ -73,8 +73,8 @@ class Reply:
         self._delivered: list[Frame] = []  # last frame each message shows
         self._consumer: asyncio.Task[None] | None = None
         self._store = store  # where the streaming message is recorded, for crash recovery
-        self._last_event = pacer.clock.now()
-        self._events = 0
+        self._last_event = 0.0  # clock time of the model's latest event (or of the start)
+        self._heard = False  # the model has sent any event at all
         self._page_started = 0.0
         self._gone = False
         self._outcome = Outcome("done", "", [])
@@ -98,6 +98,7 @@ class Reply:
         """Stream the whole reply; returns once the final text was delivered or given up on."""
         watchdog = None
         platform, self._started = self.target.platform, self.pacer.clock.now()
+        self._last_event = self._started
         metrics.REPLIES_STARTED.labels(platform).inc()
         metrics.REPLIES_ACTIVE.labels(platform).inc()
         if self._end is None:  # a reply stopped before it started never runs the model
@@ -153,7 +154,7 @@ class Reply:
         """Fold the model's events into the pager and status line."""
         try:
             async for ev in self.model.events():
-                self._last_event, self._events = self.pacer.clock.now(), self._events + 1
+                self._last_event, self._heard = self.pacer.clock.now(), True
                 if isinstance(ev, TextDelta):
                     if self._too_long(ev.text):
                         return
@@ -201,7 +202,7 @@ class Reply:
         s, clock = self.settings, self.pacer.clock
         while self._end is None:
             quiet = clock.now() - self._last_event
-            if not self._events:
+            if not self._heard:
                 if quiet >= s.first_token_timeout:
                     note = (f"⚠️ The model did not answer within {s.first_token_timeout:g} s: it "
                             "may be slow or unavailable. Please try again.")
