@@ -17,7 +17,9 @@ for _name in ("NO_PROXY", "no_proxy"):
 import pytest  # noqa: E402
 from agents import set_tracing_disabled  # noqa: E402
 
+from fakes.discord_server import FakeDiscord  # noqa: E402
 from fakes.openai_server import FakeOpenAI  # noqa: E402
+from fakes.slack_server import FakeSlack  # noqa: E402
 
 set_tracing_disabled(True)
 
@@ -27,4 +29,18 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
     """A running fake OpenAI API on a free 127.0.0.1 port: script replies, then use
     `fake_openai.client()` or `AsyncOpenAI(base_url=fake_openai.base_url, api_key="test")`."""
     async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    """A running fake Discord (REST + gateway) on a free 127.0.0.1 port."""
+    async with FakeDiscord() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    """A running fake Slack (Web API + Socket Mode) on a free 127.0.0.1 port."""
+    async with FakeSlack() as fake:
         yield fake

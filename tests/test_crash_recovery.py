@@ -11,22 +11,14 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from fakes.discord_server import FakeDiscord, FakeMessage
 from fakes.openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 GUARD = 60.0
 INTERRUPTED = "⚠️ interrupted — please ask again"
-
-
-@pytest.fixture
-async def fake_discord() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as fake:
-        yield fake
 
 
 async def start_bot(fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path) -> asyncio.subprocess.Process:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,12 +116,6 @@ async def _ready(fake: FakeDiscord, task: asyncio.Task[None]) -> None:
     await ready
     # /ask is registered in setup_hook, before the gateway connects
     assert fake.commands, "the /ask command was not registered"
-
-
-@pytest.fixture
-async def fake_discord() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,6 @@ from bots.slack_bot import STOP_ACTION
 CHANNEL = "C0GENERAL"
 WAIT = 30.0
 TEXT = "".join(f"Sentence number {i} of a long, carefully streamed answer. " for i in range(12))
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as fake:
-        yield fake
 
 
 def bot(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, **settings: Any) -> Any:

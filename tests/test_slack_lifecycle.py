@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,6 @@ from core.state import LocalStore
 CHANNEL = "C0GENERAL"
 WAIT = 30.0
 INTERRUPTED = "⚠️ interrupted — please ask again"
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as fake:
-        yield fake
 
 
 def bot(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, **settings):

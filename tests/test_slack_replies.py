@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,6 @@ from bots.slack_bot import STOP_ACTION, ZWJ
 
 CHANNEL = "C0GENERAL"
 WAIT = 30.0
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack() as fake:
-        yield fake
 
 
 def bot(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, **settings: Any) -> Any:
