@@ -303,9 +303,17 @@ class ChannelTarget(_DiscordTarget):
             options["reference"] = refers_to.to_reference(fail_if_not_exists=False)
         mentions = discord.AllowedMentions(everyone=False, users=False, roles=False,
                                            replied_user=ping and frame.index == 0)
+        # Discord may create the message and still answer 5xx or drop the connection; the
+        # retried create then carries the same nonce, which Discord (enforce_nonce) answers with
+        # the message it already made instead of posting it twice. That message shows the
+        # first attempt's frame, so it is brought up to this one.
+        nonce = f"{self.reply_id}:{frame.index}"  # at most 25 characters
         with _platform_errors():
-            message = await self.channel.send(frame.text, allowed_mentions=mentions,
+            message = await self.channel.send(frame.text, allowed_mentions=mentions, nonce=nonce,
                                               view=self._view(frame) or MISSING, **options)
+            if message.content.strip() != frame.text.strip():
+                await message.edit(content=frame.text, allowed_mentions=_NO_PINGS(),
+                                   view=self._view(frame))
         return self._posted(message)
 
 
