@@ -609,6 +609,9 @@ class DiscordBot(discord.AutoShardedClient):
     async def _keep_typing(self, channel: Any) -> None:
         while True:
             try:
+                # Typing counts towards Discord's 50 requests/s too: with a hundred busy
+                # channels it would otherwise push message requests into global 429s.
+                await self.pacer.acquire([("discord:global", GLOBAL_RATE)])
                 await channel.typing()
             except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
                 log.debug("Discord: typing indicator failed in %s: %s", channel.id, exc)

@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+import bots.discord_bot
 from fakes.clock import FakeClock
 from fakes.discord_server import FakeDiscord, FakeMessage
 from fakes.faults import Faults
@@ -23,7 +25,7 @@ from test_discord_e2e import running_bot as running_discord_bot
 
 from core.config import StreamConfig
 from core.pacing import Pacer
-from core.platform import RateLimited
+from core.platform import Rate, RateLimited
 from core.relay import Reply
 
 CURSOR = "▌"
@@ -112,6 +114,23 @@ async def test_discord_gateway_drop_mid_stream(
     assert shown[0] == "Streaming across a gateway drop."
     assert sorted(shown[1:]) == ["asked after", "asked while down"]
     assert len(fake_openai.requests) == 3  # nobody was answered twice
+
+
+async def test_discord_typing_shares_the_global_budget(
+        fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Typing indicators count towards Discord's global limit: with many busy channels they
+    must not push message requests over it (scaled down here: 10 requests/s, of which the bot
+    plans 6 per 1.1 s, leaving room for the few unpaced start-up requests)."""
+    monkeypatch.setattr(bots.discord_bot, "GLOBAL_RATE", Rate(6, 1.1))
+    texts = [answer(i) for i in range(12)]
+    for text in texts:
+        fake_openai.reply(text, delay=0.01)
+    async with FakeDiscord(global_limit=(10, 1.0)) as fake:
+        channels = [fake.add_text_channel(f"busy-{c}") for c in range(12)]
+        async with running_discord_bot(fake, fake_openai, tmp_path, monkeypatch) as bot:
+            questions = await ask_everywhere(bot, channels, 1)
+    assert Counter(discord_replies(fake, questions)) == Counter(texts)
+    assert fake.typing and fake.throttled == []
 
 
 # --- Slack -------------------------------------------------------------------------------------
