@@ -167,6 +167,22 @@ async def test_slack_replies_survive_5xx_429s_and_resets(
     assert slack.faults.total >= len(SURELY)
 
 
+@pytest.mark.parametrize("mode", ["edit", "native"])
+async def test_slack_post_applied_before_a_5xx_is_not_shown_twice(
+        fake_openai: FakeOpenAI, tmp_path: Path, mode: str) -> None:
+    """Slack has no idempotency key for posts: when one went through despite a 5xx or a reset,
+    the adapter removes it before posting again, so the reply is shown once and finished."""
+    fake_openai.reply(answer(0), delay=0.01)
+    async with FakeSlack() as slack, running_bot(slack, model_base_url=fake_openai.base_url,
+                                                 memory_path=str(tmp_path / "m.db"),
+                                                 streaming=mode):
+        slack.faults = Faults(upcoming=["applied_error", "reset"], applied_error_posts=True)
+        ts = await slack.mention("C0ONCE", "question")
+        await slack.wait_for(lambda: settled(slack, "C0ONCE", ts), WAIT, "the reply")
+    assert slack_replies(slack, [("C0ONCE", ts)]) == [answer(0)]
+    assert slack.count("chat.delete") == 1
+
+
 async def test_slack_socket_mode_drop_mid_stream(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     """The reply streaming across the drop finishes once; a mention sent while the socket is
     down (delivered on reconnect) and one sent after it are each answered once."""

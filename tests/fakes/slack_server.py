@@ -416,8 +416,9 @@ class FakeSlack:
     # --- what tests look at ------------------------------------------------------------------
 
     def bot_messages(self, channel: str | None = None, thread_ts: str | None = None) -> list[Message]:
-        """The bot's messages (in a channel / thread), oldest first."""
+        """The bot's messages people can see (in a channel / thread), oldest first."""
         out = [m for m in self.messages.values() if m.bot_id == BOT_ID and m.ts != m.thread_ts
+               and not m.deleted
                and (channel is None or m.channel == channel)
                and (thread_ts is None or m.thread_ts == thread_ts) and m.history]
         return sorted(out, key=lambda m: (m.channel, float(m.ts)))
