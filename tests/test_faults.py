@@ -1,4 +1,4 @@
-"""Platform failures: 5xx, 429 storms, connection resets and dropped connections.
+"""Platform failures: 5xx, 429 storms, resets, timeouts and dropped connections.
 
 The real adapters run against the fakes with `Faults` switched on (tests/fakes/faults.py).
 Whatever fails, every reply must end showing exactly the model's text, once: no message left
@@ -30,7 +30,7 @@ from core.relay import Reply
 
 CURSOR = "▌"
 WAIT = 60.0
-SURELY = ("error", "rate_limit", "reset")  # the first requests fail, then at random
+SURELY = ("error", "rate_limit", "reset", "timeout")  # the first requests fail, then at random
 
 
 def answer(i: int) -> str:
@@ -73,7 +73,8 @@ async def test_discord_replies_survive_5xx_429s_and_resets(
         channels = [fake.general, fake.random, fake.add_text_channel("third")]
         async with running_discord_bot(fake, fake_openai, tmp_path, monkeypatch) as bot:
             fake.faults = Faults(error_rate=0.1, rate_limit_rate=0.05, reset_rate=0.03,
-                                 applied_error_rate=0.05, seed=7, upcoming=list(SURELY))
+                                 timeout_rate=0.03, timeout_after=1.0, applied_error_rate=0.05,
+                                 seed=7, upcoming=list(SURELY))
             questions = await ask_everywhere(bot, channels, 4)
     assert Counter(discord_replies(fake, questions)) == Counter(texts)
     assert fake.faults.total >= len(SURELY)
@@ -155,7 +156,8 @@ async def test_slack_replies_survive_5xx_429s_and_resets(
                                                  memory_path=str(tmp_path / "m.db"),
                                                  streaming=mode):
         slack.faults = Faults(error_rate=0.1, rate_limit_rate=0.05, reset_rate=0.03,
-                              applied_error_rate=0.05, seed=3, upcoming=list(SURELY))
+                              timeout_rate=0.03, timeout_after=1.0, applied_error_rate=0.05,
+                              seed=3, upcoming=list(SURELY))
         channels = ["C0ONE", "C0TWO", "C0THREE"]
         threads = []
         for i in range(len(texts)):
@@ -231,7 +233,12 @@ async def test_a_429_storm_gives_up_on_the_final_text_at_the_deadline(
 
 
 def test_faults_are_reproducible_from_the_seed() -> None:
-    a, b = Faults(error_rate=0.2, rate_limit_rate=0.1, seed=5), Faults(error_rate=0.2, rate_limit_rate=0.1, seed=5)
-    draws = [a.draw("edit") for _ in range(200)]
-    assert draws == [b.draw("edit") for _ in range(200)]
-    assert 20 <= draws.count("error") <= 60 and 5 <= draws.count("rate_limit") <= 35
+    def draws() -> list:
+        faults = Faults(error_rate=0.2, rate_limit_rate=0.1, applied_error_rate=0.1, seed=5)
+        return [faults.draw("edit") for _ in range(200)]
+
+    first = draws()
+    assert first == draws()
+    assert 20 <= first.count("error") <= 60 and 5 <= first.count("rate_limit") <= 35
+    posts = Faults(applied_error_rate=1.0)
+    assert posts.draw("post") is None  # a post is only applied-then-failed when asked for

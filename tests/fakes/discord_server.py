@@ -17,7 +17,7 @@ It runs an aiohttp server on 127.0.0.1 with:
   heartbeat ACKs, RESUME with replay of missed events, and dispatch of MESSAGE_CREATE /
   MESSAGE_UPDATE / MESSAGE_DELETE / THREAD_CREATE / INTERACTION_CREATE;
 * failures on demand: `faults = Faults(...)` (tests/fakes/faults.py) answers message creates
-  and edits with 5xx, 429 storms or connection resets at seeded rates, and `drop_gateway()`
+  and edits with 5xx, 429 storms, connection resets or late 504s at seeded rates; `drop_gateway()`
   closes the gateway mid-run (the bot RESUMEs and missed events are replayed). A create that
   carries `nonce` + `enforce_nonce` is idempotent, as on Discord: a retry returns the message
   the first attempt created.
@@ -682,11 +682,11 @@ class FakeDiscord:
             if fault == "rate_limit":
                 return self._too_many(request, template, now, self.faults.wait(), headers, body,
                                       is_global=False, injected=True)
-            if fault in ("error", "reset"):
-                return self._fail(request, template, now, fault, headers, body)
+            if fault in ("error", "reset", "timeout"):
+                return await self._fail(request, template, now, fault, headers, body)
             status, payload = await handler(request, body)
             if fault == "applied_error":
-                return self._fail(request, template, now, fault, headers, body)
+                return await self._fail(request, template, now, fault, headers, body)
         except DiscordError as exc:
             status = exc.status
             payload = {"message": exc.message, "code": exc.code}
@@ -703,10 +703,12 @@ class FakeDiscord:
         # Exactly "application/json", no charset: discord.py compares the header verbatim.
         return web.Response(status=status, body=json.dumps(payload).encode(), headers=headers)
 
-    def _fail(self, request: web.Request, template: str, now: float, fault: str,
-              headers: dict[str, str], body: Any) -> web.Response:
-        """An injected failure: a connection reset (status 0 in `calls`) or a 5xx."""
-        status = 0 if fault == "reset" else self.faults.status()
+    async def _fail(self, request: web.Request, template: str, now: float, fault: str,
+                    headers: dict[str, str], body: Any) -> web.Response:
+        """An injected failure: a connection reset (status 0 in `calls`), a late 504 or a 5xx."""
+        if fault == "timeout":
+            await asyncio.sleep(self.faults.timeout_after)
+        status = {"reset": 0, "timeout": 504}.get(fault) or self.faults.status()
         self.calls.append(Call(request.method, request.path, template, status, now, body))
         if fault == "reset":
             assert request.transport is not None

@@ -1,4 +1,4 @@
-"""Seeded platform failures for the fakes: 5xx, 429 storms and connection resets.
+"""Seeded platform failures for the fakes: 5xx, 429 storms, connection resets, timeouts.
 
 Real chat platforms fail in a handful of ways that matter to a streaming bot. Each fake asks
 `Faults.draw(op)` before applying a message create ("post") or edit ("edit") and acts on the
@@ -7,6 +7,7 @@ answer, so the same seed reproduces the same run of failures for the same reques
 * "error": HTTP 500/502/503 and the change is *not* applied, so a retry is what makes it land;
 * "rate_limit": HTTP 429 with Retry-After, not applied (a storm the bot's pacing did not cause);
 * "reset": the connection is closed without an answer, not applied;
+* "timeout": no answer for `timeout_after` seconds, then 504 Gateway Timeout, not applied;
 * "applied_error": the change *is* applied, then a 5xx is answered, as real platforms sometimes
   do. Edits are idempotent, so retrying them is harmless; a retried post may duplicate a
   message, so posts only draw this when `applied_error_posts` is set.
@@ -21,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-Fault = Literal["error", "rate_limit", "reset", "applied_error"]
+Fault = Literal["error", "rate_limit", "reset", "timeout", "applied_error"]
 ERROR_STATUSES = (500, 502, 503)
 
 
@@ -32,6 +33,8 @@ class Faults:
     error_rate: float = 0.0
     rate_limit_rate: float = 0.0
     reset_rate: float = 0.0
+    timeout_rate: float = 0.0
+    timeout_after: float = 2.0
     applied_error_rate: float = 0.0
     applied_error_posts: bool = False
     retry_after: tuple[float, float] = (0.2, 1.0)  # seconds a 429 asks for, uniformly drawn
@@ -54,7 +57,8 @@ class Faults:
         r = self._rng.random()
         applied = self.applied_error_rate if op == "edit" or self.applied_error_posts else 0.0
         for fault, rate in (("error", self.error_rate), ("rate_limit", self.rate_limit_rate),
-                            ("reset", self.reset_rate), ("applied_error", applied)):
+                            ("reset", self.reset_rate), ("timeout", self.timeout_rate),
+                            ("applied_error", applied)):
             if r < rate:
                 self.injected[fault] += 1
                 return fault  # type: ignore[return-value]

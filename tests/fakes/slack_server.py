@@ -20,8 +20,9 @@ would against slack.com. What it models, because the adapter's behaviour depends
   what a person would have read, not on the calls made.
 * Switches to make native streams fail or expire mid-reply, or be unsupported.
 * Platform failures at seeded rates: `faults = Faults(...)` (tests/fakes/faults.py) answers the
-  message methods with 5xx, `ratelimited` 429s or connection resets; `drop_socket()` cuts the
-  Socket Mode connection (the client reconnects; unacknowledged envelopes are redelivered).
+  message methods with 5xx, `ratelimited` 429s, connection resets or late 504s;
+  `drop_socket()` cuts the Socket Mode connection (the client reconnects; unacknowledged
+  envelopes are redelivered).
 """
 
 from __future__ import annotations
@@ -603,8 +604,8 @@ class FakeSlack:
                 self.rate_limited[method] += 1
                 retry = max(1, math.ceil(wait))
                 status, body, headers = 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry)}
-            elif fault in ("error", "reset", "rate_limit"):
-                status, body, headers = self._injected(request, fault)
+            elif fault in ("error", "reset", "timeout", "rate_limit"):
+                status, body, headers = await self._injected(request, fault)
             else:
                 injected = self.fail_next.get(method)
                 if injected:
@@ -629,8 +630,11 @@ class FakeSlack:
             return web.Response(status=status, text="upstream error", content_type="text/html")
         return web.json_response(body, status=status, headers=headers)
 
-    def _injected(self, request: web.Request, fault: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    async def _injected(self, request: web.Request, fault: str) -> tuple[int, dict[str, Any], dict[str, str]]:
         """A failure from `faults`, the request left unapplied (status 0: connection reset)."""
+        if fault == "timeout":
+            await asyncio.sleep(self.faults.timeout_after)
+            return 504, {"ok": False, "error": "request_timeout"}, {}
         if fault == "rate_limit":
             retry = str(max(1, math.ceil(self.faults.wait())))  # Slack sends whole seconds
             return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": retry}
