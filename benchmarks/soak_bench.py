@@ -1,22 +1,26 @@
 """Soak and fault run: many replies streaming at once in one process, against local fakes.
 
     .venv/bin/python benchmarks/soak_bench.py [--replies 1000] [--channels 100] [--faults]
+    .venv/bin/python benchmarks/soak_bench.py --platform slack [--replies 100] [--channels 10]
 
 The real Discord adapter (discord.py), relay, pacer and Agents SDK answer `--replies` questions
 asked at once, spread evenly over `--channels` channels of the fake Discord, with the fake
 OpenAI server streaming every answer. Everything - bot, fakes, model - runs in this one process
 and event loop, so the loop lag and memory figures include the fakes (an upper bound).
 
-Why Discord: its limits are per channel (5 per 5 s) plus 50 requests/s for the whole bot, so
-spreading 1,000 replies over 100 channels keeps every reply streaming and the run takes about a
-minute at the global limit. Slack counts chat.update per workspace (~50/min), so 1,000 edit-mode
-replies in one workspace would take ~20 minutes; faking many workspaces would need an app
-installed in many teams, which the Slack fake does not model.
+Why Discord for the 1,000: its limits are per channel (5 per 5 s) plus 50 requests/s for the
+whole bot, so spreading 1,000 replies over 100 channels keeps every reply streaming and the run
+takes about a minute at the global limit. Slack counts chat.update per workspace (~50/min), so
+1,000 edit-mode replies in one workspace would take ~20 minutes (native streams are slower
+still: chat.startStream allows ~20/min); faking many workspaces would need an app installed in
+many teams, which the Slack fake does not model. `--platform slack` therefore runs 100 replies
+over 10 channels of one workspace, in edit mode, through bolt's Socket Mode.
 
 `--faults` is the fault run: message creates and edits fail at seeded rates (5 % 5xx - a fifth
 of them applied before failing, as platforms sometimes do - 2 % 429 with Retry-After, 1 %
-connection resets), and the gateway is dropped once mid-run, with the last tenth of the
-questions asked while it is down (they arrive through RESUME's replay).
+connection resets), and the gateway (Slack: the Socket Mode connection) is dropped once mid-run,
+with the last tenth of the questions asked while it is down (they arrive through RESUME's
+replay, or Slack's delivery once the app reconnects).
 
 Every reply is then checked as a person would see it: complete and intact (its pages joined
 are exactly one of the scripted answers, each answer shown once), lost (no reply), duplicated
@@ -51,6 +55,7 @@ from agents import set_tracing_disabled  # noqa: E402
 from fakes.discord_server import FakeDiscord, FakeMessage  # noqa: E402
 from fakes.faults import Faults  # noqa: E402
 from fakes.openai_server import FakeOpenAI  # noqa: E402
+from fakes.slack_server import FakeSlack, running_bot, settled  # noqa: E402
 
 from bots.discord_bot import serve  # noqa: E402
 from core.config import Config, DiscordConfig, MemoryConfig, ModelConfig  # noqa: E402
@@ -96,6 +101,15 @@ class LagTicker:
 
 
 @dataclass
+class Seen:
+    """One question's answer as people see it."""
+
+    pages: list[str]  # final text of each message of the reply
+    copies: int  # messages that answer the question directly (1 unless duplicated)
+    finished: bool  # no cursor or Stop button left, and the final text was delivered
+
+
+@dataclass
 class Result:
     label: str
     replies: int
@@ -107,45 +121,46 @@ class Result:
     requests: int
     throttled: int  # 429s from the fake's real limits
     injected: Counter[str]
-    resumes: int
+    reconnects: int
 
 
-def check(fake: FakeDiscord, questions: list[FakeMessage], texts: list[str],
-          outcomes: dict[int, Outcome]) -> Counter[str]:
-    """Sort every reply into intact / lost / duplicated / unfinished, as a user would see it."""
-    counts: Counter[str] = Counter()
+def tally(seen: list[Seen], texts: list[str], stray: int) -> Counter[str]:
+    """Sort every reply into intact / lost / duplicated / unfinished / corrupted."""
+    counts: Counter[str] = Counter({"stray messages": stray})
     left = Counter(texts)
-    answers: dict[int, list[FakeMessage]] = {}
-    for m in fake.bot_messages():
-        answers.setdefault(m.reference or 0, []).append(m)
-    for q in questions:
-        pages = fake.reply_pages(q)
-        shown = "".join(p.history[-1].content for p in pages)
-        outcome = outcomes.get(q.id)
-        if not pages:
+    for reply in seen:
+        shown = "".join(reply.pages)
+        if not reply.pages:
             counts["lost"] += 1
-        elif len(answers.get(q.id, [])) > 1 or (shown in texts and left[shown] == 0):
+        elif reply.copies > 1 or (shown in left and left[shown] == 0):
             counts["duplicated"] += 1
-        elif (outcome is None or not outcome.delivered or CURSOR in shown
-              or any(p.history[-1].components for p in pages)):
+        elif not reply.finished or CURSOR in shown:
             counts["unfinished"] += 1
         elif left[shown] > 0:
             left[shown] -= 1
             counts["intact"] += 1
         else:
             counts["corrupted"] += 1
-    in_replies = sum(len(fake.reply_pages(q)) for q in questions)
-    counts["stray messages"] = len(fake.bot_messages()) - in_replies
     return counts
 
 
-async def run(replies: int, channels: int, faults: bool, timeout: float) -> Result:
+def chunks(text: str) -> list[str]:
+    return [text[j:j + CHUNK] for j in range(0, len(text), CHUNK)]
+
+
+def fault_mix() -> Faults:
+    """5 % 5xx (a fifth applied before failing), 2 % 429s, 1 % connection resets."""
+    return Faults(error_rate=0.04, applied_error_rate=0.01, applied_error_posts=True,
+                  rate_limit_rate=0.02, reset_rate=0.01, seed=1)
+
+
+async def run_discord(replies: int, channels: int, faults: bool, timeout: float) -> Result:
     texts = [answer(i) for i in range(replies)]
     ticker = LagTicker()
     async with FakeDiscord() as fake, FakeOpenAI() as model:
         places = [fake.add_text_channel(f"soak-{c}") for c in range(channels)]
         for text in texts:
-            model.reply([text[j:j + CHUNK] for j in range(0, len(text), CHUNK)], delay=DELAY)
+            model.reply(chunks(text), delay=DELAY)
         os.environ["DISCORD_BOT_TOKEN"] = fake.token
         os.environ["OPENAI_API_KEY"] = "bench"
         with tempfile.TemporaryDirectory() as tmp:
@@ -162,9 +177,7 @@ async def run(replies: int, channels: int, faults: bool, timeout: float) -> Resu
             try:
                 await fake.wait_ready()
                 if faults:
-                    fake.faults = Faults(error_rate=0.04, applied_error_rate=0.01,
-                                         applied_error_posts=True, rate_limit_rate=0.02,
-                                         reset_rate=0.01, seed=1)
+                    fake.faults = fault_mix()
                 start = time.monotonic()
                 early = replies - replies // 10 if faults else replies
                 questions = [await fake.send(f"<@{fake.bot.id}> question {i}",
@@ -184,47 +197,104 @@ async def run(replies: int, channels: int, faults: bool, timeout: float) -> Resu
                 bot.cancel()
                 await asyncio.gather(tick, bot, return_exceptions=True)
                 log.removeHandler(outcomes)
-        counts = check(fake, questions, texts, outcomes.by_reply)
+        answers = Counter(m.reference for m in fake.bot_messages())
+        seen = []
+        for q in questions:
+            pages = fake.reply_pages(q)
+            outcome = outcomes.by_reply.get(q.id)
+            seen.append(Seen([p.history[-1].content for p in pages], answers[q.id],
+                             outcome is not None and outcome.delivered
+                             and not any(p.history[-1].components for p in pages)))
+        stray = len(fake.bot_messages()) - sum(len(fake.reply_pages(q)) for q in questions)
         requests = sum(1 for c in fake.calls if "/messages" in c.route)
-        return Result("fault run" if faults else "soak", replies, channels, counts, ticker.lags,
+        return Result("Discord", replies, channels, tally(seen, texts, stray), ticker.lags,
                       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, wall, requests,
                       len(fake.throttled), fake.faults.injected, fake.resumes)
+
+
+async def run_slack(replies: int, channels: int, faults: bool, timeout: float) -> Result:
+    texts = [answer(i) for i in range(replies)]
+    ticker = LagTicker()
+    places = [f"C0SOAK{c}" for c in range(channels)]
+    async with FakeSlack() as slack, FakeOpenAI() as model:
+        for text in texts:
+            model.reply(chunks(text), delay=DELAY)
+        with tempfile.TemporaryDirectory() as tmp:
+            async with running_bot(slack, model_base_url=model.base_url,
+                                   memory_path=str(Path(tmp) / "memory.db"), streaming="edit"):
+                tick = asyncio.create_task(ticker.run())
+                connections = slack.connections
+                if faults:
+                    slack.faults = fault_mix()
+                start = time.monotonic()
+                early = replies - replies // 10 if faults else replies
+
+                async def ask(i: int) -> tuple[str, str]:
+                    channel = places[i % channels]
+                    return channel, await slack.mention(channel, f"question {i}", user=f"U0P{i}")
+
+                threads = [await ask(i) for i in range(early)]
+                if faults:  # cut Socket Mode once a quarter of the replies are done
+                    await slack.wait_for(lambda: sum(settled(slack, c, ts) for c, ts in threads)
+                                         >= replies // 4, timeout)
+                    await slack.drop_socket()
+                    threads += [await ask(i) for i in range(early, replies)]
+                with contextlib.suppress(AssertionError):  # timed out: counted as unfinished
+                    await slack.wait_for(lambda: all(settled(slack, c, ts) for c, ts in threads),
+                                         timeout)
+                wall = time.monotonic() - start
+                tick.cancel()
+    seen = [Seen([m.text for m in slack.bot_messages(c, ts)], len(slack.bot_messages(c, ts)),
+                 settled(slack, c, ts)) for c, ts in threads]
+    stray = len(slack.bot_messages()) - sum(len(r.pages) for r in seen)
+    requests = sum(1 for c in slack.calls if c.method.startswith("chat."))
+    return Result("Slack (edit mode)", replies, channels, tally(seen, texts, stray), ticker.lags,
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, wall, requests,
+                  slack.total_429s, slack.faults.injected, slack.connections - connections)
 
 
 def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100)[p - 1] if len(values) > 1 else values[0]
 
 
-def table(r: Result) -> str:
+def table(r: Result, faults: bool) -> str:
     c = r.counts
     injected = ", ".join(f"{n} {k}" for k, n in sorted(r.injected.items())) or "none"
-    rows = [
-        "| run | replies × channels | intact | lost | duplicated | unfinished | loop lag p50 / p99 / max "
-        "| peak RSS | wall | message requests | 429s (limits / injected) | faults injected |",
-        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|",
-        f"| {r.label} | {r.replies // r.channels} × {r.channels} | {c['intact']} | {c['lost']} | "
-        f"{c['duplicated'] + c['stray messages']} | {c['unfinished'] + c['corrupted']} | "
-        f"{pct(r.lag, 50) * 1000:.1f} / {pct(r.lag, 99) * 1000:.1f} / {max(r.lag) * 1000:.0f} ms | "
-        f"{r.rss_mib:.0f} MiB | {r.wall:.0f} s | {r.requests} | {r.throttled} / "
-        f"{r.injected['rate_limit']} | {injected}; {r.resumes} gateway resume(s) |",
-    ]
-    return "\n".join(rows)
+    return "\n".join([
+        "| platform | run | replies × channels | intact | lost | duplicated | unfinished "
+        "| loop lag p50 / p99 / max | peak RSS | wall | message requests "
+        "| 429s (limits / injected) | faults injected |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|",
+        f"| {r.label} | {'faults' if faults else 'soak'} | {r.replies // r.channels} × {r.channels} "
+        f"| {c['intact']} | {c['lost']} | {c['duplicated'] + c['stray messages']} "
+        f"| {c['unfinished'] + c['corrupted']} "
+        f"| {pct(r.lag, 50) * 1000:.1f} / {pct(r.lag, 99) * 1000:.1f} / {max(r.lag) * 1000:.0f} ms "
+        f"| {r.rss_mib:.0f} MiB | {r.wall:.0f} s | {r.requests} | {r.throttled} / "
+        f"{r.injected['rate_limit']} | {injected}; {r.reconnects} reconnect(s) |",
+    ])
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--replies", type=int, default=1000)
-    parser.add_argument("--channels", type=int, default=100)
+    parser.add_argument("--platform", choices=["discord", "slack"], default="discord")
+    parser.add_argument("--replies", type=int, help="default: 1000 (Discord), 100 (Slack)")
+    parser.add_argument("--channels", type=int, help="default: 100 (Discord), 10 (Slack)")
     parser.add_argument("--faults", action="store_true", help="the fault run (see above)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up waiting after (s)")
     args = parser.parse_args()
     set_tracing_disabled(True)
     logging.basicConfig(level=logging.ERROR)
-    result = await run(args.replies, args.channels, args.faults, args.timeout)
+    slack = args.platform == "slack"
+    replies = args.replies or (100 if slack else 1000)
+    channels = args.channels or (10 if slack else 100)
+    run = run_slack if slack else run_discord
+    result = await run(replies, channels, args.faults, args.timeout)
+    limits = ("fake Slack with its real limits (chat.postMessage ~1/s per channel, chat.update "
+              "~50/min per workspace)" if slack else "fake Discord with its real limits (5 per "
+              "5 s per channel, 50 requests/s)")
     print(f"Each answer: {CHARS} characters in {CHUNK}-character deltas every {DELAY * 1000:.0f} ms; "
-          "fake Discord with its real limits (5 per 5 s per channel, 50 requests/s); bot, fakes "
-          "and model in one process.\n")
-    print(table(result))
+          f"{limits}; bot, fakes and model in one process.\n")
+    print(table(result, args.faults))
     if result.counts["corrupted"] or result.counts["stray messages"]:
         print(f"\n{result.counts['corrupted']} corrupted, {result.counts['stray messages']} stray")
 
