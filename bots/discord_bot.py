@@ -315,9 +315,17 @@ class ChannelTarget(_DiscordTarget):
             options["reference"] = refers_to.to_reference(fail_if_not_exists=False)
         mentions = discord.AllowedMentions(everyone=False, users=False, roles=False,
                                            replied_user=ping and frame.index == 0)
+        # Discord may create the message and still answer 5xx or drop the connection; the
+        # retried create then carries the same nonce, which Discord (enforce_nonce) answers with
+        # the message it already made instead of posting it twice. That message shows the
+        # first attempt's frame, so it is brought up to this one.
+        nonce = f"{self.reply_id}:{frame.index}"  # at most 25 characters
         with _platform_errors():
-            message = await self.channel.send(frame.text, allowed_mentions=mentions,
+            message = await self.channel.send(frame.text, allowed_mentions=mentions, nonce=nonce,
                                               view=self._view(frame) or MISSING, **options)
+            if message.content.strip() != frame.text.strip():
+                await message.edit(content=frame.text, allowed_mentions=_NO_PINGS(),
+                                   view=self._view(frame))
         return self._posted(message)
 
 
@@ -669,6 +677,9 @@ class DiscordBot(discord.AutoShardedClient):
     async def _keep_typing(self, channel: Any) -> None:
         while True:
             try:
+                # Typing counts towards Discord's 50 requests/s too: with a hundred busy
+                # channels it would otherwise push message requests into global 429s.
+                await self.pacer.acquire([("discord:global", GLOBAL_RATE)])
                 await channel.typing()
             except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
                 log.debug("Discord: typing indicator failed in %s: %s", channel.id, exc)

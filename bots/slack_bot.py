@@ -221,7 +221,7 @@ class SlackTarget(Target):
     def __init__(self, client: AsyncWebClient, place: Place, *, native: bool, page_chars: int,
                  reply_id: str, on_post: Callable[[str], None] | None = None,
                  on_native_refused: Callable[[str], None] | None = None,
-                 can_fall_back: bool = True) -> None:
+                 can_fall_back: bool = True, question_ts: str = "", bot_user: str = "") -> None:
         self.client = client
         self.place = place
         self.native = native
@@ -231,6 +231,10 @@ class SlackTarget(Target):
         self._on_post = on_post
         self._on_native_refused = on_native_refused
         self._can_fall_back = can_fall_back
+        self._question_ts = question_ts
+        self._bot_user = bot_user
+        self._posted_ts: list[str] = []
+        self._unsure = False  # a post failed in a way that may have posted it all the same
 
     # --- the core's questions --------------------------------------------------------------
 
@@ -250,6 +254,38 @@ class SlackTarget(Target):
         return [(f"slack:{team}:chat.update", UPDATE_RATE)]
 
     async def post(self, frame: Frame) -> SlackMessage:
+        if self._unsure:
+            await self._remove_strays()
+        try:
+            return await self._post(frame)
+        except TransientError:
+            self._unsure = True
+            raise
+
+    async def _remove_strays(self) -> None:
+        """Delete what an earlier failed post left in the thread after all.
+
+        Slack sometimes posts a message and still answers 5xx or drops the connection, and
+        chat.postMessage / startStream have no idempotency key: the retry would show the reply
+        twice, the first copy stuck with a cursor (or streaming) for good. Replies in one thread
+        take turns, so any message of ours after the question and this reply's own messages is
+        such a stray."""
+        if not (self._bot_user and self._question_ts):
+            return
+        try:
+            resp = await call("conversations.replies", self.client.conversations_replies(
+                channel=self.place.channel, ts=self.place.thread_ts, limit=200))
+            after = float(self._posted_ts[-1] if self._posted_ts else self._question_ts)
+            for m in resp.get("messages", []):
+                if m.get("user") == self._bot_user and float(m["ts"]) > after:
+                    log.info("removing %s, left by a post that failed yet went through", m["ts"])
+                    await call("chat.delete", self.client.chat_delete(channel=self.place.channel,
+                                                                      ts=m["ts"]))
+        except SlackCallError as exc:  # a refusal must not cost the reply itself
+            log.warning("could not check thread %s for a stray message: %s", self.place.thread_ts, exc)
+        self._unsure = False
+
+    async def _post(self, frame: Frame) -> SlackMessage:
         if self.native and not frame.final:
             try:
                 handle = await self._start_stream(frame)
@@ -330,6 +366,7 @@ class SlackTarget(Target):
             channel=handle.channel, ts=handle.ts, **self._content(frame)))
 
     def _posted(self, handle: SlackMessage) -> None:
+        self._posted_ts.append(handle.ts)
         if self._on_post:
             self._on_post(handle.ts)
 
@@ -704,7 +741,8 @@ class SlackBot:
                 target = SlackTarget(
                     self.client, place, native=self._native_for(place),
                     page_chars=self.settings.page_chars, reply_id=reply_id, on_post=posted,
-                    on_native_refused=refused, can_fall_back=self.settings.streaming == "auto")
+                    on_native_refused=refused, can_fall_back=self.settings.streaming == "auto",
+                    question_ts=question_ts, bot_user=self.bot_user_id)
                 if assistant:
                     await self._thinking(place, prompt, thread)
                 reply = Reply(self.brain.start(prompt, conversation), target, self.pacer,

@@ -296,6 +296,11 @@ class Reply:
                 o.rate_limited += 1
                 metrics.RATE_LIMITED.labels(self.target.platform).inc()
                 self.pacer.pause(budgets, exc.retry_after)
+                if frame.final:  # a 429 storm must not hold the final text past the deadline
+                    deadline = deadline or clock.now() + self.settings.final_deadline
+                    if clock.now() >= deadline:
+                        self._give_up(op, k, frame, exc)
+                        return
                 continue
             except MessageGone:
                 self._gone = True

@@ -15,7 +15,12 @@ It runs an aiohttp server on 127.0.0.1 with:
 * a gateway websocket: HELLO, IDENTIFY -> READY + GUILD_CREATE (with intents and sharding
   checked: close code 4014 when the Message Content intent is requested but "not enabled"),
   heartbeat ACKs, RESUME with replay of missed events, and dispatch of MESSAGE_CREATE /
-  MESSAGE_UPDATE / MESSAGE_DELETE / THREAD_CREATE / INTERACTION_CREATE.
+  MESSAGE_UPDATE / MESSAGE_DELETE / THREAD_CREATE / INTERACTION_CREATE;
+* failures on demand: `faults = Faults(...)` (tests/fakes/faults.py) answers message creates
+  and edits with 5xx, 429 storms, connection resets or late 504s at seeded rates; `drop_gateway()`
+  closes the gateway mid-run (the bot RESUMEs and missed events are replayed). A create that
+  carries `nonce` + `enforce_nonce` is idempotent, as on Discord: a retry returns the message
+  the first attempt created.
 
 Tests act as users (`send`, `dm`, `delete`, `click`, `slash`) and observe what a user would see
 through `FakeMessage` records: every revision of every message with its allowed_mentions and
@@ -44,6 +49,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from aiohttp import WSMsgType, web
+
+from .faults import Faults
 
 API_VERSION = 10
 DISCORD_EPOCH_MS = 1420070400000
@@ -281,6 +288,7 @@ class FakeDiscord:
         self.global_limit = global_limit
         self.recommended_shards = recommended_shards
         self.heartbeat_interval = heartbeat_interval
+        self.faults = Faults()  # no failures unless a test asks for them
 
         self._ids = itertools.count(1)
         self._last_snowflake = 0
@@ -315,6 +323,7 @@ class FakeDiscord:
         self._port: int | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._route_meta: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._nonces: dict[tuple[int, str], int] = {}  # (channel id, nonce) -> message id
 
     # --- running --------------------------------------------------------------------------
 
@@ -371,6 +380,10 @@ class FakeDiscord:
     def _add_channel(self, channel: Channel) -> Channel:
         self.channels[channel.id] = channel
         return channel
+
+    def add_text_channel(self, name: str) -> Channel:
+        """Another text channel in the guild; add it before the bot connects (GUILD_CREATE)."""
+        return self._add_channel(Channel(self.snowflake(), 0, name, self.guild_id))
 
     def user(self, user_id: int) -> User | None:
         for u in (self.bot, self.alice, self.bob, self.other_bot):
@@ -663,7 +676,17 @@ class FakeDiscord:
                     headers |= bucket.headers(now)
                     return self._too_many(request, template, now, wait, headers, body, is_global=False)
                 headers |= bucket.headers(now)
+            fault = None
+            if kind in ("messages", "webhook") and request.method in ("POST", "PATCH"):
+                fault = self.faults.draw("post" if request.method == "POST" else "edit")
+            if fault == "rate_limit":
+                return self._too_many(request, template, now, self.faults.wait(), headers, body,
+                                      is_global=False, injected=True)
+            if fault in ("error", "reset", "timeout"):
+                return await self._fail(request, template, now, fault, headers, body)
             status, payload = await handler(request, body)
+            if fault == "applied_error":
+                return await self._fail(request, template, now, fault, headers, body)
         except DiscordError as exc:
             status = exc.status
             payload = {"message": exc.message, "code": exc.code}
@@ -680,11 +703,26 @@ class FakeDiscord:
         # Exactly "application/json", no charset: discord.py compares the header verbatim.
         return web.Response(status=status, body=json.dumps(payload).encode(), headers=headers)
 
+    async def _fail(self, request: web.Request, template: str, now: float, fault: str,
+                    headers: dict[str, str], body: Any) -> web.Response:
+        """An injected failure: a connection reset (status 0 in `calls`), a late 504 or a 5xx."""
+        if fault == "timeout":
+            await asyncio.sleep(self.faults.timeout_after)
+        status = {"reset": 0, "timeout": 504}.get(fault) or self.faults.status()
+        self.calls.append(Call(request.method, request.path, template, status, now, body))
+        if fault == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+        return self._json(status or 500, {"message": f"{status}: Server Error", "code": 0}, headers)
+
     def _too_many(self, request: web.Request, template: str, now: float, wait: float,
-                  headers: dict[str, str], body: Any, *, is_global: bool) -> web.Response:
+                  headers: dict[str, str], body: Any, *, is_global: bool,
+                  injected: bool = False) -> web.Response:
+        """A 429; only the fake's own limits count in `throttled` (not injected storms)."""
         call = Call(request.method, request.path, template, 429, now, body)
         self.calls.append(call)
-        self.throttled.append(call)
+        if not injected:
+            self.throttled.append(call)
         headers = headers | {"Retry-After": str(math.ceil(wait)),
                              "X-RateLimit-Scope": "global" if is_global else "user"}
         if is_global:
@@ -792,7 +830,13 @@ class FakeDiscord:
 
     async def _create_message(self, request: web.Request, body: Any) -> tuple[int, Any]:
         channel = self._channel(request)
-        msg = self._create(channel, body or {})
+        body = body or {}
+        nonce = (channel.id, str(body["nonce"])) if body.get("enforce_nonce") and body.get("nonce") else None
+        if nonce in self._nonces:  # a retry of a create that already happened
+            return 200, self._message_json(self.messages[self._nonces[nonce]])
+        msg = self._create(channel, body)
+        if nonce:
+            self._nonces[nonce] = msg.id
         await self._dispatch("MESSAGE_CREATE", self._message_json(msg, member=True), channel.guild_id)
         return 200, self._message_json(msg)
 

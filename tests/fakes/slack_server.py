@@ -19,6 +19,10 @@ would against slack.com. What it models, because the adapter's behaviour depends
 * Every message keeps the history of what users saw (`Message.history`), so tests assert on
   what a person would have read, not on the calls made.
 * Switches to make native streams fail or expire mid-reply, or be unsupported.
+* Platform failures at seeded rates: `faults = Faults(...)` (tests/fakes/faults.py) answers the
+  message methods with 5xx, `ratelimited` 429s, connection resets or late 504s;
+  `drop_socket()` cuts the Socket Mode connection (the client reconnects; unacknowledged
+  envelopes are redelivered).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from urllib.parse import parse_qsl, urlencode
 import aiohttp
 from aiohttp import web
 
+from .faults import Faults
+
 BOT_TOKEN = "xoxb-fake-bot-token"
 APP_TOKEN = "xapp-fake-app-token"
 SIGNING_SECRET = "fake-signing-secret"
@@ -52,6 +58,9 @@ APP_ID = "A0FAKE"
 BOT_USER_ID = "U0BOT"
 BOT_ID = "B0BOT"
 MARKDOWN_LIMIT = 12_000  # markdown_text and markdown blocks
+# The methods `faults` can fail, and whether each creates a message (a "post") or changes one.
+FAULTED = {"chat.postMessage": "post", "chat.startStream": "post", "chat.update": "edit",
+           "chat.appendStream": "edit", "chat.stopStream": "edit"}
 TEXT_LIMIT = 40_000
 
 Scope = Literal["workspace", "channel"]
@@ -226,6 +235,7 @@ class FakeSlack:
         self.stream_ttl: float | None = None  # streams expire this long after starting
         self.fail_streams_after: int | None = None  # appends before a stream breaks
         self.fail_next: dict[str, list[str | int]] = {}  # method -> errors (str) / statuses (int)
+        self.faults = Faults()  # random failures of the message methods (none by default)
 
         self.calls: list[Call] = []
         self.rate_limited: Counter[str] = Counter()
@@ -407,8 +417,9 @@ class FakeSlack:
     # --- what tests look at ------------------------------------------------------------------
 
     def bot_messages(self, channel: str | None = None, thread_ts: str | None = None) -> list[Message]:
-        """The bot's messages (in a channel / thread), oldest first."""
+        """The bot's messages people can see (in a channel / thread), oldest first."""
         out = [m for m in self.messages.values() if m.bot_id == BOT_ID and m.ts != m.thread_ts
+               and not m.deleted
                and (channel is None or m.channel == channel)
                and (thread_ts is None or m.thread_ts == thread_ts) and m.history]
         return sorted(out, key=lambda m: (m.channel, float(m.ts)))
@@ -449,6 +460,11 @@ class FakeSlack:
         """Wait for an open Socket Mode connection (the `more_than`+1-th one ever made)."""
         await self.wait_for(lambda: self.connections > more_than and self._open_sockets(),
                             timeout, "a Socket Mode connection")
+
+    async def drop_socket(self) -> None:
+        """Cut every Socket Mode connection without warning, as a network failure would."""
+        for ws in self._open_sockets():
+            await ws.close(code=1006)
 
     def _open_sockets(self) -> list[web.WebSocketResponse]:
         return [ws for ws in self._sockets if not ws.closed]
@@ -578,13 +594,18 @@ class FakeSlack:
         args.pop("token", None)
 
         status, body, headers = 200, {"ok": True}, {}
+        fault = None
         try:
             self._check_auth(method, token)
             wait = self._rate(method, args)
+            if not wait and method in FAULTED:
+                fault = self.faults.draw(FAULTED[method])
             if wait:
                 self.rate_limited[method] += 1
                 retry = max(1, math.ceil(wait))
                 status, body, headers = 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry)}
+            elif fault in ("error", "reset", "timeout", "rate_limit"):
+                status, body, headers = await self._injected(request, fault)
             else:
                 injected = self.fail_next.get(method)
                 if injected:
@@ -597,6 +618,8 @@ class FakeSlack:
                 if handler is None:
                     raise ApiError("unknown_method")
                 body = {"ok": True, **(handler(args) or {})}
+                if fault == "applied_error":  # done, yet the answer says otherwise
+                    status, body = self.faults.status(), {"ok": False, "error": "fatal_error"}
         except ApiError as exc:
             body = {"ok": False, "error": exc.error, **exc.extra}
         self.calls.append(Call(time.monotonic(), method, args, status,
@@ -606,6 +629,20 @@ class FakeSlack:
         if status >= 500:
             return web.Response(status=status, text="upstream error", content_type="text/html")
         return web.json_response(body, status=status, headers=headers)
+
+    async def _injected(self, request: web.Request, fault: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """A failure from `faults`, the request left unapplied (status 0: connection reset)."""
+        if fault == "timeout":
+            await asyncio.sleep(self.faults.timeout_after)
+            return 504, {"ok": False, "error": "request_timeout"}, {}
+        if fault == "rate_limit":
+            retry = str(max(1, math.ceil(self.faults.wait())))  # Slack sends whole seconds
+            return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": retry}
+        if fault == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return 0, {"ok": False, "error": "connection_reset"}, {}
+        return self.faults.status(), {"ok": False, "error": "fatal_error"}, {}
 
     def _check_auth(self, method: str, token: str) -> None:
         if not token:
