@@ -37,7 +37,7 @@ for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
 from agents import set_tracing_disabled  # noqa: E402
-from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage, User  # noqa: E402
+from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage  # noqa: E402
 from fakes.openai_server import FakeOpenAI, TextReply  # noqa: E402
 
 from bots.discord_bot import serve  # noqa: E402
@@ -150,7 +150,7 @@ async def scenario(label: str, n: int, mode: str, **discord_options: Any) -> dic
                         reply.interaction = await discord_fake.slash("ask", {"prompt": f"question {i}"})
                         replies.append((reply.interaction.id, reply))
                     else:
-                        person = User(discord_fake.snowflake(), f"person{i}")  # as in a real channel
+                        person = discord_fake.person(f"person{i}")  # as in a real channel
                         reply.question = await discord_fake.send(
                             f"<@{discord_fake.bot.id}> question {i}", author=person)
                         reply.asked = reply.question.history[0].at

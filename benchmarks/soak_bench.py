@@ -52,7 +52,7 @@ for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
 from agents import set_tracing_disabled  # noqa: E402
-from fakes.discord_server import FakeDiscord, FakeMessage  # noqa: E402
+from fakes.discord_server import FakeDiscord  # noqa: E402
 from fakes.faults import Faults  # noqa: E402
 from fakes.openai_server import FakeOpenAI  # noqa: E402
 from fakes.slack_server import FakeSlack, running_bot, settled  # noqa: E402
@@ -180,13 +180,15 @@ async def run_discord(replies: int, channels: int, faults: bool, timeout: float)
                     fake.faults = fault_mix()
                 start = time.monotonic()
                 early = replies - replies // 10 if faults else replies
+                people = [fake.person(f"person{i}") for i in range(replies)]  # [limits]: one each
                 questions = [await fake.send(f"<@{fake.bot.id}> question {i}",
-                                             channel=places[i % channels]) for i in range(early)]
+                                             channel=places[i % channels], author=people[i])
+                             for i in range(early)]
                 if faults:  # drop the gateway once a quarter of the replies are done
                     await fake.wait_for(lambda: len(outcomes.by_reply) >= replies // 4, timeout)
                     await fake.drop_gateway(4000)
                     questions += [await fake.send(f"<@{fake.bot.id}> question {i}",
-                                                  channel=places[i % channels])
+                                                  channel=places[i % channels], author=people[i])
                                   for i in range(early, replies)]
                 with contextlib.suppress(TimeoutError):
                     await fake.wait_for(lambda: all(q.id in outcomes.by_reply for q in questions),

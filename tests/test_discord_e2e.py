@@ -17,7 +17,7 @@ from typing import Any
 
 import discord
 import pytest
-from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage, User
+from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage
 from fakes.openai_server import FakeOpenAI
 
 from bots.discord_bot import DiscordSetupError, serve
@@ -397,7 +397,7 @@ async def test_ten_concurrent_replies_in_one_channel(bot: Bot) -> None:
     texts = [f"Answer number {i}: " + " ".join(f"w{i}.{j}" for j in range(60)) for i in range(10)]
     for text in texts:
         bot.model.reply(text, delay=0.02)
-    people = [User(fake.snowflake(), f"person{i}") for i in range(10)]  # one each: [limits]
+    people = [fake.person(f"person{i}") for i in range(10)]  # one each: [limits]
     questions = [await fake.send(f"<@{fake.bot.id}> question {i}", author=people[i]) for i in range(10)]
     outcomes = [await bot.outcome(q.id) for q in questions]
 

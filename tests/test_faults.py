@@ -56,7 +56,8 @@ def discord_replies(fake: FakeDiscord, questions: list[FakeMessage]) -> list[str
 
 async def ask_everywhere(bot: Bot, channels: list, per_channel: int) -> list[FakeMessage]:
     fake = bot.fake
-    questions = [await fake.send(f"<@{fake.bot.id}> question {i}", channel=channels[i % len(channels)])
+    questions = [await fake.send(f"<@{fake.bot.id}> question {i}", channel=channels[i % len(channels)],
+                                 author=fake.person(f"person{i}"))
                  for i in range(len(channels) * per_channel)]
     for q in questions:
         outcome = await bot.outcome(q.id)
@@ -105,10 +106,10 @@ async def test_discord_gateway_drop_mid_stream(
             first = await fake.send(f"<@{fake.bot.id}> one")
             await script.wait_held()
             await fake.drop_gateway(4000)
-            during = await fake.send(f"<@{fake.bot.id}> two")
+            during = await fake.send(f"<@{fake.bot.id}> two", author=fake.bob)
             await fake.wait_for(lambda: fake.resumes >= 1, WAIT)
             script.release()
-            after = await fake.send(f"<@{fake.bot.id}> three")
+            after = await fake.send(f"<@{fake.bot.id}> three", author=fake.person("carol"))
             for q in (first, during, after):
                 await bot.outcome(q.id)
     shown = discord_replies(fake, [first, during, after])

@@ -391,6 +391,10 @@ class FakeDiscord:
                 return u
         return None
 
+    def person(self, name: str) -> User:
+        """Another member of the server, to ask as (the bot limits what one person may ask)."""
+        return User(self.snowflake(), name)
+
     def dm_channel(self, user: User) -> Channel:
         for c in self.channels.values():
             if c.type == 1 and c.recipient == user:
