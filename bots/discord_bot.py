@@ -274,8 +274,6 @@ class _DiscordTarget(Target):
         self.messages: list[Any] = []
         self.gone: set[int] = set()
 
-    platform = "discord"
-
     def budgets(self, op: Op) -> list[tuple[str, Rate]]:
         return self._edit_budgets if op == "edit" else self._budgets
 

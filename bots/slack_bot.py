@@ -53,7 +53,7 @@ BOT_SCOPES = {
     "app_mentions:read": "app_mention events",
     "assistant:write": "assistant.threads.setStatus / setSuggestedPrompts / setTitle",
     "channels:history": "thread follow-ups in public channels; conversations.replies",
-    "chat:write": "chat.postMessage / update / startStream / appendStream / stopStream",
+    "chat:write": "chat.postMessage / update / delete / startStream / appendStream / stopStream",
     "groups:history": "thread follow-ups in private channels",
     "im:history": "direct messages and assistant threads",
     "mpim:history": "thread follow-ups in group DMs",
@@ -237,8 +237,6 @@ class SlackTarget(Target):
         self._unsure = False  # a post failed in a way that may have posted it all the same
 
     # --- the core's questions --------------------------------------------------------------
-
-    platform = "slack"
 
     def locate(self, handle: SlackMessage) -> dict[str, Any]:
         return {"channel": handle.channel, "ts": handle.ts, "native": handle.native}
