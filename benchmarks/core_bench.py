@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from core.config import StreamConfig  # noqa: E402
 from core.pacing import Pacer  # noqa: E402
 from core.paging import Pager  # noqa: E402
 from core.platform import Rate  # noqa: E402
@@ -80,7 +81,8 @@ def relay(text: str) -> int:
     async def main() -> int:
         pacer = Pacer()
         target = RecordingTarget(pacer.clock, limit=2000, rate=Rate(100, 1.0))
-        outcome = await Reply(FastRun(text), target, pacer).run()
+        # no reply cap: the benchmark measures cost by length
+        outcome = await Reply(FastRun(text), target, pacer, StreamConfig(max_reply_chars=0)).run()
         assert outcome.text == text
         return outcome.posts + outcome.edits
 

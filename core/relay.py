@@ -75,6 +75,7 @@ class Reply:
         self._store = store  # where the streaming message is recorded, for crash recovery
         self._last_event = 0.0  # clock time of the model's latest event (or of the start)
         self._heard = False  # the model has sent any event at all
+        self._model_chars = 0  # characters of model text so far
         self._page_started = 0.0
         self._gone = False
         self._outcome = Outcome("done", "", [])
@@ -186,9 +187,11 @@ class Reply:
             self._finish("failed", f"⚠️ The model stream failed ({type(exc).__name__}).")
 
     def _too_long(self, delta: str) -> bool:
-        """Feed what fits under `max_reply_chars`; past it, cut the answer off with a note."""
+        """Feed what fits under `max_reply_chars`; past it, cut the answer off with a note.
+        (Counted as it arrives: measuring the pager's text would cost O(length) per delta.)"""
         cap = self.settings.max_reply_chars
-        room = cap - len(self.pager.text)
+        room = cap - self._model_chars
+        self._model_chars += len(delta)
         if not cap or len(delta) <= room:
             return False
         self.pager.feed(delta[: max(0, room)])
