@@ -58,9 +58,9 @@ from fakes.openai_server import FakeOpenAI  # noqa: E402
 from fakes.slack_server import FakeSlack, running_bot, settled  # noqa: E402
 
 from bots.discord_bot import serve  # noqa: E402
+from discord_bench import Outcomes  # noqa: E402  (reply outcomes, as the adapter logs them)
 from core.config import Config, DiscordConfig, MemoryConfig, ModelConfig  # noqa: E402
 from core.pacing import Pacer  # noqa: E402
-from core.relay import Outcome  # noqa: E402
 from core.sources import build_brain  # noqa: E402
 
 CHARS = 400  # per answer: one page, streamed over a few seconds
@@ -73,18 +73,6 @@ CURSOR = "▌"
 def answer(i: int) -> str:
     words = " ".join(f"r{i}w{j}" for j in range(CHARS // 5))
     return f"Answer {i}: {words}"[:CHARS - 6] + " (end)"
-
-
-class Outcomes(logging.Handler):
-    """Reply outcomes, as the adapter logs them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.by_reply: dict[int, Outcome] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(outcome := getattr(record, "outcome", None), Outcome):
-            self.by_reply[record.reply_id] = outcome  # type: ignore[attr-defined]
 
 
 @dataclass
