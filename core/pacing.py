@@ -75,6 +75,10 @@ class Budget:
             wait = max(wait, self._sent[0] + self.rate.per - now)
         return max(0.0, wait)
 
+    def idle(self) -> bool:
+        """As good as a new budget: nothing in the window, no pause, nobody waiting."""
+        return self.wait_time() == 0 and not self._sent and not self._lock.locked()
+
     async def acquire(self) -> None:
         async with self._lock:  # the local queue first: replies in this process take turns
             while True:
@@ -97,12 +101,21 @@ class Pacer:
         self.clock: Clock = clock or RealClock()
         self.shared = shared
         self._budgets: dict[str, Budget] = {}
+        self._prune_at = 1024
         self._pausing: set[asyncio.Task[None]] = set()
 
     def budget(self, key: str, rate: Rate) -> Budget:
         if key not in self._budgets:
+            if len(self._budgets) >= self._prune_at:
+                self._prune()
             self._budgets[key] = Budget(rate, self.clock, key, self.shared)
         return self._budgets[key]
+
+    def _prune(self) -> None:
+        """Forget budgets that are as good as new (nothing in their window, no pause, nobody
+        waiting): keys per reply or per channel would otherwise pile up for the process's life."""
+        self._budgets = {k: b for k, b in self._budgets.items() if not b.idle()}
+        self._prune_at = max(1024, 2 * len(self._budgets))
 
     async def acquire(self, budgets: list[tuple[str, Rate]]) -> None:
         """Wait for a turn in every named budget (held in a fixed order: no deadlock)."""

@@ -69,3 +69,18 @@ async def test_separate_keys_do_not_share_and_multiple_budgets_all_apply() -> No
     await clock.run(asyncio.gather(user("a"), user("b"), user("c")))
     assert sum(times.values()) == 12
     assert max(times.values()) <= 6  # the global budget binds: 3 channels x 2 would be 6
+
+
+async def test_idle_budgets_are_forgotten_but_busy_ones_keep_their_window() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    busy = [("busy", Rate(2, 10.0))]
+    await clock.run(pacer.acquire(busy))
+    await clock.run(pacer.acquire(busy))
+    for i in range(5000):  # a budget per reply, each used once, long ago
+        await clock.run(pacer.acquire([(f"reply:{i}", Rate(1, 1.0))]))
+        clock.t += 0.001
+    assert len(pacer._budgets) < 2100  # bounded, not 5,001
+    start = clock.now()
+    await clock.run(pacer.acquire(busy))  # still full: waits for its window
+    assert clock.now() >= 10.0 > start
