@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import DEFAULT_LIMITS, FakeSlack, Limit, running_bot, settled
+from fakes.slack_server import DEFAULT_LIMITS, FakeSlack, Limit, bot_for as bot, settled
 
 import bots.slack_bot
 from bots.slack_bot import STOP_ACTION
@@ -17,11 +16,6 @@ from bots.slack_bot import STOP_ACTION
 CHANNEL = "C0GENERAL"
 WAIT = 30.0
 TEXT = "".join(f"Sentence number {i} of a long, carefully streamed answer. " for i in range(12))
-
-
-def bot(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, **settings: Any) -> Any:
-    return running_bot(slack, model_base_url=fake_openai.base_url,
-                       memory_path=str(tmp_path / "memory.db"), **settings)
 
 
 async def reply_in(slack: FakeSlack, channel: str, ts: str, pages: int = 1) -> str:

@@ -6,18 +6,13 @@ from pathlib import Path
 
 import pytest
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import FakeSlack, running_bot, settled
+from fakes.slack_server import FakeSlack, bot_for as bot, settled
 
 from core.state import LocalStore
 
 CHANNEL = "C0GENERAL"
 WAIT = 30.0
 INTERRUPTED = "⚠️ interrupted — please ask again"
-
-
-def bot(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, **settings):
-    return running_bot(slack, model_base_url=fake_openai.base_url,
-                       memory_path=str(tmp_path / "memory.db"), **settings)
 
 
 async def held_message(slack: FakeSlack, ts: str, shows: str):

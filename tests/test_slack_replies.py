@@ -10,21 +10,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import BOT_USER_ID, FakeSlack, running_bot, settled
+from fakes.slack_server import BOT_USER_ID, FakeSlack, bot_for as bot, settled
 
 from bots.slack_bot import STOP_ACTION, ZWJ
 
 CHANNEL = "C0GENERAL"
 WAIT = 30.0
-
-
-def bot(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, **settings: Any) -> Any:
-    return running_bot(slack, model_base_url=fake_openai.base_url,
-                       memory_path=str(tmp_path / "memory.db"), **settings)
 
 
 async def reply_in(slack: FakeSlack, channel: str, ts: str, pages: int = 1) -> str:

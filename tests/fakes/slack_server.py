@@ -934,6 +934,12 @@ async def running_bot(slack: FakeSlack, *, model_base_url: str, memory_path: str
                 os.environ[k] = v
 
 
+def bot_for(slack: FakeSlack, fake_openai: Any, tmp_path: Any, **settings: Any) -> Any:
+    """`running_bot` on the fake OpenAI server, with its memory file in the test's tmp_path."""
+    return running_bot(slack, model_base_url=fake_openai.base_url,
+                       memory_path=str(tmp_path / "memory.db"), **settings)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
