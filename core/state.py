@@ -151,7 +151,8 @@ class LocalStore(StateStore):
         super().__init__()
         self.path = path or ":memory:"
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL" if self.path != ":memory:" else "PRAGMA foreign_keys=ON")
+        if self.path != ":memory:":  # the Agents SDK's sessions write to the same file
+            self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS streambot_replies ("
                          "reply_id TEXT PRIMARY KEY, platform TEXT NOT NULL, owner TEXT NOT NULL, "
                          "record TEXT NOT NULL)")
