@@ -33,7 +33,7 @@ from discord.http import HTTPClient, Route
 from discord.utils import MISSING
 
 from core.config import Config, DiscordConfig, env
-from core.limits import Gate, Refused, Slot
+from core.limits import FINAL_GRACE, RESTARTING, Gate, Refused, Slot
 from core.logs import tag_reply
 from core.ops import register_ready
 from core.pacing import Pacer
@@ -55,8 +55,6 @@ STOP_PREFIX = "streambot:stop:"
 MAX_CHAIN_HOPS = 40  # how far up a reply chain to look for its first message after a restart
 KEY_CACHE = 20_000  # message id -> conversation key entries kept in memory
 TYPING_EVERY = 8.0  # Discord shows "is typing" for ~10 s per request
-FINAL_GRACE = 15.0  # seconds to let interrupted replies deliver their final text
-RESTARTING = "I'm restarting: please ask again in a minute."
 
 
 class DiscordSetupError(RuntimeError):

@@ -37,7 +37,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from core.config import Config, SlackConfig, env
-from core.limits import Gate, Refused
+from core.limits import FINAL_GRACE, RESTARTING, Gate, Refused
 from core.logs import tag_reply
 from core.ops import register_ready
 from core.pacing import Pacer
@@ -62,8 +62,6 @@ BOT_EVENTS = {"app_mention", "assistant_thread_started", "message.channels", "me
               "message.im", "message.mpim"}
 
 STOP_ACTION = "streambot_stop"
-RESTARTING = "I'm restarting: please ask again in a minute."
-FINAL_GRACE = 15.0  # seconds to let interrupted replies deliver their final text
 EVENTS_PATH = "/slack/events"
 NATIVE_PAGE_AGE = 240.0  # native streams expire ~5 minutes after they start
 MARKDOWN_LIMIT = 12_000  # markdown blocks, markdown_text
