@@ -41,7 +41,9 @@ from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage  # no
 from fakes.openai_server import FakeOpenAI, TextReply  # noqa: E402
 
 from bots.discord_bot import serve  # noqa: E402
-from core.config import Config, DiscordConfig, MemoryConfig, ModelConfig  # noqa: E402
+from bots.discord_api import DiscordSettings  # noqa: E402
+from core.config import Config, MemoryConfig, ModelConfig  # noqa: E402
+from core.host import Finished, Host  # noqa: E402
 from core.pacing import Pacer  # noqa: E402
 from core.relay import Outcome  # noqa: E402
 from core.sources import build_brain  # noqa: E402
@@ -67,14 +69,14 @@ class Reply:
     outcome: Outcome | None = None
 
 
-class Outcomes(logging.Handler):
+class Outcomes:
+    """Reply outcomes by reply id, as the host's `on_finished` hook hands them over."""
+
     def __init__(self) -> None:
-        super().__init__()
         self.by_reply: dict[int, Outcome] = {}
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(outcome := getattr(record, "outcome", None), Outcome):
-            self.by_reply[record.reply_id] = outcome  # type: ignore[attr-defined]
+    def __call__(self, finished: Finished) -> None:
+        self.by_reply[int(finished.question.reply_id)] = finished.outcome
 
 
 def timed(script: TextReply, into: list[tuple[float, int]]) -> None:
@@ -130,13 +132,12 @@ async def scenario(label: str, n: int, mode: str, **discord_options: Any) -> dic
         with tempfile.TemporaryDirectory() as tmp:
             config = Config(model=ModelConfig(base_url=model.base_url),
                             memory=MemoryConfig(path=str(Path(tmp) / "memory.db")),
-                            discord=DiscordConfig(enabled=True, api_base=discord_fake.api_base,
-                                                  **discord_options))
+                            discord=DiscordSettings(enabled=True, api_base=discord_fake.api_base,
+                                                    **discord_options))
             outcomes = Outcomes()
-            logging.getLogger("streambot.discord").addHandler(outcomes)
-            logging.getLogger("streambot.discord").setLevel(logging.INFO)
-            logging.getLogger("streambot.discord").propagate = False
-            task = asyncio.create_task(serve(config, build_brain(config), Pacer()))
+            host = Host(config, build_brain(config), Pacer())
+            host.on_finished.append(outcomes)
+            task = asyncio.create_task(serve(host, config.discord))
             try:
                 await discord_fake.wait_ready()
                 replies: list[tuple[int, Reply]] = []
@@ -167,7 +168,6 @@ async def scenario(label: str, n: int, mode: str, **discord_options: Any) -> dic
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                logging.getLogger("streambot.discord").removeHandler(outcomes)
 
         placeholder, first_text, done, staleness, calls = [], [], [], [], []
         for _, reply in replies:

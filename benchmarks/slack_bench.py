@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from fakes.openai_server import FakeOpenAI, TextReply  # noqa: E402
 from fakes.slack_server import FakeSlack, Message, running_bot, settled  # noqa: E402
 
-from bots.slack_bot import ZWJ  # noqa: E402
+from bots.slack_api import ZWJ  # noqa: E402
 
 CHANNEL = "C0BENCH"
 COUNTED = ("chat.", "assistant.", "conversations.")

@@ -58,8 +58,10 @@ from fakes.openai_server import FakeOpenAI  # noqa: E402
 from fakes.slack_server import FakeSlack, running_bot, settled  # noqa: E402
 
 from bots.discord_bot import serve  # noqa: E402
-from discord_bench import Outcomes  # noqa: E402  (reply outcomes, as the adapter logs them)
-from core.config import Config, DiscordConfig, MemoryConfig, ModelConfig  # noqa: E402
+from bots.discord_api import DiscordSettings  # noqa: E402
+from discord_bench import Outcomes  # noqa: E402  (reply outcomes, from the host's hook)
+from core.config import Config, MemoryConfig, ModelConfig  # noqa: E402
+from core.host import Host  # noqa: E402
 from core.pacing import Pacer  # noqa: E402
 from core.sources import build_brain  # noqa: E402
 
@@ -154,13 +156,11 @@ async def run_discord(replies: int, channels: int, faults: bool, timeout: float)
         with tempfile.TemporaryDirectory() as tmp:
             config = Config(model=ModelConfig(base_url=model.base_url),
                             memory=MemoryConfig(path=str(Path(tmp) / "memory.db")),
-                            discord=DiscordConfig(enabled=True, api_base=fake.api_base))
+                            discord=DiscordSettings(enabled=True, api_base=fake.api_base))
             outcomes = Outcomes()
-            log = logging.getLogger("streambot.discord")
-            log.addHandler(outcomes)
-            log.setLevel(logging.INFO)
-            log.propagate = False
-            bot = asyncio.create_task(serve(config, build_brain(config), Pacer()))
+            host = Host(config, build_brain(config), Pacer())
+            host.on_finished.append(outcomes)
+            bot = asyncio.create_task(serve(host, config.discord))
             tick = asyncio.create_task(ticker.run())
             try:
                 await fake.wait_ready()
@@ -186,7 +186,6 @@ async def run_discord(replies: int, channels: int, faults: bool, timeout: float)
                 tick.cancel()
                 bot.cancel()
                 await asyncio.gather(tick, bot, return_exceptions=True)
-                log.removeHandler(outcomes)
         answers = Counter(m.reference for m in fake.bot_messages())
         seen = []
         for q in questions:

@@ -7,34 +7,50 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
-from typing import Any
 
 from rich.console import Console
 
+from bots import console, discord_bot, slack_bot
 from core import config as cfg
 from core import logs
+from core.adapter import Adapter, SetupError
+from core.backend import Backend, open_backend
 from core.demo import DEMO_NOTICE
-from core.limits import Gate
+from core.host import Host
 from core.ops import OpsServer
-from core.pacing import Pacer
 from core.sources import build_brain
-from core.state import StateStore, open_store
+
+
+ADAPTERS: tuple[Adapter, ...] = (discord_bot.ADAPTER, slack_bot.ADAPTER, console.ADAPTER)
+SECTIONS = {a.name: a.settings for a in ADAPTERS}
 
 
 def _load(path: str | None) -> tuple[cfg.Config, str]:
     try:
-        return cfg.load(path)
+        return cfg.load(path, SECTIONS)
     except cfg.ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
 
 
+def problems_of(config: cfg.Config, source: str) -> list[cfg.Problem]:
+    """What the core and every enabled adapter need from the environment but do not have."""
+    return cfg.check_env(config, source) + [p for a in ADAPTERS for p in a.problems(config, source)]
+
+
+def enabled(config: cfg.Config) -> list[Adapter]:
+    """The adapters to start: every enabled one, and the fallback (the console) when none is."""
+    chosen = [a for a in ADAPTERS if config.section(a.name, a.settings).enabled]
+    if not any(not a.fallback for a in chosen):
+        chosen += [a for a in ADAPTERS if a.fallback and a not in chosen]
+    return chosen
+
+
 def check_config(path: str | None) -> int:
     """Print every problem as `file: key: what is wrong: how to fix` (exit 1), or a summary."""
     try:
-        config, source = cfg.load(path)
-        problems = cfg.check_env(config, source)
+        config, source = cfg.load(path, SECTIONS)
+        problems = problems_of(config, source)
     except cfg.ConfigError as exc:
         problems = exc.problems
     if problems:
@@ -44,13 +60,10 @@ def check_config(path: str | None) -> int:
     model = ("offline demo model (no OPENAI_API_KEY or base_url)" if cfg.uses_demo_model(config)
              else f"{config.model.model} via the {config.model.api} API"
              + (f" at {config.model.base_url}" if config.model.base_url else ""))
-    adapters = [n for n in ("discord", "slack") if getattr(config, n).enabled]
-    if config.console.enabled or not adapters:
-        adapters.append("console")
     where = (cfg.redis_where(cfg.redis_url(config)) if config.memory.backend == "redis"
              else config.memory.path)  # host:port only: a Redis URL may hold a password
     print(f"{source}: OK\n  model: {model}\n  memory: {config.memory.backend} at "
-          f"{where}\n  adapters: {', '.join(adapters)}")
+          f"{where}\n  adapters: {', '.join(a.name for a in enabled(config))}")
     if config.ops.enabled and config.ops.port:
         print(f"  ops: http://{config.ops.host}:{config.ops.port} (/metrics, /healthz)")
     return 0
@@ -59,7 +72,7 @@ def check_config(path: str | None) -> int:
 async def run(config: cfg.Config, source: str) -> int:
     """Start every enabled adapter (the console when no chat platform is enabled) and, when
     `[ops]` is enabled, the /metrics and /healthz endpoint beside them."""
-    problems = cfg.check_env(config, source)
+    problems = problems_of(config, source)
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
@@ -73,61 +86,38 @@ async def run(config: cfg.Config, source: str) -> int:
                   f"({exc.strerror or exc}): pick a free port or set ops.enabled = false",
                   file=sys.stderr)
             return 1
+    backend = open_backend(config)
     try:
-        return await _run_adapters(config)
+        await _serve(config, backend)
+        return 0
+    except SetupError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     finally:
+        await backend.store.close()
         if ops is not None:
             await ops.stop()
 
 
-async def _run_adapters(config: cfg.Config) -> int:
-    store = open_store(config)
-    try:
-        return await _serve(config, store)
-    finally:
-        await store.close()
-
-
-def _shared(config: cfg.Config, store: StateStore) -> tuple[Any, Pacer]:
-    """The store's Redis client for memory to share (None for sqlite) and a Pacer using it."""
-    if config.memory.backend != "redis":
-        return None, Pacer()
-    from core.redis_state import RedisStore, RedisWindows
-
-    assert isinstance(store, RedisStore)
-    return store.redis, Pacer(shared=RedisWindows(store.redis))
-
-
-async def _serve(config: cfg.Config, store: StateStore) -> int:
-    redis, pacer = _shared(config, store)
-    brain, gate = build_brain(config, redis=redis), Gate(config.limits)
-    jobs: list[Coroutine[Any, Any, None]] = []
-    if config.discord.enabled:
-        from bots import discord_bot
-
-        jobs.append(discord_bot.serve(config, brain, pacer, store, gate))
-    if config.slack.enabled:
-        from bots import slack_bot
-
-        jobs.append(slack_bot.serve(config, brain, pacer, store, gate))
-    if jobs and brain.demo:
+async def _serve(config: cfg.Config, backend: Backend) -> None:
+    """Run the adapters until one ends (the console when its user leaves) or the process is
+    cancelled (Ctrl-C, SIGTERM); each adapter lets the host shut down with grace on its way out."""
+    brain = build_brain(config, redis=backend.redis)
+    host = Host(config, brain, backend.pacer, backend.store)
+    adapters = enabled(config)
+    if brain.demo and any(not a.fallback for a in adapters):
         logging.getLogger("streambot").warning(DEMO_NOTICE)
     _cancel_on_sigterm()
-    if config.console.enabled or not jobs:
-        from bots.console import chat
-
-        jobs.append(chat(config, brain, pacer, Console()))
-        # the console ends the process when the user leaves it
-        tasks = [asyncio.ensure_future(j) for j in jobs]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:  # the adapters' own shutdown runs as their tasks are cancelled
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return 0
-    await asyncio.gather(*jobs)
-    return 0
+    tasks = [asyncio.ensure_future(a.serve(host, config.section(a.name, a.settings)))
+             for a in adapters]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()  # what stopped an adapter (a bad token, say) is the process's answer
 
 
 def _cancel_on_sigterm() -> None:
@@ -142,10 +132,8 @@ def _cancel_on_sigterm() -> None:
 
 
 async def ask(config: cfg.Config, question: str, source: str = "built-in defaults") -> int:
-    from bots.console import ask as console_ask
-
     # Only memory matters here: the chat adapters' tokens are not needed to ask one question.
-    problems = [p for p in cfg.check_env(config, source) if p.key.startswith("memory.")]
+    problems = cfg.check_env(config, source)
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
@@ -154,11 +142,12 @@ async def ask(config: cfg.Config, question: str, source: str = "built-in default
     if brain.demo:
         Console(stderr=True).print(DEMO_NOTICE, style="yellow", markup=False)
     try:
-        outcome = await console_ask(config, brain, Pacer(), question, Console())
+        outcome = await console.ask(Host(config, brain), config.section("console", console.ConsoleSettings),
+                                    question, Console())
     finally:
         if brain.redis is not None:
             await brain.redis.aclose()
-    return 0 if outcome.status == "done" else 1
+    return 0 if outcome is not None and outcome.status == "done" else 1
 
 
 def _address(value: str) -> tuple[str, int]:
@@ -204,13 +193,17 @@ def main(argv: list[str] | None = None) -> int:
             config.ops.enabled = True
             config.ops.host, config.ops.port = args.ops
         if command == "console":
+            settings = config.section("console", console.ConsoleSettings)
             if args.page_chars:
-                config.console.page_chars = args.page_chars
-            config.console.enabled = True
-            config.discord.enabled = config.slack.enabled = False
+                settings.page_chars = args.page_chars
+            for adapter in ADAPTERS:
+                config.section(adapter.name, adapter.settings).enabled = adapter is console.ADAPTER
         return asyncio.run(run(config, source))
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 130
+    except SetupError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except cfg.ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -17,18 +17,22 @@ from rich.live import Live
 from rich.markdown import Markdown
 from rich.text import Text
 
-from core.config import Config
+from pydantic import Field
+
+from core.adapter import Adapter, AdapterSettings
 from core.demo import DEMO_NOTICE
-from core.pacing import Pacer
+from core.host import Host, Question
 from core.platform import Frame, Op, Rate, Target
-from core.relay import Outcome, Reply
-from core.sources import Brain
+from core.relay import Outcome
 
 PIPE_PAGE = 1_000_000  # a pipe has no message size: never page
+USER = "console"  # the one person at the terminal
 
 
 class ConsoleTarget(Target):
     """Shows one reply in the terminal (or writes it to a pipe)."""
+
+    platform = "console"
 
     def __init__(self, console: Console, page_limit: int, edits_per_second: float,
                  plain: bool | None = None) -> None:
@@ -74,25 +78,36 @@ class ConsoleTarget(Target):
         self._written[frame.index] = new
 
 
-async def ask(config: Config, brain: Brain, pacer: Pacer, question: str,
-              console: Console) -> Outcome:
+class ConsoleSettings(AdapterSettings):
+    """`[console]`: `enabled` also opens the console beside chat adapters."""
+
+    page_chars: int = Field(4000, ge=200)
+    edits_per_second: float = Field(20.0, gt=0)
+
+
+def _question(prompt: str, conversation: str = "") -> Question:
+    # The person at the terminal owns the bot: no per-person limits apply to them.
+    return Question(uuid.uuid4().hex[:16], USER, "console", conversation, prompt, limited=False)
+
+
+async def ask(host: Host, settings: ConsoleSettings, question: str, console: Console) -> Outcome | None:
     """Stream one answer to the console (plain text when it is not a terminal)."""
-    target = ConsoleTarget(console, config.console.page_chars, config.console.edits_per_second)
-    reply = Reply(brain.start(question), target, pacer, config.stream)
-    with _stop_on_ctrl_c(reply):
-        return await reply.run()
+    target = ConsoleTarget(console, settings.page_chars, settings.edits_per_second)
+    q = _question(question)
+    with _stop_on_ctrl_c(lambda: host.stop(q.reply_id, USER)):
+        return await host.answer(q, target)
 
 
 class _stop_on_ctrl_c:
     """While a reply streams, Ctrl-C stops that reply instead of quitting."""
 
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
+    def __init__(self, stop: Callable[[], object]) -> None:
+        self.stop = stop
         self.installed = False
 
     def __enter__(self) -> None:
         try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.reply.stop)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.stop)
             self.installed = True
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread, or no signal support: Ctrl-C keeps its default
@@ -106,15 +121,14 @@ async def _read_line(prompt: str) -> str:
     return await asyncio.to_thread(input, prompt)
 
 
-async def chat(config: Config, brain: Brain, pacer: Pacer, console: Console,
+async def chat(host: Host, settings: ConsoleSettings, console: Console,
                read: Callable[[str], Awaitable[str]] = _read_line) -> None:
     """Interactive multi-turn chat: earlier turns are remembered until /new or exit."""
-    if brain.demo:
+    if getattr(host.brain, "demo", False):
         console.print(DEMO_NOTICE, style="yellow", markup=False)
     console.print("[dim]Type a message. /new starts a new conversation, /quit (or Ctrl-D) exits; "
                   "Ctrl-C stops a reply.[/dim]")
     conversation = f"console:{uuid.uuid4().hex[:12]}"
-    target_args = (config.console.page_chars, config.console.edits_per_second)
     while True:
         try:
             line = (await read("you › ")).strip()
@@ -128,7 +142,18 @@ async def chat(config: Config, brain: Brain, pacer: Pacer, console: Console,
             conversation = f"console:{uuid.uuid4().hex[:12]}"
             console.print("[dim]New conversation.[/dim]")
             continue
-        reply = Reply(brain.start(line, conversation), ConsoleTarget(console, *target_args),
-                      pacer, config.stream)
-        with _stop_on_ctrl_c(reply):
-            await reply.run()
+        q = _question(line, conversation)
+        target = ConsoleTarget(console, settings.page_chars, settings.edits_per_second)
+        with _stop_on_ctrl_c(lambda: host.stop(q.reply_id, USER)):
+            await host.answer(q, target)
+
+
+async def serve(host: Host, settings: ConsoleSettings) -> None:
+    """The console as a running adapter: chat until the person leaves, then shut down."""
+    try:
+        await chat(host, settings, Console())
+    finally:
+        await host.shutdown()
+
+
+ADAPTER = Adapter("console", ConsoleSettings, serve, fallback=True)

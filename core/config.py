@@ -10,10 +10,11 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_PATH = Path("config.toml")
 
@@ -65,58 +66,6 @@ class LimitsConfig(Section):
     channel_concurrent: int = Field(10, ge=0)  # replies streaming at once in one channel
 
 
-class ConsoleConfig(Section):
-    enabled: bool = False  # `streambot run` also starts the console when nothing else is enabled
-    page_chars: int = Field(4000, ge=200)
-    edits_per_second: float = Field(20.0, gt=0)
-
-
-class DiscordConfig(Section):
-    enabled: bool = False
-    api_base: str = ""  # replaces https://discord.com/api/v10 (a proxy or a fake); gateway via it
-    page_chars: int = Field(2000, ge=200, le=2000)
-    edits_per_5s: int = Field(4, ge=1, le=5)  # per channel, shared by every reply in it
-    open_threads: bool = False
-    reply_ping: bool = False
-    allow_dms: bool = True
-    sync_commands: bool = True  # register /ask with Discord at start-up
-    guild_ids: list[int] = []
-    channel_ids: list[int] = []  # a channel, thread parent or category id
-    role_ids: list[int] = []
-    user_ids: list[int] = []
-    blocked_guild_ids: list[int] = []
-    blocked_channel_ids: list[int] = []
-    blocked_role_ids: list[int] = []
-    blocked_user_ids: list[int] = []
-    shard_count: int | None = Field(None, ge=1)
-    shard_ids: list[int] = []
-
-    @model_validator(mode="after")
-    def _shards_fit(self) -> DiscordConfig:
-        if self.shard_ids and self.shard_count is None:
-            raise ValueError("shard_ids needs shard_count (the total number of shards)")
-        if self.shard_count is not None and any(not 0 <= i < self.shard_count for i in self.shard_ids):
-            raise ValueError(f"every shard id must be in 0..{self.shard_count - 1}")
-        return self
-
-
-class SlackConfig(Section):
-    enabled: bool = False
-    mode: Literal["socket", "http"] = "socket"
-    api_base: str = ""
-    port: int = Field(3000, ge=1, le=65535)
-    host: str = "0.0.0.0"  # HTTP mode: address the events endpoint (/slack/events) listens on
-    streaming: Literal["auto", "native", "edit"] = "auto"
-    page_chars: int = Field(11000, ge=500, le=12000)  # per message; Slack's Markdown limit is 12,000
-    allow_dms: bool = True
-    channel_ids: list[str] = []
-    user_ids: list[str] = []
-    suggested_prompts: list[str] = Field(  # offered when an assistant thread opens (at most 4)
-        ["What can you help me with?", "Explain a concept simply", "Review a piece of code"],
-        max_length=4)
-    thinking_status: str = Field("is thinking…", max_length=50)  # assistant threads, while answering
-
-
 class OpsConfig(Section):
     enabled: bool = False  # off so nothing listens by surprise; the Docker image turns it on
     host: str = "127.0.0.1"  # /metrics and /healthz; "0.0.0.0" inside a container
@@ -124,15 +73,29 @@ class OpsConfig(Section):
     log_format: Literal["text", "json"] = "text"
 
 
+S = TypeVar("S", bound=BaseModel)
+
+
 class Config(Section):
+    """The core sections; each adapter's section (`[console]` and every chat platform's) is
+    validated by the adapter's own model and kept beside them (see `section`)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
     model: ModelConfig = ModelConfig()
     stream: StreamConfig = StreamConfig()
     memory: MemoryConfig = MemoryConfig()
     limits: LimitsConfig = LimitsConfig()
-    console: ConsoleConfig = ConsoleConfig()
-    discord: DiscordConfig = DiscordConfig()
-    slack: SlackConfig = SlackConfig()
     ops: OpsConfig = OpsConfig()
+
+    def section(self, name: str, model: type[S]) -> S:
+        """The adapter section `name` as `model` (its defaults when the file has none)."""
+        value = (self.model_extra or {}).get(name)
+        if isinstance(value, model):
+            return value
+        section = model.model_validate(value or {})
+        setattr(self, name, section)  # later changes (CLI flags) land on this instance
+        return section
 
 
 @dataclass(frozen=True)
@@ -167,25 +130,49 @@ def _fix_for(error: dict) -> str:
     return "see config.example.toml for the expected value"
 
 
-def parse(data: dict, file: str) -> Config:
-    """Validate parsed TOML data; raise ConfigError listing every problem."""
+def _problems(exc: ValidationError, file: str, prefix: tuple[str, ...] = ()) -> list[Problem]:
+    return [
+        Problem(
+            file,
+            ".".join(str(p) for p in (*prefix, *err["loc"])) or "(top level)",
+            err["msg"].lower() if err["type"] != "extra_forbidden" else "unknown key",
+            _fix_for(err),
+        )
+        for err in exc.errors()
+    ]
+
+
+def parse(data: dict, file: str, sections: Mapping[str, type[BaseModel]] | None = None) -> Config:
+    """Validate parsed TOML data: the core sections, and each adapter section in `sections`
+    (name -> model) by its model. Raise ConfigError listing every problem."""
+    sections = sections or {}
+    problems: list[Problem] = []
+    core = {k: v for k, v in data.items() if k not in sections}
+    extra = {}
+    for name, model in sections.items():
+        if name in data:
+            try:
+                extra[name] = model.model_validate(data[name])
+            except ValidationError as exc:
+                problems += _problems(exc, file, (name,))
+    unknown = [k for k in core if k not in Config.model_fields]
+    problems += [Problem(file, k, "unknown key", _fix_for({"type": "extra_forbidden"}))
+                 for k in unknown]
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate({k: v for k, v in core.items() if k not in unknown})
     except ValidationError as exc:
-        problems = [
-            Problem(
-                file,
-                ".".join(str(p) for p in err["loc"]) or "(top level)",
-                err["msg"].lower() if err["type"] != "extra_forbidden" else "unknown key",
-                _fix_for(err),
-            )
-            for err in exc.errors()
-        ]
-        raise ConfigError(problems) from None
+        problems = _problems(exc, file) + problems
+    if problems:
+        raise ConfigError(problems)
+    for name, section in extra.items():
+        setattr(config, name, section)
+    return config
 
 
-def load(path: str | Path | None = None) -> tuple[Config, str]:
+def load(path: str | Path | None = None,
+         sections: Mapping[str, type[BaseModel]] | None = None) -> tuple[Config, str]:
     """Load a config file; with no path, `config.toml` if present, else built-in defaults.
+    `sections` are the adapters' section models, as for `parse`.
 
     Returns the config and the name of where it came from.
     """
@@ -204,7 +191,7 @@ def load(path: str | Path | None = None) -> tuple[Config, str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(str(p), "(file)", f"cannot read it ({exc.__class__.__name__})",
                                    "check the file's permissions and that it is UTF-8 text")]) from None
-    return parse(data, str(p)), str(p)
+    return parse(data, str(p), sections), str(p)
 
 
 def env(name: str) -> str:
@@ -212,23 +199,16 @@ def env(name: str) -> str:
     return os.environ.get(name, "").strip()
 
 
+def missing_env(file: str, needs: Iterable[tuple[str, str, str]]) -> list[Problem]:
+    """A problem for each (variable, config key, why) whose variable is not set."""
+    return [Problem(file, key, f"{var} is not set ({why})", f"export {var}=... in the bot's environment")
+            for var, key, why in needs if not env(var)]
+
+
 def check_env(config: Config, file: str) -> list[Problem]:
-    """The environment variables the enabled features need but that are missing."""
+    """What the core sections need from the environment but is missing or wrong (each
+    adapter adds its own needs: see core/adapter.py)."""
     missing: list[Problem] = []
-
-    def need(var: str, key: str, why: str) -> None:
-        if not env(var):
-            missing.append(Problem(file, key, f"{var} is not set ({why})",
-                                   f"export {var}=... in the bot's environment"))
-
-    if config.discord.enabled:
-        need("DISCORD_BOT_TOKEN", "discord.enabled", "the Discord adapter needs a bot token")
-    if config.slack.enabled:
-        need("SLACK_BOT_TOKEN", "slack.enabled", "the Slack adapter needs a bot token (xoxb-)")
-        if config.slack.mode == "socket":
-            need("SLACK_APP_TOKEN", "slack.mode", "Socket Mode needs an app-level token (xapp-)")
-        else:
-            need("SLACK_SIGNING_SECRET", "slack.mode", "HTTP mode verifies requests with it")
     if config.memory.backend == "redis":
         url = redis_url(config)
         if not url:

@@ -15,10 +15,6 @@ from core.config import LimitsConfig
 from core.pacing import Clock, RealClock
 
 
-RESTARTING = "I'm restarting: please ask again in a minute."  # questions during a shutdown
-FINAL_GRACE = 15.0  # seconds a shutdown lets interrupted replies deliver their final text
-
-
 @dataclass(frozen=True)
 class Slot:
     """An admitted reply's place in the counters; hand it back to `Gate.release`."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -19,9 +21,21 @@ from core.config import env
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FIELDS = ("reply_id", "conversation", "platform", "status", "placeholder_after", "first_text_after")
-SECRET_VARS = ("OPENAI_API_KEY", "DISCORD_BOT_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
-               "SLACK_SIGNING_SECRET")
+# Values of these variables never reach a log line: the model key, what adapters register,
+# and, as a safety net, any variable whose name says it holds a secret.
+SECRET_VARS = {"OPENAI_API_KEY", "REDIS_URL"}
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|API_KEY|PASSWORD)$")
 _reply: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("streambot_reply", default={})
+
+
+def register_secrets(*names: str) -> None:
+    """Environment variables whose values are scrubbed from every log line from now on."""
+    SECRET_VARS.update(names)
+
+
+def secret_values() -> list[str]:
+    names = SECRET_VARS | {n for n in os.environ if SECRET_NAME.search(n)}
+    return sorted({v for n in names if len(v := env(n)) >= 8}, key=len, reverse=True)
 
 
 def tag_reply(**fields: Any) -> None:
@@ -44,7 +58,7 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
-        self.secrets = [v for name in SECRET_VARS if len(v := env(name)) >= 8]
+        self.secrets = secret_values()
 
     def format(self, record: logging.LogRecord) -> str:
         text = self.render(record)

@@ -1,6 +1,6 @@
 """Prometheus metrics, recorded by the relay (every reply of every platform passes through it).
 
-All series carry a `platform` label (`Target.platform`: console, discord, slack). They live in
+All series carry a `platform` label (`Target.platform`: the adapter's name). They live in
 prometheus-client's default registry, next to its process metrics (CPU, memory, open files);
 `core.ops` serves them at /metrics.
 """

@@ -32,7 +32,7 @@ ready_checks: dict[str, ReadyCheck] = {}  # name -> "is this connection up?"
 
 
 def register_ready(name: str, check: ReadyCheck) -> None:
-    """Make readiness depend on `check` (e.g. "discord": the gateway is connected)."""
+    """Make readiness depend on `check` (e.g. a chat gateway is connected)."""
     ready_checks[name] = check
 
 

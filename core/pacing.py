@@ -1,7 +1,7 @@
 """When a request may go out: shared, fair budgets per platform bucket.
 
 A budget is a sliding window ("at most N requests in any T seconds") shared by every reply that
-names the same key, e.g. one Discord channel or one Slack method in one workspace. Waiters are
+names the same key, e.g. one channel, or one API method in one workspace. Waiters are
 served first come, first served, and a reply only queues when it has something new to show, so
 ten concurrent replies take turns instead of one hogging the bucket. A 429 pauses the whole
 budget for Retry-After. Time comes from a `Clock` so tests can run without sleeping.

@@ -180,3 +180,15 @@ class Pager:
         self.pages.append(Page(prefix, body, suffix))
         self._tail = tail[cut:]
         self._fence = fence
+
+
+def with_marker(text: str, marker: str, limit: int) -> str:
+    """`text` ended by `marker` within `limit` characters: cut at a boundary, code fences
+    closed, when both do not fit (how an interrupted reply's message is finished)."""
+    text = text.rstrip()
+    room = limit - len(marker) - 2
+    if len(text) > room:
+        cut = text[: best_cut(text, max(1, room - 8))]
+        fence = scan_fences(cut)
+        text = cut + (closer(fence, cut) if fence else "")
+    return f"{text}\n\n{marker}" if text else marker

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Op = Literal["post", "edit"]
+Op = Literal["post", "edit", "notice"]  # a notice: a finished message that is no reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,7 @@ class Frame:
     `text` is rendered for display: fences temporarily closed, a cursor and status line while
     streaming, never longer than the target's `page_limit`. `raw` is the page's own source text
     so far (no cursor, no temporary closers): while the page streams it only grows, so
-    append-only transports (a pipe, Slack's native streams) can send `raw[len(already_sent):]`.
+    append-only transports (a pipe, a platform's native text streams) can send `raw[len(already_sent):]`.
     One exception: when a full page is cut, its final frame's `raw` ends at the cut and the text
     after it moves to the next message, so `raw` may be shorter than what was streamed; an
     append-only transport must then replace the message's text with the final `text`.
@@ -63,19 +63,23 @@ class Target(ABC):
 
     `page_limit` is the most characters one message may hold. `budgets(op)` names the shared
     allowances a request uses, as (key, rate) pairs: every reply whose target returns the same
-    key shares that budget, e.g. ("discord:channel:42", Rate(5, 5.0)). `page_max_age`, when set,
+    key shares that budget, e.g. ("chat:channel:42", Rate(5, 5.0)). `page_max_age`, when set,
     makes the relay continue in a new message once a page has been streaming that long (for
-    transports whose messages expire while streaming). `platform` labels the reply's metrics.
+    transports whose messages expire while streaming).
     """
 
-    platform: str = "console"
+    platform: str = "console"  # names the adapter in metrics, logs and reply records
     page_limit: int = 2000
     page_max_age: float | None = None
-    platform: str = "console"  # names the adapter in metrics and reply records
 
     def locate(self, handle: Any) -> dict[str, Any] | None:
         """Where the message behind `handle` is, as JSON-able data the adapter can find it by
         after a restart (to finish a reply a crash cut off); None: not recoverable."""
+        return None
+
+    def message_key(self, handle: Any) -> str | None:
+        """The platform's id of the message behind `handle`, as the adapter reports deletions
+        to `Host.deleted`; None: deletions of it are not tracked."""
         return None
 
     @abstractmethod
@@ -89,6 +93,15 @@ class Target(ABC):
     @abstractmethod
     async def edit(self, handle: Any, frame: Frame) -> None:
         """Make the message behind `handle` show `frame`."""
+
+    async def notice(self, text: str) -> None:
+        """Show a short message that is not a model reply (a refusal, a hint) where the reply
+        would have gone. By default: post it as a finished message."""
+        await self.post(Frame(0, text, text, final=True, streaming=False))
+
+    async def open(self) -> None:
+        """Called once the question is admitted, before the reply starts: acknowledge it (a
+        typing indicator, a status). If this fails the reply still runs."""
 
     async def close(self) -> None:
         """Called once after the reply's last frame was delivered (or given up on)."""

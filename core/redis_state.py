@@ -1,6 +1,6 @@
 """`[memory] backend = "redis"`: state shared by every replica of the bot.
 
-One Redis holds the event de-duplication keys (each Slack event answered once, whichever
+One Redis holds the event de-duplication keys (each platform event answered once, whichever
 replica receives it), the records of replies still streaming, each process's lease, and the
 pacing windows (core/pacing.py) so N replicas streaming into one channel stay under its limit.
 Conversation memory lives there too, through the Agents SDK's RedisSession (core/sources.py).

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,8 +59,11 @@ class Reply:
     """One model run streamed into one destination through the shared pacer."""
 
     def __init__(self, run: ModelRun, target: Target, pacer: Pacer,
-                 settings: StreamConfig | None = None, store: StateStore | None = None) -> None:
-        self.id = uuid.uuid4().hex[:16]
+                 settings: StreamConfig | None = None, store: StateStore | None = None, *,
+                 reply_id: str | None = None,
+                 on_post: Callable[[int, Any], None] | None = None) -> None:
+        self.id = reply_id or uuid.uuid4().hex[:16]
+        self._on_post = on_post  # (message index, handle) of every message posted
         self.model = run
         self.target = target
         self.pacer = pacer
@@ -81,6 +85,7 @@ class Reply:
         self._outcome = Outcome("done", "", [])
         self._started = 0.0  # clock time run() began: latencies count from here
         self._had_text = False  # the model said something before the reply ended
+        self._forgotten: set[int] = set()  # messages deleted by someone: never edited again
 
     @property
     def finished(self) -> bool:
@@ -94,6 +99,10 @@ class Reply:
         if self._consumer is not None:
             self._consumer.cancel()
         self._finish("stopped", marker or self.settings.stopped_marker)
+
+    def forget(self, index: int) -> None:
+        """Message `index` was deleted: no request goes to it again (the reply stops there)."""
+        self._forgotten.add(index)
 
     async def run(self) -> Outcome:
         """Stream the whole reply; returns once the final text was delivered or given up on."""
@@ -279,13 +288,19 @@ class Reply:
         attempt, deadline = 0, None
         while True:
             await self.pacer.acquire(budgets)
+            if k in self._forgotten:  # deleted: no request at all, and the reply stops
+                self._gone = True
+                self.stop()
+                raise _Gone
             frame = self._frame(k)
             if k < len(self._delivered) and frame == self._delivered[k]:
                 return
             try:
                 if op == "post":
-                    self.handles.append(await self.target.post(frame))
+                    self.handles.append(handle := await self.target.post(frame))
                     self._delivered.append(frame)
+                    if self._on_post is not None:
+                        self._on_post(k, handle)
                     self._page_started = clock.now()
                     o.posts += 1
                 else:
@@ -337,6 +352,7 @@ class Reply:
         text = pages[k].text if k < len(pages) else self.pager.settled()
         record = ReplyRecord(self.id, self.target.platform, place, text)
         await self._store.save_reply(record, now=new)
+
     def _shown(self, op: str, frame: Frame) -> None:
         """Count a delivered request; note when the first message and the first text showed."""
         platform, o = self.target.platform, self._outcome

@@ -7,7 +7,9 @@ saved at once, later edits at most every `FLUSH_EVERY` seconds in one batch, so 
 streaming replies cost one small write a second, not a thousand.
 
 `LocalStore` keeps records in a SQLite file beside the conversation memory (one process).
-`RedisStore` (core/redis_state.py) shares everything between replicas.
+`RedisStore` (core/redis_state.py) shares everything between replicas; `core/backend.py` opens
+the one `[memory] backend` names. Storage knows nothing of rendering: the host lays out a
+record's text when it finishes an interrupted message.
 """
 
 from __future__ import annotations
@@ -25,15 +27,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.config import Config, redis_url
-from core.markdown import closer, scan_fences
-from core.paging import best_cut
 
 log = logging.getLogger("streambot.state")
 
 FLUSH_EVERY = 1.0  # seconds between batched writes of edited records
 ORPHAN_CHECK_EVERY = 30.0  # a dead replica's records become orphans when its lease runs out
-DEDUP_TTL = 24 * 3600.0  # Slack redelivers for minutes, never for a day
+DEDUP_TTL = 24 * 3600.0  # platforms redeliver for minutes, never for a day
 
 
 @dataclass
@@ -51,17 +50,6 @@ class ReplyRecord:
     text: str
     owner: str = ""
     updated: float = 0.0
-
-    def final_text(self, marker: str, limit: int) -> str:
-        """What the message should end with: its text and `marker`, within `limit` characters
-        (cut at a boundary, code fences closed, when both do not fit)."""
-        text = self.text.rstrip()
-        room = limit - len(marker) - 2
-        if len(text) > room:
-            cut = text[: best_cut(text, max(1, room - 8))]
-            fence = scan_fences(cut)
-            text = cut + (closer(fence, cut) if fence else "")
-        return f"{text}\n\n{marker}" if text else marker
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -205,11 +193,3 @@ async def repair_orphans(store: StateStore, platform: str,
             await asyncio.gather(*(repair(r) for r in records))
         await asyncio.sleep(ORPHAN_CHECK_EVERY)
 
-
-def open_store(config: Config) -> StateStore:
-    """The store `[memory] backend` names (check_env has made sure a redis backend has a URL)."""
-    if config.memory.backend == "redis":
-        from core.redis_state import RedisStore  # only the redis backend needs the client loaded
-
-        return RedisStore.from_url(redis_url(config))
-    return LocalStore(config.memory.path)

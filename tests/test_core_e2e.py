@@ -11,8 +11,9 @@ import pytest
 from agents import function_tool
 from rich.console import Console
 
-from bots.console import ConsoleTarget, ask
+from bots.console import ConsoleSettings, ConsoleTarget, ask
 from core.config import Config, MemoryConfig, ModelConfig
+from core.host import Host
 from core.events import Done, Failed, TextDelta, ToolFinished, ToolStarted
 from core.pacing import Pacer
 from core.relay import EMPTY_NOTE, Reply
@@ -97,8 +98,9 @@ async def test_relay_streams_a_long_reply_into_pages(fake_openai, tmp_path, key)
 async def test_empty_model_reply_says_so(fake_openai, tmp_path, key) -> None:
     fake_openai.empty()
     out = io.StringIO()
-    outcome = await ask(config_for(fake_openai, tmp_path), build_brain(config_for(fake_openai, tmp_path)),
-                        Pacer(), "hi", Console(file=out))
+    config = config_for(fake_openai, tmp_path)
+    outcome = await ask(Host(config, build_brain(config)), ConsoleSettings(), "hi", Console(file=out))
+    assert outcome is not None
     assert outcome.status == "empty" and out.getvalue().strip() == EMPTY_NOTE
 
 

@@ -20,8 +20,11 @@ import pytest
 from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage
 from fakes.openai_server import FakeOpenAI
 
-from bots.discord_bot import DiscordSetupError, serve
-from core.config import Config, DiscordConfig, MemoryConfig, ModelConfig
+from bots.discord_bot import serve
+from bots.discord_api import DiscordSettings
+from core.adapter import SetupError
+from core.config import Config, MemoryConfig, ModelConfig
+from core.host import Finished, Host
 from core.pacing import Pacer
 from core.relay import EMPTY_NOTE, Outcome
 from core.sources import build_brain
@@ -38,17 +41,18 @@ INTERRUPTED = "⚠️ interrupted — please ask again"
 
 
 class _Collector(logging.Handler):
-    """Reply outcomes (logged by the adapter) and ERROR records of the bot and discord.py."""
+    """Reply outcomes (from the host's `on_finished` hook) and ERROR records of the bot and
+    discord.py."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.outcomes: dict[int, Outcome] = {}
         self.errors: list[logging.LogRecord] = []
 
+    def finished(self, reply: Finished) -> None:
+        self.outcomes[int(reply.question.reply_id)] = reply.outcome
+
     def emit(self, record: logging.LogRecord) -> None:
-        outcome = getattr(record, "outcome", None)
-        if isinstance(outcome, Outcome):
-            self.outcomes[record.reply_id] = outcome  # type: ignore[attr-defined]
         # Only ours and discord.py's: an earlier test's HTTP client being garbage-collected
         # after its event loop closed is not this test's business.
         if record.levelno >= logging.ERROR and record.name.split(".")[0] in ("streambot", "discord"):
@@ -75,7 +79,7 @@ def make_config(fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path, **discord_
     return Config(
         model=ModelConfig(base_url=model.base_url),
         memory=MemoryConfig(path=str(tmp_path / "memory.db")),
-        discord=DiscordConfig(enabled=True, api_base=fake.api_base, **discord_options),
+        discord=DiscordSettings(enabled=True, api_base=fake.api_base, **discord_options),
     )
 
 
@@ -92,7 +96,9 @@ async def running_bot(fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path,
     level = logging.getLogger("streambot").level
     logging.getLogger("streambot").setLevel(logging.INFO)
     bot = Bot(fake, model, logs, config=config)
-    bot.task = asyncio.create_task(serve(config, build_brain(config), Pacer()))
+    host = Host(config, build_brain(config), Pacer())
+    host.on_finished.append(logs.finished)
+    bot.task = asyncio.create_task(serve(host, config.discord))
     try:
         await asyncio.wait_for(_ready(fake, bot.task), GUARD)
         yield bot
@@ -509,8 +515,8 @@ async def test_message_content_intent_missing_is_a_clear_error(
     async with FakeDiscord(message_content_intent=False) as fake:
         monkeypatch.setenv("DISCORD_BOT_TOKEN", fake.token)
         config = make_config(fake, fake_openai, tmp_path)
-        with pytest.raises(DiscordSetupError, match="Message Content intent"):
-            await asyncio.wait_for(serve(config, build_brain(config), Pacer()), GUARD)
+        with pytest.raises(SetupError, match="Message Content intent"):
+            await asyncio.wait_for(serve(Host(config, build_brain(config)), config.discord), GUARD)
         assert fake.gateway_closes == [4014]
 
 
@@ -518,8 +524,8 @@ async def test_bad_token_is_a_clear_error(fake_discord: FakeDiscord, fake_openai
                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISCORD_BOT_TOKEN", "wrong")
     config = make_config(fake_discord, fake_openai, tmp_path)
-    with pytest.raises(DiscordSetupError, match="rejected DISCORD_BOT_TOKEN") as err:
-        await asyncio.wait_for(serve(config, build_brain(config), Pacer()), GUARD)
+    with pytest.raises(SetupError, match="rejected DISCORD_BOT_TOKEN") as err:
+        await asyncio.wait_for(serve(Host(config, build_brain(config)), config.discord), GUARD)
     assert "wrong" not in str(err.value)
 
 

@@ -11,28 +11,30 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bots.discord_bot import (
-    _RebasedHTTP,
-    _platform_errors,
+from bots.cli import SECTIONS
+from bots.discord_api import (
+    platform_errors,
+    DiscordSettings,
+    RebasedHTTP,
     intents,
     invite_url,
     is_allowed,
     permissions,
 )
-from core.config import ConfigError, DiscordConfig, parse
+from core.config import ConfigError, parse
 from core.platform import MessageGone, RateLimited, TransientError
 
 GUILD, CHANNEL, PARENT, USER, ROLE = 1, 10, 11, 100, 1000
 
 
-def allowed(config: DiscordConfig, *, user: int = USER, roles: frozenset[int] = frozenset(),
+def allowed(config: DiscordSettings, *, user: int = USER, roles: frozenset[int] = frozenset(),
             guild: int | None = GUILD, channels: frozenset[int] = frozenset({CHANNEL})) -> bool:
     return is_allowed(config, user_id=user, role_ids=set(roles), guild_id=guild, channel_ids=set(channels))
 
 
 def test_everyone_is_allowed_by_default() -> None:
-    assert allowed(DiscordConfig())
-    assert allowed(DiscordConfig(), guild=None)
+    assert allowed(DiscordSettings())
+    assert allowed(DiscordSettings(), guild=None)
 
 
 @pytest.mark.parametrize(("options", "kwargs", "expected"), [
@@ -55,7 +57,7 @@ def test_everyone_is_allowed_by_default() -> None:
     ({"guild_ids": [2], "channel_ids": [99]}, {"guild": None}, True),  # server lists do not apply to DMs
 ])
 def test_access_rules(options: dict[str, Any], kwargs: dict[str, Any], expected: bool) -> None:
-    assert allowed(DiscordConfig(**options), **kwargs) is expected
+    assert allowed(DiscordSettings(**options), **kwargs) is expected
 
 
 @given(options=st.fixed_dictionaries({}, optional={
@@ -66,18 +68,18 @@ def test_access_rules(options: dict[str, Any], kwargs: dict[str, Any], expected:
     "allow_dms": st.booleans(),
 }), guild=st.sampled_from([GUILD, None]), roles=st.frozensets(st.sampled_from([ROLE, 7])))
 def test_blocklists_always_win(options: dict[str, Any], guild: int | None, roles: frozenset[int]) -> None:
-    blocked = DiscordConfig(**options, blocked_user_ids=[USER])
+    blocked = DiscordSettings(**options, blocked_user_ids=[USER])
     assert not allowed(blocked, guild=guild, roles=roles)
     if roles:
-        assert not allowed(DiscordConfig(**options, blocked_role_ids=sorted(roles)), guild=guild, roles=roles)
+        assert not allowed(DiscordSettings(**options, blocked_role_ids=sorted(roles)), guild=guild, roles=roles)
 
 
 def test_shard_ids_need_a_shard_count() -> None:
     with pytest.raises(ConfigError, match="shard_ids needs shard_count"):
-        parse({"discord": {"shard_ids": [0]}}, "config.toml")
+        parse({"discord": {"shard_ids": [0]}}, "config.toml", SECTIONS)
     with pytest.raises(ConfigError, match="every shard id must be in 0..1"):
-        parse({"discord": {"shard_ids": [2], "shard_count": 2}}, "config.toml")
-    assert parse({"discord": {"shard_ids": [1], "shard_count": 2}}, "config.toml").discord.shard_ids == [1]
+        parse({"discord": {"shard_ids": [2], "shard_count": 2}}, "config.toml", SECTIONS)
+    assert parse({"discord": {"shard_ids": [1], "shard_count": 2}}, "config.toml", SECTIONS).discord.shard_ids == [1]
 
 
 def test_intents_are_exactly_what_is_needed() -> None:
@@ -87,17 +89,17 @@ def test_intents_are_exactly_what_is_needed() -> None:
 
 
 def test_permissions_and_invite_url() -> None:
-    plain = permissions(DiscordConfig())
+    plain = permissions(DiscordSettings())
     assert {n for n, v in plain if v} == {"read_messages", "send_messages", "send_messages_in_threads",
                                           "read_message_history"}
-    assert permissions(DiscordConfig(open_threads=True)).create_public_threads
-    url = invite_url(42, DiscordConfig())
+    assert permissions(DiscordSettings(open_threads=True)).create_public_threads
+    url = invite_url(42, DiscordSettings())
     assert url.startswith("https://discord.com/oauth2/authorize?client_id=42")
     assert f"permissions={plain.value}" in url and "scope=bot+applications.commands" in url
 
 
 async def test_rebasing_is_per_client() -> None:
-    http = _RebasedHTTP("http://127.0.0.1:9/api/v10/", discord.http.HTTPClient(None))  # type: ignore[arg-type]
+    http = RebasedHTTP("http://127.0.0.1:9/api/v10/", discord.http.HTTPClient(None))  # type: ignore[arg-type]
     assert http.rebase("https://discord.com/api/v10/users/@me") == "http://127.0.0.1:9/api/v10/users/@me"
     assert http.rebase("https://cdn.discordapp.com/x.png") == "https://cdn.discordapp.com/x.png"
     assert discord.http.Route.BASE == "https://discord.com/api/v10"  # nothing global changed
@@ -126,11 +128,11 @@ def _response(status: int, headers: dict[str, str] | None = None) -> Any:
     (TimeoutError(), TransientError),
 ])
 def test_errors_reach_the_relay_as_its_own(raised: Exception, expected: type[Exception]) -> None:
-    with pytest.raises(expected), _platform_errors():
+    with pytest.raises(expected), platform_errors():
         raise raised
 
 
 def test_other_errors_stay_permanent() -> None:
     forbidden = discord.Forbidden(_response(403), {"code": 50013, "message": "Missing Permissions"})
-    with pytest.raises(discord.Forbidden), _platform_errors():
+    with pytest.raises(discord.Forbidden), platform_errors():
         raise forbidden

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import bots.discord_bot
+import bots.discord_api
 from fakes.clock import FakeClock
 from fakes.discord_server import FakeDiscord, FakeMessage
 from fakes.faults import Faults
@@ -123,7 +123,7 @@ async def test_discord_typing_shares_the_global_budget(
     """Typing indicators count towards Discord's global limit: with many busy channels they
     must not push message requests over it (scaled down here: 10 requests/s, of which the bot
     plans 6 per 1.1 s, leaving room for the few unpaced start-up requests)."""
-    monkeypatch.setattr(bots.discord_bot, "GLOBAL_RATE", Rate(6, 1.1))
+    monkeypatch.setattr(bots.discord_api, "GLOBAL_RATE", Rate(6, 1.1))
     texts = [answer(i) for i in range(12)]
     for text in texts:
         fake_openai.reply(text, delay=0.01)

@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY
 from test_discord_e2e import running_bot as running_discord_bot
 
 from core import ops
+from bots.cli import SECTIONS
 from core.config import parse
 from core.events import Done, Failed, TextDelta
 from core.logs import JsonFormatter, TextFormatter, add_reply_fields, tag_reply
@@ -326,7 +327,7 @@ def test_compose_mounts_an_existing_valid_config_and_runs_redis() -> None:
     assert mount, "the config is mounted read-only where the Dockerfile's CMD reads it"
     data = tomllib.loads((ROOT / mount[1]).read_text())
     assert data["memory"] == {"backend": "redis", "url": "redis://redis:6379/0"}
-    parse(data, mount[1])
+    parse(data, mount[1], SECTIONS)
     env_names = re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M)
     assert {"OPENAI_API_KEY", "DISCORD_BOT_TOKEN", "SLACK_BOT_TOKEN"} <= set(env_names)
 

@@ -16,13 +16,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from bots.slack_api import SlackSettings
 from bots.slack_bot import SlackBot
+from core.host import Host
 from core.config import Config, MemoryConfig, ModelConfig, check_env
 from core.pacing import Pacer
 from core.platform import Rate
 from core.redis_state import REPLIES, RedisStore, RedisWindows, connect
 from core.sources import answer, build_brain
-from core.state import ReplyRecord, open_store
+from core.backend import open_store
+from core.state import ReplyRecord
 from fakes.openai_server import FakeOpenAI
 from fakes.redis_server import redis_url  # noqa: F401  (the fixture)
 
@@ -100,8 +103,8 @@ async def test_slack_replicas_answer_a_redelivered_event_once(redis_url: str) ->
     bots, stores = [], []
     for name in ("replica-a", "replica-b"):
         store = RedisStore.from_url(redis_url)
-        bot = SlackBot(Config(), build_brain(Config(memory=MemoryConfig(path=""))), Pacer(),
-                       bot_token="xoxb-test", store=store)
+        host = Host(Config(), build_brain(Config(memory=MemoryConfig(path=""))), Pacer(), store)
+        bot = SlackBot(host, SlackSettings(), bot_token="xoxb-test")
         bot.bot_user_id = "UBOT"
 
         async def record(place: Any, prompt: str, ts: str, *, name: str = name, **_: Any) -> None:
@@ -123,7 +126,7 @@ async def test_slack_replicas_answer_a_redelivered_event_once(redis_url: str) ->
         # a new message is answered
         await bots[1].on_mention({**body, "event_id": "Ev4"}, {**event, "ts": "1700000003.000100"})
         for bot in bots:
-            await bot.shutdown()  # waits for the answers it started
+            await bot.host.shutdown()  # waits for the answers it started
         assert sorted(prompt for _, prompt in answered) == ["hello", "hello", "in private"], answered
     finally:
         for store in stores:

@@ -10,8 +10,8 @@ import pytest
 from fakes.openai_server import FakeOpenAI
 from fakes.slack_server import DEFAULT_LIMITS, FakeSlack, Limit, bot_for as bot, settled
 
-import bots.slack_bot
-from bots.slack_bot import STOP_ACTION
+import bots.slack_target
+from bots.slack_api import STOP_ACTION
 
 CHANNEL = "C0GENERAL"
 WAIT = 30.0
@@ -120,7 +120,7 @@ async def test_expired_native_stream_is_finished_with_an_update(slack: FakeSlack
 async def test_long_native_reply_rolls_over_before_the_stream_expires(
         slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bots.slack_bot, "NATIVE_PAGE_AGE", 0.4)
+    monkeypatch.setattr(bots.slack_target, "NATIVE_PAGE_AGE", 0.4)
     slack.stream_ttl = 5.0
     fake_openai.reply(TEXT, delay=0.02)
     async with bot(slack, fake_openai, tmp_path, streaming="native"):
@@ -257,7 +257,9 @@ async def test_server_errors_are_retried(slack: FakeSlack, fake_openai: FakeOpen
 async def test_a_bad_token_is_reported_without_being_shown(slack: FakeSlack, fake_openai: FakeOpenAI,
                                                            tmp_path: Path, variable: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.config import Config, SlackConfig
+    from bots.slack_api import SlackSettings
+    from core.config import Config
+    from core.host import Host
     from core.pacing import Pacer
     from core.sources import build_brain
 
@@ -266,7 +268,7 @@ async def test_a_bad_token_is_reported_without_being_shown(slack: FakeSlack, fak
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-fake-bot-token")
     monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-fake-app-token")
     monkeypatch.setenv(variable, "xoxb-revoked-secret-value")
-    config = Config(slack=SlackConfig(enabled=True, api_base=slack.base_url))
+    config = Config(slack=SlackSettings(enabled=True, api_base=slack.base_url))
     with pytest.raises(RuntimeError, match=f"{variable}.*invalid_auth") as info:
-        await asyncio.wait_for(serve(config, build_brain(config), Pacer()), WAIT)
+        await asyncio.wait_for(serve(Host(config, build_brain(config), Pacer()), config.slack), WAIT)
     assert "revoked-secret" not in str(info.value)

@@ -15,7 +15,7 @@ import pytest
 from fakes.openai_server import FakeOpenAI
 from fakes.slack_server import BOT_USER_ID, FakeSlack, bot_for as bot, settled
 
-from bots.slack_bot import STOP_ACTION, ZWJ
+from bots.slack_api import STOP_ACTION, ZWJ
 
 CHANNEL = "C0GENERAL"
 WAIT = 30.0

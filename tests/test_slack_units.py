@@ -13,18 +13,19 @@ from hypothesis import strategies as st
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bots.slack_bot import (
+from bots.slack_api import (
     BOT_EVENTS,
     BOT_SCOPES,
     ZWJ,
     SlackCallError,
-    _StreamLost,
+    StreamLost,
     api_base_url,
     call,
     neutralize,
     plain_fallback,
     stable_prefix,
 )
+from bots.cli import SECTIONS
 from core.config import ConfigError, parse
 from core.platform import MessageGone, RateLimited, TransientError
 
@@ -89,7 +90,7 @@ async def _raise(exc: BaseException) -> None:
     (_error(200, {"ok": False, "error": "service_unavailable"}), TransientError),
     (_error(200, {"ok": False, "error": "message_not_found"}), MessageGone),
     (_error(200, {"ok": False, "error": "channel_not_found"}), MessageGone),
-    (_error(200, {"ok": False, "error": "message_not_in_streaming_state"}), _StreamLost),
+    (_error(200, {"ok": False, "error": "message_not_in_streaming_state"}), StreamLost),
     (_error(200, {"ok": False, "error": "msg_too_long"}), SlackCallError),
     (TimeoutError(), TransientError),
     (ConnectionResetError(), TransientError),
@@ -127,9 +128,9 @@ def test_manifest_grants_exactly_what_the_adapter_uses() -> None:
 def test_slack_config_keys() -> None:
     config = parse({"slack": {"page_chars": 4000, "host": "127.0.0.1",
                               "suggested_prompts": ["a", "b"], "thinking_status": "is typing…"}},
-                   "test.toml")
+                   "test.toml", SECTIONS)
     assert config.slack.page_chars == 4000
     with pytest.raises(ConfigError):
-        parse({"slack": {"page_chars": 20000}}, "test.toml")  # over Slack's Markdown limit
+        parse({"slack": {"page_chars": 20000}}, "test.toml", SECTIONS)  # over Slack's Markdown limit
     with pytest.raises(ConfigError):
-        parse({"slack": {"suggested_prompts": ["1", "2", "3", "4", "5"]}}, "test.toml")
+        parse({"slack": {"suggested_prompts": ["1", "2", "3", "4", "5"]}}, "test.toml", SECTIONS)

@@ -891,9 +891,10 @@ async def running_bot(slack: FakeSlack, *, model_base_url: str, memory_path: str
     The model is an OpenAI-compatible server at `model_base_url` (the fake OpenAI). Socket Mode
     waits for the websocket; HTTP mode binds a free 127.0.0.1 port and points the fake at it.
     """
+    from bots.slack_api import SlackSettings
     from bots.slack_bot import EVENTS_PATH, serve
-    from core.config import (Config, LimitsConfig, MemoryConfig, ModelConfig, SlackConfig,
-                             StreamConfig)
+    from core.config import Config, LimitsConfig, MemoryConfig, ModelConfig, StreamConfig
+    from core.host import Host
     from core.pacing import Pacer
     from core.sources import build_brain
 
@@ -906,12 +907,12 @@ async def running_bot(slack: FakeSlack, *, model_base_url: str, memory_path: str
                     memory=MemoryConfig(path=memory_path),
                     stream=StreamConfig(**(stream or {})),
                     limits=LimitsConfig(**(limits or {})),
-                    slack=SlackConfig(**settings))
+                    slack=SlackSettings(**settings))
     saved = {k: os.environ.get(k) for k in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
                                              "SLACK_SIGNING_SECRET", "OPENAI_API_KEY")}
     os.environ.update({"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN,
                        "SLACK_SIGNING_SECRET": SIGNING_SECRET, "OPENAI_API_KEY": "test"})
-    task = asyncio.create_task(serve(config, build_brain(config), Pacer(), store))
+    task = asyncio.create_task(serve(Host(config, build_brain(config), Pacer(), store), config.slack))
     try:
         if slack.mode == "socket":
             connected = asyncio.create_task(slack.wait_connected(30.0, more_than=slack.connections))

@@ -1,0 +1,191 @@
+"""Where one Discord reply goes: a channel, thread or DM message chain, or an `/ask` response;
+and the Stop button it shows while it streams."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.utils import MISSING
+
+from bots.discord_api import NO_PINGS, WINDOW, budgets, platform_errors
+from core.platform import Frame, Op, Rate, Target
+
+if TYPE_CHECKING:
+    from bots.discord_bot import DiscordBot
+
+STOP_PREFIX = "streambot:stop:"
+
+
+# --- targets: where one reply goes -------------------------------------------------------------
+
+
+class _DiscordTarget(Target):
+    """What both targets share: limits, the Stop button, remembering each page's conversation."""
+
+    platform = "discord"
+
+    def __init__(self, bot: DiscordBot, reply_id: int, key: str) -> None:
+        self.bot = bot
+        self.reply_id = reply_id
+        self.key = key  # the conversation, remembered for every page so replies to it continue
+        self.page_limit = bot.settings.page_chars
+        self.messages: list[Any] = []
+
+    def _budget_key(self) -> str:
+        raise NotImplementedError
+
+    def budgets(self, op: Op) -> list[tuple[str, Rate]]:
+        shared = budgets(self._budget_key(), self.bot.settings)
+        if op != "edit":
+            return shared
+        # Spread one reply's edits over the window instead of spending it in a burst: otherwise a
+        # quick answer uses every slot on half-written frames and its final text waits ~5 s.
+        # The key sorts before the others: the pacer takes budgets in key order, recording a
+        # slot in each as it goes, so the one that waits longest must come first.
+        return [(f"discord:burst:{self.reply_id}", Rate(1, WINDOW / self.bot.settings.edits_per_5s)),
+                *shared]
+
+    def locate(self, handle: Any) -> dict[str, Any]:
+        return {"channel": handle.channel.id, "message": handle.id}
+
+    def message_key(self, handle: Any) -> str:
+        return str(handle.id)
+
+    def _view(self, frame: Frame) -> discord.ui.View | None:
+        return stop_view(self.reply_id) if frame.streaming else None
+
+    def _posted(self, message: Any) -> Any:
+        self.messages.append(message)
+        self.bot.remember(message.id, self.key)
+        return message
+
+    async def edit(self, handle: Any, frame: Frame) -> None:
+        with platform_errors():
+            await handle.edit(content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame))
+
+
+class ChannelTarget(_DiscordTarget):
+    """A reply in a channel, thread or DM: the first page replies to the question, each
+    continuation replies to the page before it (so pages of concurrent replies stay linked).
+    With `in_thread`, the reply moves into a new thread on the question when it starts."""
+
+    def __init__(self, bot: DiscordBot, reply_id: int, key: str, channel: Any,
+                 question: discord.Message | None, in_thread: bool = False) -> None:
+        super().__init__(bot, reply_id, key)
+        self.channel = channel
+        self.question = question
+        self.in_thread = in_thread
+        self.typing = False
+
+    def _budget_key(self) -> str:
+        return f"discord:channel:{getattr(self.channel, 'id', self.reply_id)}"
+
+    async def open(self) -> None:
+        if self.in_thread and self.question is not None:
+            if thread := await self.bot.open_thread(self.question):
+                self.channel, self.question = thread, None  # a thread cannot reply to its parent
+        self.typing = True
+        self.bot.typing_start(self.channel)
+
+    async def close(self) -> None:
+        if self.typing:
+            self.typing = False
+            self.bot.typing_stop(self.channel)
+
+    async def notice(self, text: str) -> None:
+        with platform_errors():
+            if self.question is not None:
+                await self.question.reply(text, allowed_mentions=NO_PINGS(), mention_author=False)
+            else:
+                await self.channel.send(text, allowed_mentions=NO_PINGS())
+
+    async def post(self, frame: Frame) -> discord.Message:
+        ping = self.bot.settings.reply_ping
+        refers_to = self.question if frame.index == 0 else (self.messages[-1] if self.messages else None)
+        options: dict[str, Any] = {}
+        if refers_to is not None:
+            options["reference"] = refers_to.to_reference(fail_if_not_exists=False)
+        mentions = discord.AllowedMentions(everyone=False, users=False, roles=False,
+                                           replied_user=ping and frame.index == 0)
+        # Discord may create the message and still answer 5xx or drop the connection; the
+        # retried create then carries the same nonce, which Discord (enforce_nonce) answers with
+        # the message it already made instead of posting it twice. That message shows the
+        # first attempt's frame, so it is brought up to this one.
+        nonce = f"{self.reply_id}:{frame.index}"  # at most 25 characters
+        with platform_errors():
+            message = await self.channel.send(frame.text, allowed_mentions=mentions, nonce=nonce,
+                                              view=self._view(frame) or MISSING, **options)
+            if message.content.strip() != frame.text.strip():
+                await message.edit(content=frame.text, allowed_mentions=NO_PINGS(),
+                                   view=self._view(frame))
+        return self._posted(message)
+
+
+class InteractionTarget(_DiscordTarget):
+    """A reply to `/ask`: the deferred original response first, then follow-up messages.
+
+    Interaction tokens last 15 minutes; a reply streaming longer than that cannot be edited.
+    """
+
+    def __init__(self, bot: DiscordBot, interaction: discord.Interaction, key: str) -> None:
+        super().__init__(bot, interaction.id, key)
+        self.interaction = interaction
+
+    def _budget_key(self) -> str:
+        return f"discord:interaction:{self.interaction.id}"
+
+    def locate(self, handle: Any) -> dict[str, Any]:
+        # The response is the interaction's webhook message: only its token may edit it.
+        return {**super().locate(handle), "application": self.interaction.application_id,
+                "token": self.interaction.token}
+
+    async def open(self) -> None:
+        await self.interaction.response.defer(thinking=True)  # "is thinking…" within 3 s
+
+    async def notice(self, text: str) -> None:
+        with platform_errors():
+            if self.interaction.response.is_done():
+                await self.interaction.followup.send(text, ephemeral=True)
+            else:
+                await self.interaction.response.send_message(text, ephemeral=True)
+
+    async def post(self, frame: Frame) -> discord.Message:
+        with platform_errors():
+            if frame.index == 0:
+                message = await self.interaction.edit_original_response(
+                    content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame))
+            else:
+                message = await self.interaction.followup.send(
+                    frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame) or MISSING,
+                    wait=True)
+        return self._posted(message)
+
+
+# --- the Stop button -----------------------------------------------------------------------------
+
+
+class StopButton(discord.ui.DynamicItem[discord.ui.Button], template=STOP_PREFIX + r"(?P<id>[0-9]+)"):
+    """Stops the reply named in its custom_id. Matched by pattern, so a click is understood by
+    any process (a button left by a crashed run is cleaned up instead of doing nothing)."""
+
+    def __init__(self, reply_id: int) -> None:
+        super().__init__(discord.ui.Button(style=discord.ButtonStyle.secondary, label="Stop",
+                                           emoji="⏹️", custom_id=f"{STOP_PREFIX}{reply_id}"))
+        self.reply_id = reply_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
+                             match: re.Match[str]) -> StopButton:
+        return cls(int(match["id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if on_click := getattr(interaction.client, "on_stop_click", None):  # a DiscordBot
+            await on_click(interaction, self.reply_id)
+
+
+def stop_view(reply_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(StopButton(reply_id))
+    return view

@@ -1,0 +1,192 @@
+"""Slack Web API conventions the adapter relies on: the `[slack]` settings, the scopes and
+events the app needs, each method's rate, how Slack's answers map onto the core's errors, and
+message content (Markdown blocks, the Stop button, mentions made inert).
+
+Every request maps Slack's answers onto the core's errors: 429 -> RateLimited(Retry-After),
+5xx/timeouts -> TransientError, deleted message/channel -> MessageGone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import Field
+from slack_sdk.errors import SlackApiError
+
+from core.adapter import AdapterSettings
+from core.platform import MessageGone, Rate, RateLimited, TransientError
+
+BOT_TOKEN, APP_TOKEN, SIGNING_SECRET = "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"
+
+
+class SlackSettings(AdapterSettings):
+    """`[slack]` in the config file (documented in config.example.toml)."""
+
+    mode: Literal["socket", "http"] = "socket"
+    api_base: str = ""
+    port: int = Field(3000, ge=1, le=65535)
+    host: str = "0.0.0.0"  # HTTP mode: address the events endpoint (/slack/events) listens on
+    streaming: Literal["auto", "native", "edit"] = "auto"
+    page_chars: int = Field(11000, ge=500, le=12000)  # per message; Slack's Markdown limit is 12,000
+    allow_dms: bool = True
+    channel_ids: list[str] = []
+    user_ids: list[str] = []
+    suggested_prompts: list[str] = Field(  # offered when an assistant thread opens (at most 4)
+        ["What can you help me with?", "Explain a concept simply", "Review a piece of code"],
+        max_length=4)
+    thinking_status: str = Field("is thinking…", max_length=50)  # assistant threads, while answering
+
+# What manifest.yml must grant, and why (tests/test_slack_units.py keeps the two in step).
+BOT_SCOPES = {
+    "app_mentions:read": "app_mention events",
+    "assistant:write": "assistant.threads.setStatus / setSuggestedPrompts / setTitle",
+    "channels:history": "thread follow-ups in public channels; conversations.replies",
+    "chat:write": "chat.postMessage / update / delete / startStream / appendStream / stopStream",
+    "groups:history": "thread follow-ups in private channels",
+    "im:history": "direct messages and assistant threads",
+    "mpim:history": "thread follow-ups in group DMs",
+}
+BOT_EVENTS = {"app_mention", "assistant_thread_started", "message.channels", "message.groups",
+              "message.im", "message.mpim"}
+
+STOP_ACTION = "streambot_stop"
+MARKDOWN_LIMIT = 12_000  # markdown blocks, markdown_text
+FALLBACK_CHARS = 3_000  # plain `text` beside blocks: notifications and screen readers
+
+# Slack evaluates limits per method per workspace (chat.postMessage: per channel). These stay a
+# little under the documented rates so the pacer's clock and Slack's never disagree into a 429.
+# The frequent methods get one request per window, i.e. evenly spaced requests: a window of a
+# minute would let one reply spend the whole allowance in a burst and then freeze every reply
+# (and a burst of a few followed by a gap only makes the text jerkier).
+POST_RATE = Rate(1, 1.0)  # chat.postMessage: about one per second per channel
+UPDATE_RATE = Rate(1, 1.4)  # chat.update: Tier 3, 50+ per minute (this is ~43)
+START_RATE = Rate(18, 60.0)  # chat.startStream: Tier 2, 20+ per minute; rare, so let it burst
+APPEND_RATE = Rate(1, 0.7)  # chat.appendStream: Tier 4, 100+ per minute (this is ~86)
+
+GONE_ERRORS = {"message_not_found", "channel_not_found", "thread_not_found", "is_archived"}
+TRANSIENT_ERRORS = {"fatal_error", "internal_error", "service_unavailable", "request_timeout",
+                    "team_added_to_org", "org_login_required"}
+STREAM_LOST = "message_not_in_streaming_state"
+# startStream refusals that mean "not for this whole workspace/app" rather than "not here".
+NATIVE_OFF_FOR_WORKSPACE = {"unknown_method", "method_deprecated", "deprecated_endpoint",
+                            "missing_scope", "not_allowed_token_type", "feature_not_enabled",
+                            "not_allowed", "access_denied"}
+
+ZWJ = "\u200d"
+# Model output must never ping anyone: break @channel/@here/@everyone, <!channel>-style special
+# mentions, user-group and user mentions by putting an invisible joiner after the sigil.
+_PING = re.compile(
+    r"<(?=!(?:channel|here|everyone|subteam\^))|<(?=@[UWB][A-Z0-9])|(?<![\w.])@(?=(?:channel|here|everyone)\b)")
+# The end of a half-streamed text that might still become a mention: held back while streaming
+# natively, because text appended to a stream can never be changed afterwards.
+_PARTIAL_PING = re.compile(r"[<@][^\s<>@]{0,10}\Z")
+# A fence closer on the last line, which the core adds while a code block is still open.
+_TRAILING_CLOSER = re.compile(r"\n? {0,3}(?:`{3,}|~{3,})[ \t]*\Z")
+
+
+def neutralize(text: str) -> str:
+    """`text` with every mention made inert (still readable, never a notification)."""
+    return _PING.sub(lambda m: m.group(0) + ZWJ, text)
+
+
+def stable_prefix(raw: str) -> str:
+    """The part of a still-growing page that can be appended to a stream for good: without a
+    temporary fence closer and without a possible mention that is not finished yet."""
+    raw = _TRAILING_CLOSER.sub("", raw)
+    m = _PARTIAL_PING.search(raw)
+    return raw[: m.start()] if m else raw
+
+
+def plain_fallback(text: str) -> str:
+    """The notification text beside blocks: escaped as Slack's `text` field requires."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text if len(text) <= FALLBACK_CHARS else text[: FALLBACK_CHARS - 1] + "…"
+
+
+def content(text: str, stop_id: str | None = None) -> dict[str, Any]:
+    """A message's text as a markdown block (plus a Stop button for reply `stop_id`)."""
+    text = neutralize(text)[:MARKDOWN_LIMIT]
+    blocks: list[dict[str, Any]] = [{"type": "markdown", "text": text}]
+    if stop_id:
+        blocks.append(stop_block(stop_id))
+    return {"text": plain_fallback(text), "blocks": blocks}
+
+
+def stop_block(reply_id: str) -> dict[str, Any]:
+    return {"type": "actions", "elements": [{
+        "type": "button", "action_id": STOP_ACTION, "value": reply_id, "style": "danger",
+        "text": {"type": "plain_text", "text": "Stop", "emoji": True}}]}
+
+
+class SlackCallError(Exception):
+    """Slack refused a request for good (an `error` code that retrying will not fix)."""
+
+    def __init__(self, method: str, error: str) -> None:
+        super().__init__(f"{method} failed: {error}")
+        self.method = method
+        self.error = error
+
+
+class StreamLost(Exception):
+    """The native stream behind a message ended under us (expired or failed)."""
+
+
+def error_of(exc: SlackApiError) -> tuple[int | None, str, Any]:
+    resp = exc.response
+    status = getattr(resp, "status_code", None) or getattr(resp, "status", None)
+    error = ""
+    data = getattr(resp, "data", None)
+    if isinstance(data, dict):
+        error = str(data.get("error", ""))
+    headers = getattr(resp, "headers", None) or {}
+    return status, error, headers
+
+
+def _retry_after(headers: Any) -> float:
+    for key in ("Retry-After", "retry-after"):
+        try:
+            value = headers.get(key)
+        except AttributeError:
+            value = None
+        if value is not None:
+            try:
+                return float(value[0] if isinstance(value, list) else value)
+            except (TypeError, ValueError):
+                break
+    return 1.0
+
+
+async def call(method: str, request: Awaitable[Any]) -> Any:
+    """Run one Web API request, translating failures into the core's error types."""
+    try:
+        return await request
+    except SlackApiError as exc:
+        status, error, headers = error_of(exc)
+        if status == 429 or error == "ratelimited":
+            raise RateLimited(_retry_after(headers), f"{method} rate limited") from None
+        if (status or 0) >= 500 or error in TRANSIENT_ERRORS:
+            raise TransientError(f"{method}: {error or status}") from None
+        if error in GONE_ERRORS:
+            raise MessageGone(f"{method}: {error}") from None
+        if error == STREAM_LOST:
+            raise StreamLost(method) from None
+        raise SlackCallError(method, error or f"HTTP {status}") from None
+    except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        raise TransientError(f"{method}: {type(exc).__name__}") from None
+
+
+def quiet_token_notice(record: logging.LogRecord) -> bool:
+    """bolt warns that SLACK_BOT_TOKEN is unused when given a client: we built that client."""
+    return "`token` will be unused" not in record.getMessage()
+
+
+def api_base_url(api_base: str) -> str | None:
+    """`[slack] api_base` as slack_sdk wants it (ending in a slash), or None for slack.com."""
+    base = api_base.strip()
+    if not base:
+        return None
+    return base if base.endswith("/") else base + "/"

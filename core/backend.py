@@ -1,0 +1,40 @@
+"""What `[memory] backend` names, opened: the state store, a pacer whose windows live beside
+it, and the Redis client conversation memory shares (None for SQLite).
+
+Kept apart from core/state.py so that storage and its backends do not import each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from core.config import Config, redis_url
+from core.pacing import Pacer
+from core.state import LocalStore, StateStore
+
+
+@dataclass
+class Backend:
+    store: StateStore
+    pacer: Pacer
+    redis: Any = None  # redis.asyncio.Redis with the redis backend
+
+
+def open_store(config: Config) -> StateStore:
+    """The store `[memory] backend` names (check_env has made sure a redis backend has a URL)."""
+    if config.memory.backend == "redis":
+        from core.redis_state import RedisStore  # only the redis backend needs the client loaded
+
+        return RedisStore.from_url(redis_url(config))
+    return LocalStore(config.memory.path)
+
+
+def open_backend(config: Config) -> Backend:
+    store = open_store(config)
+    if config.memory.backend != "redis":
+        return Backend(store, Pacer())
+    from core.redis_state import RedisStore, RedisWindows
+
+    assert isinstance(store, RedisStore)
+    return Backend(store, Pacer(shared=RedisWindows(store.redis)), store.redis)

@@ -1,0 +1,278 @@
+"""The reply host: everything a reply needs that is not a platform call.
+
+An adapter turns platform events into `answer`, `stop` and `deleted` calls and implements
+`Target` for where each reply goes. The host does the rest, once for every platform: it admits
+the question (shutdown, `[limits]`), runs the turns of one conversation in order, keeps the
+registry that Stop buttons and deleted messages are matched against, logs one outcome line per
+reply, shuts down with grace, and finishes the replies a dead process left streaming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from core.config import Config
+from core.events import ModelRun
+from core.limits import Gate, Refused, Slot
+from core.logs import tag_reply
+from core.pacing import Pacer
+from core.paging import with_marker
+from core.platform import Target
+from core.relay import Outcome, Reply
+from core.state import ReplyRecord, StateStore, repair_orphans
+
+log = logging.getLogger("streambot.host")
+
+RESTARTING = "I'm restarting: please ask again in a minute."  # questions during a shutdown
+FINAL_GRACE = 15.0  # seconds a shutdown lets interrupted replies deliver their final text
+
+StopResult = Literal["stopped", "not_yours", "unknown"]
+Finish = Callable[[dict[str, Any], str], Awaitable[None]]  # (record.place, final text)
+
+
+class Brain(Protocol):
+    """What the host needs of the model side (core/sources.py `Brain` is one)."""
+
+    def start(self, prompt: str, conversation: str | None = None) -> ModelRun: ...
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question an adapter wants answered, in platform-neutral terms (ids as strings)."""
+
+    reply_id: str  # names the reply: Stop buttons, records, log lines
+    user: str  # who asked: per-person limits, and who may stop the answer
+    channel: str  # where: per-channel limits
+    conversation: str  # memory key; the turns of one conversation are answered in order
+    prompt: str
+    message: str = ""  # the question's message key: deleting it stops the reply
+    limited: bool = True  # subject to `[limits]` (the local console is not)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Handed to `Host.on_finished` hooks when a reply ends (tests and embedders read it)."""
+
+    question: Question
+    platform: str
+    outcome: Outcome
+
+
+@dataclass
+class _Running:
+    question: Question
+    reply: Reply | None = None  # None while waiting for its conversation's turn
+    stopped: bool = False
+    messages: set[str] = field(default_factory=set)  # its question's and pages' message keys
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self, marker: str | None = None) -> None:
+        self.stopped = True
+        if self.reply is not None:
+            self.reply.stop(marker)
+
+
+class Host:
+    """One per process, shared by every adapter."""
+
+    def __init__(self, config: Config, brain: Brain, pacer: Pacer | None = None,
+                 store: StateStore | None = None, gate: Gate | None = None) -> None:
+        self.config = config
+        self.brain = brain
+        self.pacer = pacer or Pacer()
+        self.store = store
+        self.gate = gate or Gate(config.limits, self.pacer.clock)
+        self.closing = False  # shutting down: no new questions
+        self.on_finished: list[Callable[[Finished], None]] = []
+        self._running: dict[str, _Running] = {}  # reply id -> the reply
+        self._messages: dict[str, tuple[str, int | None]] = {}  # message key -> (reply, page)
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}  # conversation -> (lock, users)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._repairs: list[asyncio.Task[None]] = []
+        self._shutdown: asyncio.Task[None] | None = None
+
+    # --- questions in, replies out ------------------------------------------------------------
+
+    async def answer(self, question: Question, target: Target) -> Outcome | None:
+        """Stream the answer to `question` into `target`; None when it was not answered
+        (refused, shutting down, or stopped before its turn came)."""
+        if question.reply_id in self._running:  # the same event delivered twice: answer once
+            log.info("reply %s is already running; ignoring the repeat", question.reply_id)
+            return None
+        slot: Slot | None = None
+        try:
+            if self.closing:
+                raise Refused(RESTARTING)
+            if question.limited:
+                slot = self.gate.admit(question.user, question.channel, question.prompt)
+        except Refused as exc:
+            await self.notice(target, str(exc))
+            return None
+        running = self._running[question.reply_id] = _Running(question)
+        if question.message:
+            self._track(running, question.message, None)
+        try:
+            try:
+                await target.open()
+            except Exception as exc:  # an acknowledgement must never cost the answer
+                log.info("could not acknowledge reply %s: %s", question.reply_id, exc)
+            async with self._turn(question.conversation):
+                if running.stopped:  # stopped or deleted while waiting for its turn
+                    await target.close()
+                    return None
+                return await self._run(running, target)
+        except Exception:
+            log.exception("reply %s failed", question.reply_id)
+            return None
+        finally:
+            del self._running[question.reply_id]
+            for message in running.messages:
+                self._messages.pop(message, None)
+            if slot is not None:
+                self.gate.release(slot)
+            running.done.set()
+
+    async def _run(self, running: _Running, target: Target) -> Outcome:
+        q = running.question
+        tag_reply(reply_id=q.reply_id, conversation=q.conversation, platform=target.platform)
+
+        def posted(index: int, handle: Any) -> None:
+            if key := target.message_key(handle):
+                self._track(running, key, index)
+
+        reply = Reply(self.brain.start(q.prompt, q.conversation), target, self.pacer,
+                      self.config.stream, self.store, reply_id=q.reply_id, on_post=posted)
+        running.reply = reply
+        outcome = await reply.run()
+        log.info("reply %s %s in %d message(s) (%d posts, %d edits, %d rate limited)",
+                 q.reply_id, outcome.status, len(outcome.pages), outcome.posts, outcome.edits,
+                 outcome.rate_limited,
+                 extra={"reply_id": q.reply_id, "conversation": q.conversation,
+                        "platform": target.platform, "status": outcome.status,
+                        "placeholder_after": outcome.placeholder_after,
+                        "first_text_after": outcome.first_text_after})
+        for hook in self.on_finished:
+            hook(Finished(q, target.platform, outcome))
+        return outcome
+
+    def _track(self, running: _Running, message: str, page: int | None) -> None:
+        """Deleting `message` (the question: page None) stops `running`."""
+        running.messages.add(message)
+        self._messages[message] = (running.question.reply_id, page)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, conversation: str) -> AsyncIterator[None]:
+        """One reply at a time per conversation, so memory holds the turns in order."""
+        if not conversation:  # no memory: nothing to keep in order
+            yield
+            return
+        lock, users = self._turns.get(conversation, (asyncio.Lock(), 0))
+        self._turns[conversation] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._turns[conversation]
+            if users <= 1:
+                del self._turns[conversation]
+            else:
+                self._turns[conversation] = (lock, users - 1)
+
+    async def notice(self, target: Target, text: str) -> None:
+        """A short message that is not a model reply (a hint, a refusal), paced like the rest."""
+        try:
+            await self.pacer.acquire(target.budgets("notice"))
+            await target.notice(text)
+        except Exception as exc:  # a notice is best effort: it must never break the adapter
+            log.info("could not send a notice: %s", exc)
+
+    # --- what people do while a reply streams ---------------------------------------------------
+
+    def stop(self, reply_id: str, user: str, *, moderator: bool = False) -> StopResult:
+        """Stop button: only the person who asked (or a moderator) may stop an answer."""
+        running = self._running.get(reply_id)
+        if running is None:
+            return "unknown"
+        if user != running.question.user and not moderator:
+            log.info("ignoring Stop from %s on reply %s", user, reply_id)
+            return "not_yours"
+        log.info("%s pressed Stop on reply %s", user, reply_id, extra={"reply_id": reply_id})
+        running.stop()
+        return "stopped"
+
+    def deleted(self, message: str) -> bool:
+        """The question or a page of a running reply was deleted: stop that reply."""
+        found = self._messages.pop(message, None)
+        running = self._running.get(found[0]) if found else None
+        if found is None or running is None:
+            return False
+        log.info("message %s deleted; stopping reply %s", message, found[0],
+                 extra={"reply_id": found[0]})
+        if running.reply is not None and found[1] is not None:
+            running.reply.forget(found[1])
+        running.stop()
+        return True
+
+    def running(self) -> int:
+        return len(self._running)
+
+    # --- background work, restarts and crashes ---------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run `coro` in the background; shutdown waits for it (within the grace period)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def repair(self, platform: str, finish: Finish, page_limit: int) -> None:
+        """Finish the messages of `platform` that a dead process left streaming: their text so
+        far plus the interrupted marker, within `page_limit`. Runs until shutdown."""
+        if self.store is None:
+            return
+        marker = self.config.stream.interrupted_marker
+
+        async def one(record: ReplyRecord) -> None:
+            try:
+                await finish(record.place, with_marker(record.text, marker, page_limit))
+            except Exception as exc:
+                log.warning("%s: could not finish interrupted reply %s: %s", platform,
+                            record.reply_id, exc)
+
+        self._repairs.append(asyncio.create_task(repair_orphans(self.store, platform, one)))
+
+    async def shutdown(self) -> None:
+        """Take no new questions, give running replies `shutdown_grace` seconds to finish, then
+        stop the rest with the interrupted marker (their text kept) and let them show it.
+        Every adapter calls this on its way out; the work is done once."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(self._shutdown)
+
+    async def _shut_down(self) -> None:
+        self.closing = True
+        for task in self._repairs:
+            task.cancel()
+        stream = self.config.stream
+        waiting = {asyncio.ensure_future(r.done.wait()) for r in self._running.values()} | self._tasks
+        if waiting:
+            log.info("shutting down; waiting for %d reply(s)", len(self._running))
+            waiting = await self._wait(waiting, stream.shutdown_grace)
+        for running in list(self._running.values()):
+            running.stop(stream.interrupted_marker)
+        if waiting:
+            await self._wait(waiting, FINAL_GRACE)
+
+    async def _wait(self, tasks: set[asyncio.Future[Any]], timeout: float) -> set[asyncio.Future[Any]]:
+        """Wait for `tasks` at most `timeout` seconds of the pacer's clock; the ones not done."""
+        everything = asyncio.ensure_future(asyncio.wait(tasks))
+        timer = asyncio.ensure_future(self.pacer.clock.sleep(timeout))
+        await asyncio.wait({everything, timer}, return_when=asyncio.FIRST_COMPLETED)
+        everything.cancel()  # stops the waiting, not the tasks
+        timer.cancel()
+        return {t for t in tasks if not t.done()}
