@@ -1,15 +1,18 @@
 """What users of the package rely on beyond the bot itself: `python -m bots` is the `streambot`
-command, and the private internals of third-party libraries the adapters use are still where the
-code expects them (pyproject.toml pins those libraries' minor version; these tests say what to do
-when a new release moves one)."""
+command, the Docker image installs the locked versions in constraints.txt, and the private
+internals of third-party libraries the adapters use are still where the code expects them
+(pyproject.toml pins those libraries' minor version; these tests say what to do when a new
+release moves one)."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -21,6 +24,8 @@ import slack_bolt.adapter.socket_mode.aiohttp as bolt_socket_mode
 import slack_sdk.socket_mode.aiohttp as sdk_socket_mode
 from discord.http import HTTPClient, Route
 from discord.utils import MISSING
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from bots.cli import main
 from bots.discord_bot import _RebasedHTTP, _RebasedSession
@@ -31,7 +36,8 @@ BAD_CONFIG = '[stream]\ncurser = "▌"\n'  # one unknown key: check-config exits
 
 def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """`python -m bots ARGS` in a child process that imports this checkout."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     return subprocess.run([sys.executable, "-m", "bots", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -70,6 +76,39 @@ def test_python_m_bots_matches_the_installed_script(tmp_path: Path) -> None:
         by_script.returncode, by_script.stdout, by_script.stderr)
 
 
+# --- constraints.txt: the Docker image's locked dependencies ----------------------------------
+
+
+def locked() -> dict[str, str]:
+    """constraints.txt as {canonical name: version}; every line must be an exact `name==version`."""
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line.strip())
+            assert match, f"constraints.txt: {line!r} is not name==version: regenerate it (README, Docker)"
+            pins[canonicalize_name(match[1])] = match[2]
+    return pins
+
+
+def test_constraints_pin_every_dependency_within_pyproject() -> None:
+    pins = locked()
+    assert not {"streambot", "pip", "setuptools"} & set(pins), "constraints.txt pins the project or pip itself"
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dependency in map(Requirement, dependencies):
+        name = canonicalize_name(dependency.name)
+        assert name in pins, f"constraints.txt lacks {dependency.name}: regenerate it (README, Docker)"
+        assert dependency.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {dependency.name}=={pins[name]}, outside pyproject.toml's "
+            f"{dependency}: regenerate it (README, Docker)")
+
+
+def test_docker_image_installs_with_the_constraints() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = [line.split()[1:-1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert any("constraints.txt" in sources for sources in copied), "the Dockerfile does not COPY constraints.txt"
+    assert re.search(r"^RUN pip install -c constraints\.txt \.(\s|$)", dockerfile, re.M), (
+        "the Dockerfile installs streambot without -c constraints.txt")
+
 # --- private internals of third-party libraries ------------------------------------------------
 # Each test names the internal, the code that relies on it and what to do when it moves, so a
 # dependency upgrade fails here, loudly, instead of in production behind a proxy or a reconnect.
@@ -87,7 +126,8 @@ def internal(package: str, what: str, user: str, remedy: str) -> Iterator[None]:
 
 
 DISCORD_REMEDY = ("Adapt bots/discord_bot.py to this discord.py, then move the discord.py pin in "
-                  "pyproject.toml to its minor version; or install a discord.py that pyproject.toml allows.")
+                  "pyproject.toml to its minor version and regenerate constraints.txt (README, "
+                  "Docker); or install a discord.py that pyproject.toml allows.")
 SESSION = "discord.http.HTTPClient keeps its aiohttp session in `self.__session` (`_HTTPClient__session`)"
 REBASED = "bots/discord_bot.py's _RebasedHTTP (`[discord] api_base`: REST, interactions, gateway via a proxy)"
 
