@@ -6,10 +6,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY core ./core
 COPY bots ./bots
-RUN pip install . \
+# constraints.txt pins every dependency, so a rebuild installs the versions the tests passed with
+# (README, Docker: how to regenerate it).
+RUN pip install -c constraints.txt . \
     && useradd --create-home --uid 10001 streambot \
     && mkdir /data && chown streambot /data
 
