@@ -28,7 +28,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bots.cli import main
-from bots.discord_bot import _RebasedHTTP, _RebasedSession
+from bots.discord_api import RebasedHTTP, RebasedSession
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_CONFIG = '[stream]\ncurser = "▌"\n'  # one unknown key: check-config exits 1 and names it
@@ -125,11 +125,11 @@ def internal(package: str, what: str, user: str, remedy: str) -> Iterator[None]:
         raise pytest.fail.Exception(message, pytrace=False) from None
 
 
-DISCORD_REMEDY = ("Adapt bots/discord_bot.py to this discord.py, then move the discord.py pin in "
+DISCORD_REMEDY = ("Adapt bots/discord_api.py and bots/discord_bot.py to this discord.py, then move the discord.py pin in "
                   "pyproject.toml to its minor version and regenerate constraints.txt (README, "
                   "Docker); or install a discord.py that pyproject.toml allows.")
 SESSION = "discord.http.HTTPClient keeps its aiohttp session in `self.__session` (`_HTTPClient__session`)"
-REBASED = "bots/discord_bot.py's _RebasedHTTP (`[discord] api_base`: REST, interactions, gateway via a proxy)"
+REBASED = "bots/discord_api.py's RebasedHTTP (`[discord] api_base`: REST, interactions, gateway via a proxy)"
 
 
 def test_discord_http_client_keeps_its_session_in_the_mangled_attribute() -> None:
@@ -153,11 +153,11 @@ async def test_discord_http_client_reads_the_session_through_the_rebased_propert
             return "socket"
 
     with internal("discord.py", SESSION, REBASED, DISCORD_REMEDY):
-        http = _RebasedHTTP("http://127.0.0.1:9/api/v10", HTTPClient(None))  # type: ignore[arg-type]
+        http = RebasedHTTP("http://127.0.0.1:9/api/v10", HTTPClient(None))  # type: ignore[arg-type]
         # HTTPClient.__init__ set the session to MISSING through the property, not beside it:
         assert "_HTTPClient__session" not in vars(http) and vars(http)["_rebased_session"] is MISSING
         http._HTTPClient__session = Session()  # what static_login does with a real session
-        assert isinstance(vars(http)["_rebased_session"], _RebasedSession)
+        assert isinstance(vars(http)["_rebased_session"], RebasedSession)
         assert await http.ws_connect("ws://127.0.0.1:9/gateway") == "socket"  # discord.py's own code
         assert opened == ["ws://127.0.0.1:9/gateway"]
 
@@ -169,7 +169,7 @@ def test_discord_http_client_settings_rebased_http_copies() -> None:
     with internal("discord.py", what, REBASED, DISCORD_REMEDY):
         original = HTTPClient(None, proxy="http://proxy:3128", unsync_clock=False,  # type: ignore[arg-type]
                               max_ratelimit_timeout=45.0)
-        http = _RebasedHTTP("http://127.0.0.1:9/api/v10", original)
+        http = RebasedHTTP("http://127.0.0.1:9/api/v10", original)
         copied = ("loop", "connector", "proxy", "proxy_auth", "use_clock", "http_trace", "max_ratelimit_timeout")
         assert {a: getattr(http, a) for a in copied} == {a: getattr(original, a) for a in copied}
         assert (http.proxy, http.use_clock, http.max_ratelimit_timeout) == ("http://proxy:3128", True, 45.0)
@@ -180,7 +180,7 @@ def test_discord_http_client_settings_rebased_http_copies() -> None:
 
 def test_discord_client_keeps_its_state_in_connection() -> None:
     what = "discord.Client keeps its ConnectionState in `client._connection` (with `.http` and `._get_message`)"
-    user = ("bots/discord_bot.py (DiscordBot.__init__ swaps `_connection.http` for _RebasedHTTP; "
+    user = ("bots/discord_bot.py (DiscordBot.__init__ swaps `_connection.http` for RebasedHTTP; "
             "DiscordBot._message looks cached messages up with `_connection._get_message`)")
     with internal("discord.py", what, user, DISCORD_REMEDY):
         client = discord.Client(intents=discord.Intents.none())
