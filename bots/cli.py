@@ -103,7 +103,7 @@ async def _serve(config: cfg.Config, backend: Backend) -> None:
     """Run the adapters until one ends (the console when its user leaves) or the process is
     cancelled (Ctrl-C, SIGTERM); each adapter lets the host shut down with grace on its way out."""
     brain = build_brain(config, redis=backend.redis)
-    host = Host(config, brain, backend.pacer, backend.store)
+    host = Host(config, brain, backend.pacer, backend.store, backend.gate)
     adapters = enabled(config)
     if brain.demo and any(not a.fallback for a in adapters):
         logging.getLogger("streambot").warning(DEMO_NOTICE)

@@ -94,7 +94,7 @@ async def ask(host: Host, settings: ConsoleSettings, question: str, console: Con
     """Stream one answer to the console (plain text when it is not a terminal)."""
     target = ConsoleTarget(console, settings.page_chars, settings.edits_per_second)
     q = _question(question)
-    with _stop_on_ctrl_c(lambda: host.stop(q.reply_id, USER)):
+    with _stop_on_ctrl_c(lambda: asyncio.ensure_future(host.stop(q.reply_id, USER))):
         return await host.answer(q, target)
 
 
@@ -144,12 +144,13 @@ async def chat(host: Host, settings: ConsoleSettings, console: Console,
             continue
         q = _question(line, conversation)
         target = ConsoleTarget(console, settings.page_chars, settings.edits_per_second)
-        with _stop_on_ctrl_c(lambda: host.stop(q.reply_id, USER)):
+        with _stop_on_ctrl_c(lambda: asyncio.ensure_future(host.stop(q.reply_id, USER))):
             await host.answer(q, target)
 
 
 async def serve(host: Host, settings: ConsoleSettings) -> None:
     """The console as a running adapter: chat until the person leaves, then shut down."""
+    host.start()
     try:
         await chat(host, settings, Console())
     finally:

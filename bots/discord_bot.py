@@ -162,11 +162,11 @@ class DiscordBot(discord.AutoShardedClient):
         self._keys[message_id] = key
 
     async def on_raw_message_delete(self, event: discord.RawMessageDeleteEvent) -> None:
-        self.host.deleted(str(event.message_id))
+        await self.host.deleted(str(event.message_id))
 
     async def on_stop_click(self, interaction: discord.Interaction, reply_id: int) -> None:
         perms = getattr(interaction, "permissions", None)
-        result = self.host.stop(str(reply_id), str(interaction.user.id),
+        result = await self.host.stop(str(reply_id), str(interaction.user.id),
                                 moderator=bool(perms and perms.manage_messages))
         if result == "stopped":
             await interaction.response.defer()  # the relay's final edit removes the button
@@ -277,6 +277,7 @@ class DiscordBot(discord.AutoShardedClient):
 
 async def serve(host: Host, settings: DiscordSettings) -> None:
     """Run the Discord bot until cancelled. Token: env DISCORD_BOT_TOKEN (never logged)."""
+    host.start()
     bot = DiscordBot(host, settings)
     register_ready("discord", lambda: bot.is_ready() and not bot.is_closed())
     try:

@@ -202,7 +202,7 @@ class SlackBot:
     async def on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         subtype = event.get("subtype")
         if subtype == "message_deleted":
-            self.host.deleted(f"{event.get('channel', '')}:{event.get('deleted_ts', '')}")
+            await self.host.deleted(f"{event.get('channel', '')}:{event.get('deleted_ts', '')}")
             return
         if subtype not in (None, "file_share", "thread_broadcast") or self._from_bot(event):
             return
@@ -265,7 +265,7 @@ class SlackBot:
     async def on_stop(self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any],
                       action: dict[str, Any]) -> None:
         await ack()
-        self.host.stop(action.get("value", ""), body.get("user", {}).get("id", ""))
+        await self.host.stop(action.get("value", ""), body.get("user", {}).get("id", ""))
 
     # --- answering -------------------------------------------------------------------------
 
@@ -313,6 +313,7 @@ async def serve(host: Host, settings: SlackSettings) -> None:
 
     With a shared store (redis backend), replicas behind one load balancer answer each event once.
     """
+    host.start()
     async with aiohttp.ClientSession() as session:
         bot = SlackBot(host, settings, bot_token=env(BOT_TOKEN), app_token=env(APP_TOKEN),
                        signing_secret=env(SIGNING_SECRET), session=session)

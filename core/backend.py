@@ -1,5 +1,5 @@
 """What `[memory] backend` names, opened: the state store, a pacer whose windows live beside
-it, and the Redis client conversation memory shares (None for SQLite).
+it, the `[limits]` counters, and the Redis client conversation memory shares (None for SQLite).
 
 Kept apart from core/state.py so that storage and its backends do not import each other.
 """
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.config import Config, redis_url
+from core.limits import Gate
 from core.pacing import Pacer
 from core.state import LocalStore, StateStore
 
@@ -18,6 +19,7 @@ from core.state import LocalStore, StateStore
 class Backend:
     store: StateStore
     pacer: Pacer
+    gate: Gate
     redis: Any = None  # redis.asyncio.Redis with the redis backend
 
 
@@ -33,8 +35,9 @@ def open_store(config: Config) -> StateStore:
 def open_backend(config: Config) -> Backend:
     store = open_store(config)
     if config.memory.backend != "redis":
-        return Backend(store, Pacer())
-    from core.redis_state import RedisStore, RedisWindows
+        return Backend(store, Pacer(), Gate(config.limits))
+    from core.redis_state import RedisGate, RedisStore, RedisWindows
 
     assert isinstance(store, RedisStore)
-    return Backend(store, Pacer(shared=RedisWindows(store.redis)), store.redis)
+    return Backend(store, Pacer(shared=RedisWindows(store.redis)),
+                   RedisGate(config.limits, store.redis), store.redis)

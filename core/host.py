@@ -95,6 +95,15 @@ class Host:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._repairs: list[asyncio.Task[None]] = []
         self._shutdown: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Hear stop and delete signals other replicas forward, and end this process's replies
+        if it loses its lease (with the redis backend). Idempotent; adapters call it first."""
+        if self.store is None or self._listener is not None:
+            return
+        self.store.on_lease_lost = self._lease_lost
+        self._listener = asyncio.create_task(self.store.listen(self._signal))
 
     # --- questions in, replies out ------------------------------------------------------------
 
@@ -109,7 +118,7 @@ class Host:
             if self.closing:
                 raise Refused(RESTARTING)
             if question.limited:
-                slot = self.gate.admit(question.user, question.channel, question.prompt)
+                slot = await self.gate.admit(question.user, question.channel, question.prompt)
         except Refused as exc:
             await self.notice(target, str(exc))
             return None
@@ -117,6 +126,7 @@ class Host:
         if question.message:
             self._track(running, question.message, None)
         try:
+            await self._shared("mark_live", question.reply_id, question.user)
             try:
                 await target.open()
             except Exception as exc:  # an acknowledgement must never cost the answer
@@ -130,11 +140,12 @@ class Host:
             log.exception("reply %s failed", question.reply_id)
             return None
         finally:
+            await self._shared("unmark_live", question.reply_id)
             del self._running[question.reply_id]
             for message in running.messages:
                 self._messages.pop(message, None)
             if slot is not None:
-                self.gate.release(slot)
+                await self.gate.release(slot)
             running.done.set()
 
     async def _run(self, running: _Running, target: Target) -> Outcome:
@@ -167,14 +178,15 @@ class Host:
 
     @contextlib.asynccontextmanager
     async def _turn(self, conversation: str) -> AsyncIterator[None]:
-        """One reply at a time per conversation, so memory holds the turns in order."""
+        """One reply at a time per conversation, so memory holds the turns in order: in this
+        process first (in order of arrival), then across replicas (the store's lock)."""
         if not conversation:  # no memory: nothing to keep in order
             yield
             return
         lock, users = self._turns.get(conversation, (asyncio.Lock(), 0))
         self._turns[conversation] = (lock, users + 1)
         try:
-            async with lock:
+            async with lock, self.store.turn(conversation) if self.store else contextlib.nullcontext():
                 yield
         finally:
             lock, users = self._turns[conversation]
@@ -193,20 +205,56 @@ class Host:
 
     # --- what people do while a reply streams ---------------------------------------------------
 
-    def stop(self, reply_id: str, user: str, *, moderator: bool = False) -> StopResult:
-        """Stop button: only the person who asked (or a moderator) may stop an answer."""
+    async def stop(self, reply_id: str, user: str, *, moderator: bool = False) -> StopResult:
+        """Stop button: only the person who asked (or a moderator) may stop an answer. A reply
+        that runs on another replica is stopped there."""
         running = self._running.get(reply_id)
-        if running is None:
+        asker = running.question.user if running else await self._shared("live_user", reply_id)
+        if asker is None:
             return "unknown"
-        if user != running.question.user and not moderator:
+        if user != asker and not moderator:
             log.info("ignoring Stop from %s on reply %s", user, reply_id)
             return "not_yours"
         log.info("%s pressed Stop on reply %s", user, reply_id, extra={"reply_id": reply_id})
-        running.stop()
+        if running is not None:
+            running.stop()
+        else:
+            await self._shared("publish", {"op": "stop", "reply": reply_id})
         return "stopped"
 
-    def deleted(self, message: str) -> bool:
-        """The question or a page of a running reply was deleted: stop that reply."""
+    async def deleted(self, message: str) -> bool:
+        """The question or a page of a running reply was deleted: stop that reply, here or on
+        whichever replica runs it."""
+        if self._deleted_here(message):
+            return True
+        await self._shared("publish", {"op": "deleted", "message": message})
+        return False
+
+    def _signal(self, signal: dict[str, Any]) -> None:
+        """Another replica forwarded a Stop or a deletion; act if the reply runs here."""
+        if signal.get("op") == "stop" and (running := self._running.get(str(signal.get("reply")))):
+            log.info("stopping reply %s for another replica", signal["reply"])
+            running.stop()
+        elif signal.get("op") == "deleted":
+            self._deleted_here(str(signal.get("message")))
+
+    def _lease_lost(self) -> None:
+        """This process may soon count as dead: end every reply now, text kept, so none is
+        still streaming when another replica repairs it."""
+        for running in list(self._running.values()):
+            running.stop(self.config.stream.interrupted_marker)
+
+    async def _shared(self, method: str, *args: Any) -> Any:
+        """Call the store's coordination `method`; a store that is down costs no reply."""
+        if self.store is None:
+            return None
+        try:
+            return await getattr(self.store, method)(*args)
+        except Exception as exc:
+            log.warning("could not reach the shared store (%s): %s", method, exc)
+            return None
+
+    def _deleted_here(self, message: str) -> bool:
         found = self._messages.pop(message, None)
         running = self._running.get(found[0]) if found else None
         if found is None or running is None:
@@ -256,8 +304,9 @@ class Host:
 
     async def _shut_down(self) -> None:
         self.closing = True
-        for task in self._repairs:
-            task.cancel()
+        for task in [*self._repairs, self._listener]:
+            if task is not None:
+                task.cancel()
         stream = self.config.stream
         waiting = {asyncio.ensure_future(r.done.wait()) for r in self._running.values()} | self._tasks
         if waiting:

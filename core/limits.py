@@ -2,14 +2,16 @@
 
 One `Gate` per process, shared by every adapter. A reply holds its slots from `admit` until
 `release`, so a person cannot flood a channel with parallel answers, and a busy channel cannot
-starve the others. Counters live in this process (per replica).
+starve the others. `Gate` counts in this process; with the redis backend `RedisGate` counts
+for every replica together.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.config import LimitsConfig
 from core.pacing import Clock, RealClock
@@ -21,13 +23,35 @@ class Slot:
 
     user: str
     channel: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class Refused(Exception):
     """The reply may not start; `str(exc)` is the message to show the person who asked."""
 
 
+def too_long(length: int, limit: int) -> Refused:
+    return Refused(f"That question is too long ({length:,} characters; the limit is {limit:,}). "
+                   "Please shorten it.")
+
+
+def too_many_running(count: int) -> Refused:
+    return Refused(f"You already have {count} answer(s) being written. Please wait for one to "
+                   "finish.")
+
+
+def channel_busy() -> Refused:
+    return Refused("I'm answering several questions here already. Please ask again in a moment.")
+
+
+def too_many_asked(count: int, wait: float) -> Refused:
+    return Refused(f"You've asked {count} questions in the last minute. Please wait "
+                   f"{math.ceil(wait)} s before asking again.")
+
+
 class Gate:
+    """The counters of this process. `RedisGate` (core/redis_state.py) counts for every replica."""
+
     def __init__(self, limits: LimitsConfig, clock: Clock | None = None) -> None:
         self.limits = limits
         self.clock = clock or RealClock()
@@ -35,25 +59,26 @@ class Gate:
         self._channel_active: Counter[str] = Counter()
         self._asked: dict[str, deque[float]] = {}
 
-    def admit(self, user: str, channel: str, prompt: str) -> Slot:
+    async def admit(self, user: str, channel: str, prompt: str) -> Slot:
         """Take a slot for a reply to `prompt`, or raise `Refused` saying why and what to do."""
+        return self.admit_here(user, channel, prompt)
+
+    async def release(self, slot: Slot) -> None:
+        self.release_here(slot)
+
+    def admit_here(self, user: str, channel: str, prompt: str) -> Slot:
         lim, now = self.limits, self.clock.now()
         if lim.max_prompt_chars and len(prompt) > lim.max_prompt_chars:
-            raise Refused(f"That question is too long ({len(prompt):,} characters; the limit is "
-                          f"{lim.max_prompt_chars:,}). Please shorten it.")
+            raise too_long(len(prompt), lim.max_prompt_chars)
         if lim.user_concurrent and self._user_active[user] >= lim.user_concurrent:
-            raise Refused(f"You already have {self._user_active[user]} answer(s) being written. "
-                          "Please wait for one to finish.")
+            raise too_many_running(self._user_active[user])
         if lim.channel_concurrent and self._channel_active[channel] >= lim.channel_concurrent:
-            raise Refused("I'm answering several questions here already. Please ask again in a "
-                          "moment.")
+            raise channel_busy()
         asked = self._asked.setdefault(user, deque())
         while asked and asked[0] <= now - 60.0:
             asked.popleft()
         if lim.user_per_minute and len(asked) >= lim.user_per_minute:
-            wait = math.ceil(asked[0] + 60.0 - now)
-            raise Refused(f"You've asked {len(asked)} questions in the last minute. Please wait "
-                          f"{wait} s before asking again.")
+            raise too_many_asked(len(asked), asked[0] + 60.0 - now)
         asked.append(now)
         self._user_active[user] += 1
         self._channel_active[channel] += 1
@@ -61,7 +86,7 @@ class Gate:
             self._asked = {u: q for u, q in self._asked.items() if q and q[-1] > now - 60.0}
         return Slot(user, channel)
 
-    def release(self, slot: Slot) -> None:
+    def release_here(self, slot: Slot) -> None:
         for counter, key in ((self._user_active, slot.user), (self._channel_active, slot.channel)):
             counter[key] -= 1
             if counter[key] <= 0:

@@ -15,6 +15,7 @@ record's text when it finishes an interrupted message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,6 +73,32 @@ class StateStore(ABC):
         self.owner = new_owner_id()
         self._dirty: dict[str, ReplyRecord | None] = {}  # None: drop it
         self._flusher: asyncio.Task[None] | None = None
+        # Called when this process can no longer show that it is alive (its lease may run out):
+        # its live replies must end before another replica takes them for orphans.
+        self.on_lease_lost: Callable[[], None] | None = None
+
+    # --- coordination between replicas (a single process has nothing to share) ------------------
+
+    async def mark_live(self, reply_id: str, user: str) -> None:
+        """Reply `reply_id`, asked by `user`, runs in this process (until `unmark_live`)."""
+
+    async def unmark_live(self, reply_id: str) -> None:
+        """Reply `reply_id` ended."""
+
+    async def live_user(self, reply_id: str) -> str | None:
+        """Who asked reply `reply_id`, if it runs in another live process; else None."""
+        return None
+
+    async def publish(self, signal: dict[str, Any]) -> None:
+        """Tell every other process (see `listen`)."""
+
+    async def listen(self, handle: Callable[[dict[str, Any]], None]) -> None:
+        """Hand every other process's signal to `handle`, until cancelled."""
+        await asyncio.Event().wait()
+
+    def turn(self, conversation: str) -> AbstractAsyncContextManager[None]:
+        """Held while a reply of `conversation` runs, so turns run one at a time everywhere."""
+        return contextlib.nullcontext()
 
     # --- de-duplication ----------------------------------------------------------------------
 

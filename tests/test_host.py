@@ -92,17 +92,17 @@ async def test_only_the_asker_or_a_moderator_may_stop_a_reply() -> None:
 
     async def press() -> Any:
         await clock.sleep(3.0)
-        assert host.stop("r1", "bob") == "not_yours"
+        assert await host.stop("r1", "bob") == "not_yours"
         await clock.sleep(1.0)
-        assert host.stop("r1", "mallory", moderator=False) == "not_yours"
-        assert host.stop("r1", "ann") == "stopped"
-        assert host.stop("nope", "ann") == "unknown"
+        assert await host.stop("r1", "mallory", moderator=False) == "not_yours"
+        assert await host.stop("r1", "ann") == "stopped"
+        assert await host.stop("nope", "ann") == "unknown"
         return await task
 
     outcome = await clock.run(press())
     assert outcome.status == "stopped" and brain.runs["q1"].cancelled
     assert outcome.text.endswith(StreamConfig().stopped_marker)
-    assert host.stop("r1", "ann") == "unknown"  # finished replies are forgotten
+    assert await host.stop("r1", "ann") == "unknown"  # finished replies are forgotten
 
 
 async def test_a_moderator_may_stop_anyones_reply() -> None:
@@ -111,7 +111,7 @@ async def test_a_moderator_may_stop_anyones_reply() -> None:
 
     async def press() -> Any:
         await clock.sleep(2.0)
-        assert host.stop("r1", "mod", moderator=True) == "stopped"
+        assert await host.stop("r1", "mod", moderator=True) == "stopped"
         return await task
 
     assert (await clock.run(press())).status == "stopped"
@@ -124,8 +124,8 @@ async def test_deleting_the_question_stops_the_reply() -> None:
 
     async def delete() -> Any:
         await clock.sleep(2.0)
-        assert not host.deleted("someone else's message")
-        assert host.deleted("m1")
+        assert not await host.deleted("someone else's message")
+        assert await host.deleted("m1")
         return await task
 
     outcome = await clock.run(delete())
@@ -148,7 +148,7 @@ async def test_deleting_a_page_stops_the_reply_and_sends_nothing_more_to_that_pa
     async def delete() -> Any:
         while len(target.messages) < 2:
             await clock.sleep(0.5)
-        assert host.deleted("page1")
+        assert await host.deleted("page1")
         deleted_at = clock.now()
         outcome = await task
         return outcome, deleted_at
@@ -166,7 +166,7 @@ async def test_a_reply_stopped_while_waiting_for_its_turn_never_runs() -> None:
 
     async def stop_second() -> Any:
         await clock.sleep(1.0)
-        assert host.stop("r2", "ann") == "stopped"
+        assert await host.stop("r2", "ann") == "stopped"
         return await asyncio.gather(first, second)
 
     done, skipped = await clock.run(stop_second())
@@ -249,7 +249,7 @@ async def test_a_reply_is_forgotten_after_it_ends(conversation: str) -> None:
     await clock.run(host.answer(question(1, prompt="q1", conversation=conversation),
                                 RecordingTarget(clock, limit=2000)))
     assert host.running() == 0 and not host._messages and not host._turns
-    assert not host.deleted("m1")
+    assert not await host.deleted("m1")
 
 
 async def test_the_same_question_delivered_twice_is_answered_once() -> None:

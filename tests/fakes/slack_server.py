@@ -254,6 +254,7 @@ class FakeSlack:
         self._sockets: list[web.WebSocketResponse] = []
         self._socket_lock = asyncio.Lock()
         self.connections = 0  # Socket Mode connections ever opened
+        self.route: int = -1  # which open Socket Mode connection gets the next delivery (replicas)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._changed = asyncio.Event()
@@ -512,7 +513,7 @@ class FakeSlack:
                 open_ = self._open_sockets()
                 if open_:
                     try:
-                        await open_[-1].send_str(json.dumps(envelope))
+                        await open_[self.route].send_str(json.dumps(envelope))
                         return
                     except (ConnectionError, RuntimeError):
                         pass  # closing under us: wait for the next connection
@@ -884,12 +885,13 @@ def texts(messages: Iterable[Message]) -> list[str]:
 @asynccontextmanager
 async def running_bot(slack: FakeSlack, *, model_base_url: str, memory_path: str,
                       stream: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
-                      store: Any = None,
+                      store: Any = None, backend: Any = None,
                       **slack_settings: Any) -> AsyncIterator[asyncio.Task[None]]:
     """Run `bots.slack_bot.serve` (the real adapter, bolt and slack_sdk) against `slack`.
 
     The model is an OpenAI-compatible server at `model_base_url` (the fake OpenAI). Socket Mode
     waits for the websocket; HTTP mode binds a free 127.0.0.1 port and points the fake at it.
+    A `backend` (core.backend.Backend) shares store, pacer, limits and memory as a replica would.
     """
     from bots.slack_api import SlackSettings
     from bots.slack_bot import EVENTS_PATH, serve
@@ -912,7 +914,12 @@ async def running_bot(slack: FakeSlack, *, model_base_url: str, memory_path: str
                                              "SLACK_SIGNING_SECRET", "OPENAI_API_KEY")}
     os.environ.update({"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN,
                        "SLACK_SIGNING_SECRET": SIGNING_SECRET, "OPENAI_API_KEY": "test"})
-    task = asyncio.create_task(serve(Host(config, build_brain(config), Pacer(), store), config.slack))
+    if backend is not None:
+        host = Host(config, build_brain(config, redis=backend.redis), backend.pacer, backend.store,
+                    backend.gate)
+    else:
+        host = Host(config, build_brain(config), Pacer(), store)
+    task = asyncio.create_task(serve(host, config.slack))
     try:
         if slack.mode == "socket":
             connected = asyncio.create_task(slack.wait_connected(30.0, more_than=slack.connections))
