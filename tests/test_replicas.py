@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +34,7 @@ from fakes.scripted import RecordingTarget, ScriptRun, deltas
 from fakes.slack_server import FakeSlack, bot_for, settled
 from fakes.tcp_proxy import TcpProxy
 
+ROOT = Path(__file__).resolve().parents[1]
 CHANNEL = "C0GENERAL"
 WAIT = 30.0
 INTERRUPTED = StreamConfig().interrupted_marker
@@ -237,3 +241,48 @@ async def test_a_replica_cut_off_from_redis_ends_its_replies_before_another_repa
     (repaired_at, text), = repaired
     assert last_frame_at < repaired_at, "the reply was still streaming when it was repaired"
     assert text.endswith(INTERRUPTED) and text.startswith("word word")
+
+
+async def test_two_streambot_processes_share_stop_and_limits(
+        slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str) -> None:
+    """The same, as production runs it: two `streambot run` processes on one Redis."""
+    from fakes.slack_server import APP_TOKEN, BOT_TOKEN
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[model]\nbase_url = "{fake_openai.base_url}"\n'
+                      f'[memory]\nbackend = "redis"\nurl = "{redis_url}"\n'
+                      '[limits]\nuser_per_minute = 2\n'
+                      f'[slack]\nenabled = true\napi_base = "{slack.base_url}"\nstreaming = "edit"\n')
+    env = {**os.environ, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN,
+           "OPENAI_API_KEY": "test"}
+    script = fake_openai.reply("alpha " * 300, delay=0.005, hold_after=10)
+    fake_openai.reply("second answer")
+    procs = []
+    try:
+        for n in range(2):
+            procs.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bots", "run", "--config", str(config), cwd=ROOT, env=env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=open(tmp_path / f"replica{n}.log", "a")))
+            await slack.wait_connected(WAIT, more_than=n)
+        slack.route = 0
+        ts = await slack.mention(CHANNEL, "a long one")
+        await script.wait_held()
+        msg = await slack.wait_for(lambda: button_message(slack, ts, "alpha"), WAIT)
+        slack.route = 1
+        await slack.click(msg, STOP_ACTION)
+        await slack.wait_for(lambda: settled(slack, CHANNEL, ts), WAIT, "the reply to stop")
+        assert slack.reply_text(CHANNEL, ts).endswith("⏹ stopped")
+        second = await slack.mention(CHANNEL, "again")  # replica B: the person's 2nd question
+        await slack.wait_for(lambda: settled(slack, CHANNEL, second), WAIT)
+        slack.route = 0
+        third = await slack.mention(CHANNEL, "and again")  # replica A: the 3rd in a minute
+        await slack.wait_for(lambda: settled(slack, CHANNEL, third), WAIT)
+        assert slack.reply_text(CHANNEL, second) == "second answer"
+        assert "2 questions in the last minute" in slack.reply_text(CHANNEL, third)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            await asyncio.wait_for(proc.wait(), WAIT)
