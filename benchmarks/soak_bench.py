@@ -36,11 +36,13 @@ import contextlib
 import logging
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,12 +57,14 @@ from agents import set_tracing_disabled  # noqa: E402
 from fakes.discord_server import FakeDiscord  # noqa: E402
 from fakes.faults import Faults  # noqa: E402
 from fakes.openai_server import FakeOpenAI  # noqa: E402
+from fakes.redis_server import RedisServer  # noqa: E402
 from fakes.slack_server import FakeSlack, running_bot, settled  # noqa: E402
 
 from bots.discord_bot import serve  # noqa: E402
 from bots.discord_api import DiscordSettings  # noqa: E402
 from discord_bench import Outcomes  # noqa: E402  (reply outcomes, from the host's hook)
 from core.config import Config, MemoryConfig, ModelConfig  # noqa: E402
+from core.backend import open_backend  # noqa: E402
 from core.host import Host  # noqa: E402
 from core.pacing import Pacer  # noqa: E402
 from core.sources import build_brain  # noqa: E402
@@ -201,7 +205,40 @@ async def run_discord(replies: int, channels: int, faults: bool, timeout: float)
                       len(fake.throttled), fake.faults.injected, fake.resumes)
 
 
-async def run_slack(replies: int, channels: int, faults: bool, timeout: float) -> Result:
+@contextlib.asynccontextmanager
+async def slack_replicas(slack: FakeSlack, model: FakeOpenAI, tmp: str,
+                         replicas: int) -> AsyncIterator[None]:
+    """One bot, or `replicas` bots on one real redis-server (each its own Socket Mode connection,
+    store, pacer and limits), which the fake Slack hands events to in turn."""
+    if replicas == 1:
+        async with running_bot(slack, model_base_url=model.base_url,
+                               memory_path=str(Path(tmp) / "memory.db"), streaming="edit"):
+            yield
+        return
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise SystemExit("--replicas needs redis-server (apt-get install redis-server)")
+    server = RedisServer(executable)
+    server.start()
+    backends = [open_backend(Config(memory=MemoryConfig(backend="redis", url=server.url)))
+                for _ in range(replicas)]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for backend in backends:
+                await stack.enter_async_context(running_bot(
+                    slack, model_base_url=model.base_url, memory_path=str(Path(tmp) / "memory.db"),
+                    backend=backend, streaming="edit"))
+            slack.route = None  # deliveries take turns over the replicas' connections
+            yield
+    finally:
+        for backend in backends:
+            await backend.store.close()
+            await backend.redis.aclose()
+        server.stop()
+
+
+async def run_slack(replies: int, channels: int, faults: bool, timeout: float,
+                    replicas: int = 1) -> Result:
     texts = [answer(i) for i in range(replies)]
     ticker = LagTicker()
     places = [f"C0SOAK{c}" for c in range(channels)]
@@ -209,8 +246,7 @@ async def run_slack(replies: int, channels: int, faults: bool, timeout: float) -
         for text in texts:
             model.reply(chunks(text), delay=DELAY)
         with tempfile.TemporaryDirectory() as tmp:
-            async with running_bot(slack, model_base_url=model.base_url,
-                                   memory_path=str(Path(tmp) / "memory.db"), streaming="edit"):
+            async with slack_replicas(slack, model, tmp, replicas):
                 tick = asyncio.create_task(ticker.run())
                 connections = slack.connections
                 if faults:
@@ -237,7 +273,8 @@ async def run_slack(replies: int, channels: int, faults: bool, timeout: float) -
                  settled(slack, c, ts)) for c, ts in threads]
     stray = len(slack.bot_messages()) - sum(len(r.pages) for r in seen)
     requests = sum(1 for c in slack.calls if c.method.startswith("chat."))
-    return Result("Slack (edit mode)", replies, channels, tally(seen, texts, stray), ticker.lags,
+    label = "Slack (edit mode)" + (f", {replicas} replicas on Redis" if replicas > 1 else "")
+    return Result(label, replies, channels, tally(seen, texts, stray), ticker.lags,
                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, wall, requests,
                   slack.total_429s, slack.faults.injected, slack.connections - connections)
 
@@ -270,14 +307,18 @@ async def main() -> None:
     parser.add_argument("--channels", type=int, help="default: 100 (Discord), 10 (Slack)")
     parser.add_argument("--faults", action="store_true", help="the fault run (see above)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up waiting after (s)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="Slack: run this many bots on one redis-server, taking turns")
     args = parser.parse_args()
     set_tracing_disabled(True)
     logging.basicConfig(level=logging.ERROR)
     slack = args.platform == "slack"
     replies = args.replies or (100 if slack else 1000)
     channels = args.channels or (10 if slack else 100)
-    run = run_slack if slack else run_discord
-    result = await run(replies, channels, args.faults, args.timeout)
+    if slack:
+        result = await run_slack(replies, channels, args.faults, args.timeout, args.replicas)
+    else:
+        result = await run_discord(replies, channels, args.faults, args.timeout)
     limits = ("fake Slack with its real limits (chat.postMessage ~1/s per channel, chat.update "
               "~50/min per workspace)" if slack else "fake Discord with its real limits (5 per "
               "5 s per channel, 50 requests/s)")

@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable, Mapping
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -117,7 +117,7 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _fix_for(error: dict) -> str:
+def _fix_for(error: Mapping[str, Any]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "remove it or check its spelling against config.example.toml"
@@ -142,7 +142,7 @@ def _problems(exc: ValidationError, file: str, prefix: tuple[str, ...] = ()) -> 
     ]
 
 
-def parse(data: dict, file: str, sections: Mapping[str, type[BaseModel]] | None = None) -> Config:
+def parse(data: dict[str, Any], file: str, sections: Mapping[str, type[BaseModel]] | None = None) -> Config:
     """Validate parsed TOML data: the core sections, and each adapter section in `sections`
     (name -> model) by its model. Raise ConfigError listing every problem."""
     sections = sections or {}
@@ -177,7 +177,7 @@ def load(path: str | Path | None = None,
     Returns the config and the name of where it came from.
     """
     explicit = path is not None
-    p = Path(path) if explicit else DEFAULT_PATH
+    p = Path(path) if path is not None else DEFAULT_PATH
     if not p.exists():
         if explicit:
             raise ConfigError([Problem(str(p), "(file)", "file not found",

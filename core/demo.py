@@ -71,7 +71,7 @@ class DemoModel(Model):
                 content = item.get("content") if isinstance(item, dict) else item.content
                 if isinstance(content, str):
                     return content
-                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+                return " ".join(str(p.get("text", "")) for p in content or [] if isinstance(p, dict))
         return ""
 
     @staticmethod
@@ -85,13 +85,15 @@ class DemoModel(Model):
             output=output, tool_choice="none", tools=[], parallel_tool_calls=False, status=status,
         )
 
-    async def get_response(self, system_instructions, input, model_settings, tools, output_schema,
-                           handoffs, tracing, **kwargs: Any) -> ModelResponse:
+    async def get_response(self, system_instructions: Any, input: Any, model_settings: Any,
+                           tools: Any, output_schema: Any, handoffs: Any, tracing: Any,
+                           **kwargs: Any) -> ModelResponse:
         text = demo_reply(self._prompt(input))
         return ModelResponse(output=self._response(text).output, usage=Usage(), response_id=None)
 
-    async def stream_response(self, system_instructions, input, model_settings, tools,
-                              output_schema, handoffs, tracing, **kwargs: Any) -> AsyncIterator[Any]:
+    async def stream_response(self, system_instructions: Any, input: Any, model_settings: Any,
+                              tools: Any, output_schema: Any, handoffs: Any, tracing: Any,
+                              **kwargs: Any) -> AsyncIterator[Any]:
         text = demo_reply(self._prompt(input))
         seq = iter(range(1_000_000))
         ids = dict(item_id="demo-msg", output_index=0, content_index=0)

@@ -308,7 +308,9 @@ class Host:
             if task is not None:
                 task.cancel()
         stream = self.config.stream
-        waiting = {asyncio.ensure_future(r.done.wait()) for r in self._running.values()} | self._tasks
+        waiting: set[asyncio.Future[Any]] = {asyncio.ensure_future(r.done.wait())
+                                             for r in self._running.values()}
+        waiting |= self._tasks
         if waiting:
             log.info("shutting down; waiting for %d reply(s)", len(self._running))
             waiting = await self._wait(waiting, stream.shutdown_grace)

@@ -29,7 +29,7 @@ class Fence:
 
     def closes(self, line: str) -> bool:
         m = _CLOSE.fullmatch(line)
-        return bool(m) and m[1][0] == self.marker[0] and len(m[1]) >= len(self.marker)
+        return m is not None and m[1][0] == self.marker[0] and len(m[1]) >= len(self.marker)
 
 
 def scan_fences(text: str, fence: Fence | None = None) -> Fence | None:

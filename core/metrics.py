@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
-disable_created_metrics()  # the *_created series only double what a scrape has to read
+disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only double what a scrape has to read
 
 # From "instant" to "the model is very slow": placeholders should land in the first buckets,
 # first text within a few seconds.

@@ -49,7 +49,7 @@ def is_grapheme_boundary(text: str, i: int) -> bool:
     start = text.rfind("\n", 0, i) + 1
     for m in _GRAPHEME.finditer(text, start, min(len(text), i + 64)):
         if m.end() >= i:
-            return m.end() == i
+            return bool(m.end() == i)
     return True
 
 
@@ -61,8 +61,8 @@ def _link_safe(text: str, cut: int, lookahead: int) -> int:
     for m in _LINK.finditer(text, 0, min(len(text), cut + lookahead)):
         if m.start() < cut < m.end():
             return m.start()
-    m = _OPEN_LINK.search(text)
-    return m.start() if m and m.start() < cut else cut
+    open_link = _OPEN_LINK.search(text)
+    return open_link.start() if open_link and open_link.start() < cut else cut
 
 
 def best_cut(text: str, room: int, final: bool = True) -> int:

@@ -167,21 +167,21 @@ class RedisStore(StateStore):
     @contextlib.asynccontextmanager
     async def turn(self, conversation: str) -> AsyncIterator[None]:
         """A lock with a lease: a holder that dies releases it within `lease_ttl`."""
-        lock = self.redis.lock(f"{PREFIX}turn:{conversation}", timeout=self.lease_ttl,
-                               sleep=0.05, thread_local=False)
+        lock = self.redis.lock(f"{PREFIX}turn:{conversation}", timeout=self.lease_ttl, sleep=0.05,
+                               thread_local=False)
+        renew: asyncio.Task[None] | None = None
         try:
             await lock.acquire()
+            renew = asyncio.create_task(self._hold(lock))
         except RedisError as exc:  # order within this process still holds
             log.warning("could not take the turn lock of %s in Redis (%s)", conversation, exc)
-            lock = None
-        renew = asyncio.create_task(self._hold(lock)) if lock is not None else None
         try:
             yield
         finally:
             if renew is not None:
                 renew.cancel()
                 with contextlib.suppress(RedisError, LockError):
-                    await lock.release()  # type: ignore[union-attr]
+                    await lock.release()
 
     async def _hold(self, lock: Lock) -> None:
         while True:

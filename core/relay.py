@@ -21,7 +21,7 @@ from core.config import StreamConfig
 from core.events import Done, Failed, Handoff, ModelRun, TextDelta, ToolFinished, ToolStarted
 from core.pacing import Pacer
 from core.paging import Pager
-from core.platform import Frame, MessageGone, RateLimited, Target, TransientError
+from core.platform import Frame, MessageGone, Op, RateLimited, Target, TransientError
 from core.state import ReplyRecord, StateStore
 
 log = logging.getLogger("streambot.relay")
@@ -282,7 +282,7 @@ class Reply:
 
     async def _send(self, k: int) -> None:
         """Deliver the newest frame of message `k`, retrying as the error calls for."""
-        op = "post" if k >= len(self.handles) else "edit"
+        op: Op = "post" if k >= len(self.handles) else "edit"
         budgets = self.target.budgets(op)
         clock, o = self.pacer.clock, self._outcome
         attempt, deadline = 0, None

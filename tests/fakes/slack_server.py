@@ -254,7 +254,10 @@ class FakeSlack:
         self._sockets: list[web.WebSocketResponse] = []
         self._socket_lock = asyncio.Lock()
         self.connections = 0  # Socket Mode connections ever opened
-        self.route: int = -1  # which open Socket Mode connection gets the next delivery (replicas)
+        # Which open Socket Mode connection gets the next delivery (replicas): an index, or
+        # None to take turns, as Slack spreads events over an app's connections.
+        self.route: int | None = -1
+        self._turns = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._changed = asyncio.Event()
@@ -513,7 +516,9 @@ class FakeSlack:
                 open_ = self._open_sockets()
                 if open_:
                     try:
-                        await open_[self.route].send_str(json.dumps(envelope))
+                        sock = (open_[self.route] if self.route is not None
+                                else open_[next(self._turns) % len(open_)])
+                        await sock.send_str(json.dumps(envelope))
                         return
                     except (ConnectionError, RuntimeError):
                         pass  # closing under us: wait for the next connection
