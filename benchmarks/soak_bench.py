@@ -273,6 +273,8 @@ async def run_slack(replies: int, channels: int, faults: bool, timeout: float,
                  settled(slack, c, ts)) for c, ts in threads]
     stray = len(slack.bot_messages()) - sum(len(r.pages) for r in seen)
     requests = sum(1 for c in slack.calls if c.method.startswith("chat."))
+    if slack.total_429s:
+        print(f"429s by method: {dict(slack.rate_limited)}")
     label = "Slack (edit mode)" + (f", {replicas} replicas on Redis" if replicas > 1 else "")
     return Result(label, replies, channels, tally(seen, texts, stray), ticker.lags,
                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, wall, requests,
