@@ -22,9 +22,10 @@ from fakes.clock import FakeClock
 from fakes.discord_server import FakeDiscord
 from fakes.openai_server import FakeOpenAI
 from fakes.scripted import RecordingTarget, ScriptRun, deltas
-from fakes.slack_server import FakeSlack, free_port, running_bot
+from fakes.slack_server import FakeSlack
+from harness import reserved_port, running_discord_bot
+from harness import running_slack_bot as running_bot
 from prometheus_client import REGISTRY
-from test_discord_e2e import running_bot as running_discord_bot
 
 import core.relay
 from core import ops
@@ -291,33 +292,47 @@ async def test_discord_reply_is_counted_and_logged_with_ids_but_not_its_prompt(
         outcome.placeholder_after, outcome.first_text_after)
 
 
+async def _start_cli_with_ops(tmp_path: Path) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    """`streambot run` with its ops endpoint on a reserved port (a new one if it could not listen
+    there): the process, the port and its stderr lines up to the one saying it listens."""
+    for _ in range(3):
+        with reserved_port() as port:  # held until the process listens on it
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bots.cli", "--log-format", "json", "--log-level", "INFO",
+                "run", "--ops", f"127.0.0.1:{port}", cwd=tmp_path, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
+            assert proc.stderr is not None
+            lines: list[str] = []
+            try:
+                async with asyncio.timeout(60):
+                    while line := (await proc.stderr.readline()).decode():
+                        lines.append(line)
+                        if f"ops endpoint on http://127.0.0.1:{port}" in line:
+                            return proc, port, lines
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise AssertionError(f"the ops endpoint did not start within 60 s: {lines}") from None
+        await proc.wait()  # it ended without listening there: try another port
+    raise AssertionError(f"streambot exited ({proc.returncode}) without serving: {lines}")
+
+
 async def test_the_cli_serves_health_and_logs_json_as_the_docker_image_runs_it(tmp_path: Path) -> None:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bots.cli", "--log-format", "json", "--log-level", "INFO", "run",
-        "--ops", f"127.0.0.1:{port}", cwd=tmp_path, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc, port, lines = await _start_cli_with_ops(tmp_path)
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(600):  # the console (no adapters configured) waits for input meanwhile
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        assert resp.status == 200 and (await resp.json())["ready"]
-                        break
-                except aiohttp.ClientConnectionError:
-                    assert proc.returncode is None, "streambot exited"
-                    await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("/healthz never answered")
+        # the console (no adapters configured) waits for input meanwhile
+        status, body = await get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and json.loads(body)["ready"]
         assert proc.stdin is not None
         proc.stdin.close()  # end of input: the console, and with it the process, exits
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         if proc.returncode is None:
             proc.kill()
+            await proc.wait()
     assert proc.returncode == 0
-    entries = [json.loads(line) for line in err.decode().splitlines()]
+    entries = [json.loads(line) for line in "".join(lines).splitlines() + err.decode().splitlines()]
     assert any(e["logger"] == "streambot.ops" for e in entries)
 
 

@@ -25,19 +25,13 @@ from core.sources import answer, build_brain
 from core.state import ReplyRecord, open_store
 from fakes.openai_server import FakeOpenAI
 from fakes.redis_server import redis_url  # noqa: F401  (the fixture)
+from harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def redis_config(url: str, **memory: Any) -> Config:
     return Config(memory=MemoryConfig(backend="redis", url=url, **memory))
-
-
-async def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -165,7 +159,7 @@ async def test_orphans_of_a_killed_owner_are_claimed_once_and_live_ones_never(re
         await proc.wait()
         records = [json.loads(v) for v in (await raw.hgetall(REPLIES)).values()]
         (dead,) = {r["owner"] for r in records} - {live.owner}
-        await wait_until(lambda: _gone(raw, f"streambot:alive:{dead}"), "the lease to expire")
+        await wait_for(lambda: _gone(raw, f"streambot:alive:{dead}"), 20.0, "the lease to expire")
 
         # a and b have not connected yet: their claims run side by side, as at two start-ups
         got_a, got_b = await asyncio.gather(a.claim_orphans("slack"), b.claim_orphans("slack"))
@@ -273,8 +267,8 @@ async def test_a_pause_in_one_process_holds_the_other(redis_url: str) -> None:
         await second.acquire(budget)
         start = time.monotonic()
         first.pause(budget, 0.5)  # a 429 with Retry-After 0.5 s seen by the first process
-        await wait_until(lambda: _present(clients[1], "streambot:pause:discord:channel:42"),
-                         "the pause to reach Redis")
+        await wait_for(lambda: _present(clients[1], "streambot:pause:discord:channel:42"), 20.0,
+                       "the pause to reach Redis")
         await second.acquire(budget)
         assert time.monotonic() - start >= 0.49  # it waited for the pause (ms rounding aside)
     finally:

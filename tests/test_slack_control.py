@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import DEFAULT_LIMITS, FakeSlack, Limit, bot_for as bot, settled
+from fakes.slack_server import DEFAULT_LIMITS, FakeSlack, Limit, settled
+from harness import slack_bot_for as bot
 
 import bots.slack_bot
 from bots.slack_bot import STOP_ACTION

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import FakeSlack, running_bot, settled
+from fakes.slack_server import FakeSlack, settled
+from harness import running_slack_bot as running_bot
 
 CHANNEL = "C0BUSY"
 REPLIES = 10

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import BOT_USER_ID, FakeSlack, bot_for as bot, settled
+from fakes.slack_server import BOT_USER_ID, FakeSlack, settled
+from harness import slack_bot_for as bot
 
 from bots.slack_bot import STOP_ACTION, ZWJ
 
