@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from bots.slack_bot import SlackBot
@@ -24,7 +25,7 @@ from core.redis_state import REPLIES, RedisStore, RedisWindows, connect
 from core.sources import answer, build_brain
 from core.state import ReplyRecord, open_store
 from fakes.openai_server import FakeOpenAI
-from fakes.redis_server import redis_url  # noqa: F401  (the fixture)
+from fakes.redis_server import redis_executable, redis_url  # noqa: F401  (the fixture)
 from harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,28 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def redis_config(url: str, **memory: Any) -> Config:
     return Config(memory=MemoryConfig(backend="redis", url=url, **memory))
+
+
+# --- redis-server itself ----------------------------------------------------------------------
+
+
+def test_without_redis_server_a_developer_skips_but_ci_fails(monkeypatch) -> None:
+    import fakes.redis_server
+
+    def outcome() -> BaseException:  # caught here: a skip must not skip this test itself
+        try:
+            redis_executable()
+        except BaseException as exc:  # noqa: BLE001 - pytest's skip and fail are BaseExceptions
+            return exc
+        raise AssertionError("redis_executable() found a redis-server that is not there")
+
+    monkeypatch.setattr(fakes.redis_server.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    assert isinstance(outcome(), pytest.skip.Exception)
+    monkeypatch.setenv("CI", "true")  # .ci/run installs redis-server: missing there is a failure
+    failure = outcome()
+    assert isinstance(failure, pytest.fail.Exception), repr(failure)
+    assert "redis-server is missing in CI" in str(failure)
 
 
 # --- config ------------------------------------------------------------------------------------
