@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from fakes.openai_server import FakeOpenAI, TextReply  # noqa: E402
-from fakes.slack_server import FakeSlack, Message, running_bot, settled  # noqa: E402
+from fakes.slack_server import FakeSlack, Message, settled  # noqa: E402
+from harness import running_slack_bot as running_bot  # noqa: E402
 
 from bots.slack_api import ZWJ  # noqa: E402
 

@@ -58,7 +58,8 @@ from fakes.discord_server import FakeDiscord  # noqa: E402
 from fakes.faults import Faults  # noqa: E402
 from fakes.openai_server import FakeOpenAI  # noqa: E402
 from fakes.redis_server import RedisServer  # noqa: E402
-from fakes.slack_server import FakeSlack, running_bot, settled  # noqa: E402
+from fakes.slack_server import FakeSlack, settled  # noqa: E402
+from harness import running_slack_bot as running_bot  # noqa: E402
 
 from bots.discord_bot import serve  # noqa: E402
 from bots.discord_api import DiscordSettings  # noqa: E402

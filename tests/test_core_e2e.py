@@ -19,6 +19,7 @@ from core.pacing import Pacer
 from core.relay import EMPTY_NOTE, Reply
 from core.sources import build_brain
 from fakes.openai_server import FakeOpenAI
+from harness import wait_for
 
 LONG = ("Here is a list:\n\n" + "".join(f"- item {i}\n" for i in range(40))
         + "\n```python\n" + "".join(f"print({i})\n" for i in range(60)) + "```\n\nDone.")
@@ -116,8 +117,7 @@ async def test_conversation_memory_and_honest_history_after_stop(fake_openai, tm
     reply = Reply(brain.start("population?", "chat-1"), ConsoleTarget(*target_args), Pacer())
     task = asyncio.create_task(reply.run())
     await script.wait_held()
-    while "about 2" not in reply.pager.text:
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: "about 2" in reply.pager.text, 30.0, "the second chunk to arrive")
     reply.stop()
     outcome = await task
     assert outcome.status == "stopped" and outcome.text == "It has about 2 \n\n⏹ stopped"

@@ -11,25 +11,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import discord
 import pytest
 from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage
 from fakes.openai_server import FakeOpenAI
+from harness import GUARD, Bot, assert_pages_are, final
+from harness import make_discord_config as make_config
+from harness import running_discord_bot as running_bot
 
 from bots.discord_bot import serve
-from bots.discord_api import DiscordSettings
 from core.adapter import SetupError
-from core.config import Config, MemoryConfig, ModelConfig
-from core.host import Finished, Host
-from core.pacing import Pacer
-from core.relay import EMPTY_NOTE, Outcome
+from core.host import Host
+from core.relay import EMPTY_NOTE
 from core.sources import build_brain
 
-GUARD = 90.0  # generous: ten replies at Discord's real 5-per-5-s take ~30 s
 EDIT = "PATCH /channels/{channel_id}/messages/{message_id}"
 POST = "POST /channels/{channel_id}/messages"
 CURSOR = " ▌"
@@ -37,91 +33,7 @@ STOPPED = "⏹ stopped"
 INTERRUPTED = "⚠️ interrupted — please ask again"
 
 
-# --- harness ---------------------------------------------------------------------------------
-
-
-class _Collector(logging.Handler):
-    """Reply outcomes (from the host's `on_finished` hook) and ERROR records of the bot and
-    discord.py."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.outcomes: dict[int, Outcome] = {}
-        self.errors: list[logging.LogRecord] = []
-
-    def finished(self, reply: Finished) -> None:
-        self.outcomes[int(reply.question.reply_id)] = reply.outcome
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # Only ours and discord.py's: an earlier test's HTTP client being garbage-collected
-        # after its event loop closed is not this test's business.
-        if record.levelno >= logging.ERROR and record.name.split(".")[0] in ("streambot", "discord"):
-            self.errors.append(record)
-
-
-@dataclass
-class Bot:
-    fake: FakeDiscord
-    model: FakeOpenAI
-    logs: _Collector
-    task: asyncio.Task[None] | None = None
-    config: Config = field(default_factory=Config)
-
-    async def outcome(self, reply_id: int) -> Outcome:
-        return await self.fake.wait_for(lambda: self.logs.outcomes.get(reply_id), GUARD)
-
-    async def ask(self, text: str, **kwargs: Any) -> tuple[FakeMessage, Outcome]:
-        question = await self.fake.send(f"<@{self.fake.bot.id}> {text}", **kwargs)
-        return question, await self.outcome(question.id)
-
-
-def make_config(fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path, **discord_options: Any) -> Config:
-    return Config(
-        model=ModelConfig(base_url=model.base_url),
-        memory=MemoryConfig(path=str(tmp_path / "memory.db")),
-        discord=DiscordSettings(enabled=True, api_base=fake.api_base, **discord_options),
-    )
-
-
-@contextlib.asynccontextmanager
-async def running_bot(fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch, **discord_options: Any) -> AsyncIterator[Bot]:
-    """`serve()` exactly as the CLI runs it, against the fakes; cancelled at the end."""
-    monkeypatch.setenv("DISCORD_BOT_TOKEN", fake.token)
-    monkeypatch.setenv("OPENAI_API_KEY", "test")
-    config = make_config(fake, model, tmp_path, **discord_options)
-    logs = _Collector()
-    root = logging.getLogger()
-    root.addHandler(logs)
-    level = logging.getLogger("streambot").level
-    logging.getLogger("streambot").setLevel(logging.INFO)
-    bot = Bot(fake, model, logs, config=config)
-    host = Host(config, build_brain(config), Pacer())
-    host.on_finished.append(logs.finished)
-    bot.task = asyncio.create_task(serve(host, config.discord))
-    try:
-        await asyncio.wait_for(_ready(fake, bot.task), GUARD)
-        yield bot
-        assert not [r.getMessage() for r in logs.errors], "errors were logged"
-        assert discord.http.Route.BASE == "https://discord.com/api/v10", "global Route.BASE changed"
-    finally:
-        bot.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await bot.task
-        root.removeHandler(logs)
-        logging.getLogger("streambot").setLevel(level)
-
-
-async def _ready(fake: FakeDiscord, task: asyncio.Task[None]) -> None:
-    ready = asyncio.ensure_future(fake.wait_ready(GUARD))
-    await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()  # raises what serve() raised
-        raise AssertionError("serve() returned before the bot was ready")
-    await ready
-    # /ask is registered in setup_hook, before the gateway connects
-    assert fake.commands, "the /ask command was not registered"
+# --- harness (the shared parts live in tests/harness.py) -------------------------------------
 
 
 @pytest.fixture
@@ -132,42 +44,6 @@ async def bot(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
 
 
 # --- checks on what users saw -----------------------------------------------------------------
-
-
-def final(message: FakeMessage) -> str:
-    return message.history[-1].content
-
-
-def _open_fence_after(text: str, opener: str | None) -> str | None:
-    """The ``` opener line still open after `text` (None if no code block is open)."""
-    for line in text.split("\n"):
-        if line.lstrip().startswith("```"):
-            opener = None if opener is not None and line.strip() == "```" else (opener or line)
-    return opener
-
-
-def assert_pages_are(pages: list[str], text: str, limit: int = 2000) -> None:
-    """`pages` show exactly `text`, in order, each within `limit`: a page that ends inside a
-    code block closes it and the next page reopens it; nothing else is added or lost."""
-    opener: str | None = None
-    pos = 0
-    for i, page in enumerate(pages):
-        assert len(page) <= limit, f"page {i} has {len(page)} characters"
-        assert page.count("```") % 2 == 0, f"page {i} leaves a code block open"
-        prefix = f"{opener}\n" if opener else ""
-        assert page.startswith(prefix), f"page {i} does not reopen the code block: {page[:40]!r}"
-        rest = page[len(prefix):]
-        for closing in ("", "```", "\n```"):  # the fence the pager added, if any
-            body = rest[: len(rest) - len(closing)] if closing else rest
-            if rest.endswith(closing) and text.startswith(body, pos) and \
-                    (_open_fence_after(body, opener) is not None) == bool(closing):
-                break
-        else:
-            raise AssertionError(f"page {i} is not the next part of the text: {rest[:80]!r}")
-        assert body or i == len(pages) - 1, f"page {i} is empty"
-        opener, pos = _open_fence_after(body, opener), pos + len(body)
-    assert opener is None, "the text ends inside a code block"
-    assert pos == len(text), f"the pages stop at {pos} of {len(text)} characters"
 
 
 def assert_never_pinged(fake: FakeDiscord) -> None:
@@ -221,7 +97,7 @@ async def test_long_markdown_reply_is_paged(bot: Bot) -> None:
     pages = fake.reply_pages(question)
     assert len(pages) >= 4
     shown = [final(p) for p in pages]
-    assert_pages_are(shown, text)
+    assert_pages_are(shown, text, 2000)
     assert shown == outcome.pages
     for page in pages:
         assert all(len(rev.content) <= 2000 for rev in page.history)
@@ -241,7 +117,7 @@ async def test_unicode_and_emoji_survive_paging(bot: Bot) -> None:
 
     pages = [final(p) for p in fake.reply_pages(question)]
     assert len(pages) >= 2
-    assert_pages_are(pages, text)
+    assert_pages_are(pages, text, 2000)
     assert outcome.status == "done"
 
 
@@ -425,7 +301,7 @@ async def test_ask_slash_command(bot: Bot) -> None:
     assert inter.original is not None and len(inter.original.history) > 2  # edited progressively
     pages = [inter.original, *inter.followups]
     assert len(pages) >= 4
-    assert_pages_are([final(p) for p in pages], text)
+    assert_pages_are([final(p) for p in pages], text, 2000)
     assert all(p.history[-1].components == [] for p in pages)
     assert_never_pinged(fake)
     assert fake.throttled == []

@@ -396,8 +396,9 @@ async def test_stopping_the_fake_ends_a_held_stream(caplog: pytest.LogCaptureFix
         script = fake.reply(TEXT, hold_after=1)
         stream = await client.responses.create(model="gpt-test", input="hi", stream=True)
         events = aiter(stream)
-        while (await anext(events)).type != "response.output_text.delta":
-            pass
+        async with asyncio.timeout(GUARD):
+            while (await anext(events)).type != "response.output_text.delta":
+                pass
         await script.wait_held()
         await asyncio.wait_for(fake.stop(), GUARD)
 

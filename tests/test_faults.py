@@ -19,9 +19,9 @@ from fakes.discord_server import FakeDiscord, FakeMessage
 from fakes.faults import Faults
 from fakes.openai_server import FakeOpenAI
 from fakes.scripted import RecordingTarget, ScriptRun, deltas
-from fakes.slack_server import FakeSlack, running_bot, settled
-from test_discord_e2e import Bot, final
-from test_discord_e2e import running_bot as running_discord_bot
+from fakes.slack_server import FakeSlack, settled
+from harness import Bot, final, running_discord_bot
+from harness import running_slack_bot as running_bot
 
 from core.config import StreamConfig
 from core.pacing import Pacer

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import time
 import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,10 +22,12 @@ from fakes.clock import FakeClock
 from fakes.discord_server import FakeDiscord
 from fakes.openai_server import FakeOpenAI
 from fakes.scripted import RecordingTarget, ScriptRun, deltas
-from fakes.slack_server import FakeSlack, free_port, running_bot
+from fakes.slack_server import FakeSlack
+from harness import reserved_port, running_discord_bot
+from harness import running_slack_bot as running_bot
 from prometheus_client import REGISTRY
-from test_discord_e2e import running_bot as running_discord_bot
 
+import core.relay
 from core import ops
 from bots.cli import SECTIONS
 from core.config import parse
@@ -120,23 +123,30 @@ async def test_a_reply_is_counted_timed_and_its_429s_recorded() -> None:
     clock, reply = relay(p, deltas("abc def ghi", 3, 1.0), errors=[None, RateLimited(4.0)])
     outcome = await clock.run(reply.run())
 
+    # Virtual time: the placeholder goes out at once; the first delta comes at 1 s and its edit
+    # gets a 429 with Retry-After 4 s; the rest arrives meanwhile, so the next (and last) edit,
+    # at 5 s, is the first to show text.
+    assert reply.target.log == [(0.0, "post", 0), (1.0, "edit", 0), (5.0, "edit", 0)]
     assert outcome.status == "done" and outcome.rate_limited == 1
+    assert (outcome.posts, outcome.edits) == (1, 1)
+    assert outcome.placeholder_after == 0.0 and outcome.first_text_after == 5.0
     assert sample("streambot_replies_started_total", platform=p) == 1
     assert sample("streambot_replies_finished_total", platform=p, status="done") == 1
     assert sample("streambot_replies_active", platform=p) == 0
-    assert sample("streambot_messages_sent_total", platform=p, op="post") == outcome.posts == 1
-    assert sample("streambot_messages_sent_total", platform=p, op="edit") == outcome.edits
+    assert sample("streambot_messages_sent_total", platform=p, op="post") == 1
+    assert sample("streambot_messages_sent_total", platform=p, op="edit") == 1
     assert sample("streambot_rate_limited_total", platform=p) == 1
-    # virtual time: the placeholder went out at once, the first text after the first delta (1 s)
-    assert outcome.placeholder_after == 0.0
-    assert outcome.first_text_after is not None and outcome.first_text_after >= 1.0
     assert sample("streambot_time_to_placeholder_seconds_count", platform=p) == 1
+    assert sample("streambot_time_to_placeholder_seconds_sum", platform=p) == 0.0
     assert sample("streambot_time_to_first_text_seconds_count", platform=p) == 1
-    assert sample("streambot_time_to_first_text_seconds_sum", platform=p) == outcome.first_text_after
+    assert sample("streambot_time_to_first_text_seconds_sum", platform=p) == 5.0
+    bucket = "streambot_time_to_first_text_seconds_bucket"
+    assert sample(bucket, platform=p, le="3.0") == 0 and sample(bucket, platform=p, le="5.0") == 1
 
 
-async def test_model_errors_and_failed_requests_are_counted() -> None:
+async def test_model_errors_and_failed_requests_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     p = "test-failed"
+    monkeypatch.setattr(core.relay.random, "uniform", lambda a, b: 1.0)  # no jitter: exact times
     steps = deltas("Partial", 4, 0.1)[:-1] + [(0.1, Failed("Model error — 500 boom"))]
     clock, reply = relay(p, steps, errors=[None, TransientError("502")])
     outcome = await clock.run(reply.run())
@@ -144,7 +154,12 @@ async def test_model_errors_and_failed_requests_are_counted() -> None:
     assert sample("streambot_replies_finished_total", platform=p, status="failed") == 1
     assert sample("streambot_model_errors_total", platform=p) == 1
     assert sample("streambot_failed_requests_total", platform=p, op="edit") == 1
-    assert outcome.first_text_after is not None
+    # The first delta's edit (0.1 s) fails with a 502 and is retried after 0.5 s: that retry,
+    # showing the partial text and the error, is the first text anyone saw.
+    assert outcome.retries == 1 and reply.target.shown[0].startswith("Partial\n\n⚠️")
+    assert outcome.first_text_after == pytest.approx(0.6)
+    assert sample("streambot_time_to_first_text_seconds_count", platform=p) == 1
+    assert sample("streambot_time_to_first_text_seconds_sum", platform=p) == pytest.approx(0.6)
 
 
 async def test_an_empty_answer_never_counts_as_first_text() -> None:
@@ -208,75 +223,117 @@ async def test_slack_reply_logs_ids_at_info_and_never_the_prompt(
         checks: dict[str, ops.ReadyCheck], mode: str) -> None:
     prompt = "Which zebra-quartz-4711 mountain is tallest?"
     answer = "Mount quokka-jade-0815 is the tallest."
-    fake_openai.reply(answer, delay=0.01)
+    script = fake_openai.reply(answer, delay=0.01, hold_after=0)  # held before its first text
     caplog.set_level(logging.INFO)
     caplog.handler.addFilter(add_reply_fields)  # as logs.setup() does
     async with FakeSlack(mode=mode) as slack:
         async with running_bot(slack, model_base_url=fake_openai.base_url,
                                memory_path=str(tmp_path / "memory.db")):
             assert await ops._passes(checks["slack"])  # registered by serve(); connected/listening
+            asked = time.monotonic()
             ts = await slack.mention("C0GENERAL", prompt)
+            await script.wait_held()  # the reply has started: it asked the model
+            held = time.monotonic()
+            await slack.wait_for(lambda: slack.bot_messages("C0GENERAL", ts), 30.0,
+                                 "the placeholder")  # out before the model says anything
+            await asyncio.sleep(0.2)  # the model keeps the bot waiting
+            released = time.monotonic()
+            script.release()
             await slack.wait_for(lambda: answer in slack.reply_text("C0GENERAL", ts), 30.0,
                                  "the reply")
             await slack.wait_for(lambda: any(getattr(r, "status", None) for r in caplog.records),
                                  30.0, "the reply's log line")
+            logged = time.monotonic()
         assert not await ops._passes(checks["slack"])  # disconnected or stopped: not ready
 
     lines = [JsonFormatter().format(r) for r in caplog.records if r.levelno >= logging.INFO]
     assert not [line for line in lines if "zebra-quartz" in line or "quokka-jade" in line]
     done = [json.loads(line) for line in lines if '"status": "done"' in line]
     assert done and done[0]["reply_id"] and done[0]["conversation"].startswith("slack:")
-    assert done[0]["platform"] == "slack" and done[0]["first_text_after"] >= 0
+    assert done[0]["platform"] == "slack"
+    # What the model and the test did bounds both latencies: the placeholder went out while the
+    # model held its text back; the text could not show before the model was released, and both
+    # were logged before the test saw the log line.
+    placeholder, first_text = done[0]["placeholder_after"], done[0]["first_text_after"]
+    assert 0 <= placeholder < first_text
+    assert released - held <= first_text <= logged - asked
 
 
 async def test_discord_reply_is_counted_and_logged_with_ids_but_not_its_prompt(
         fake_openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch, checks: dict[str, ops.ReadyCheck]) -> None:
-    fake_openai.reply("Mount quokka-jade-0815 is the tallest.", delay=0.01)
+    script = fake_openai.reply("Mount quokka-jade-0815 is the tallest.", delay=0.01, hold_after=0)
     caplog.set_level(logging.INFO)
     caplog.handler.addFilter(add_reply_fields)
     finished = sample("streambot_replies_finished_total", platform="discord", status="done")
     async with FakeDiscord() as fake:
         async with running_discord_bot(fake, fake_openai, tmp_path, monkeypatch) as bot:
             await fake.wait_for(checks["discord"], 30.0)  # registered by serve(); up once ready
-            _, outcome = await bot.ask("Which zebra-quartz-4711 mountain is tallest?")
+            asked = time.monotonic()
+            question = await fake.send(f"<@{fake.bot.id}> Which zebra-quartz-4711 mountain is tallest?")
+            await script.wait_held()  # the reply has started: it asked the model
+            held = time.monotonic()
+            await fake.wait_for(lambda: fake.reply_pages(question))  # the placeholder, before any text
+            await asyncio.sleep(0.2)  # the model keeps the bot waiting
+            released = time.monotonic()
+            script.release()
+            outcome = await bot.outcome(question.id)
+            logged = time.monotonic()
         assert not await ops._passes(checks["discord"])  # closed: not ready
 
-    assert outcome.status == "done" and outcome.first_text_after is not None
+    assert outcome.status == "done"
+    assert 0 <= outcome.placeholder_after < outcome.first_text_after
+    assert released - held <= outcome.first_text_after <= logged - asked
     assert sample("streambot_replies_finished_total", platform="discord", status="done") == finished + 1
     lines = [JsonFormatter().format(r) for r in caplog.records if r.levelno >= logging.INFO]
     assert not [line for line in lines if "zebra-quartz" in line or "quokka-jade" in line]
     done = [json.loads(line) for line in lines if '"status": "done"' in line]
     assert done and done[0]["conversation"].startswith("discord:") and done[0]["platform"] == "discord"
+    assert (done[0]["placeholder_after"], done[0]["first_text_after"]) == (
+        outcome.placeholder_after, outcome.first_text_after)
+
+
+async def _start_cli_with_ops(tmp_path: Path) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    """`streambot run` with its ops endpoint on a reserved port (a new one if it could not listen
+    there): the process, the port and its stderr lines up to the one saying it listens."""
+    for _ in range(3):
+        with reserved_port() as port:  # held until the process listens on it
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bots.cli", "--log-format", "json", "--log-level", "INFO",
+                "run", "--ops", f"127.0.0.1:{port}", cwd=tmp_path, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
+            assert proc.stderr is not None
+            lines: list[str] = []
+            try:
+                async with asyncio.timeout(60):
+                    while line := (await proc.stderr.readline()).decode():
+                        lines.append(line)
+                        if f"ops endpoint on http://127.0.0.1:{port}" in line:
+                            return proc, port, lines
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise AssertionError(f"the ops endpoint did not start within 60 s: {lines}") from None
+        await proc.wait()  # it ended without listening there: try another port
+    raise AssertionError(f"streambot exited ({proc.returncode}) without serving: {lines}")
 
 
 async def test_the_cli_serves_health_and_logs_json_as_the_docker_image_runs_it(tmp_path: Path) -> None:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bots.cli", "--log-format", "json", "--log-level", "INFO", "run",
-        "--ops", f"127.0.0.1:{port}", cwd=tmp_path, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc, port, lines = await _start_cli_with_ops(tmp_path)
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(600):  # the console (no adapters configured) waits for input meanwhile
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                        assert resp.status == 200 and (await resp.json())["ready"]
-                        break
-                except aiohttp.ClientConnectionError:
-                    assert proc.returncode is None, "streambot exited"
-                    await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("/healthz never answered")
+        # the console (no adapters configured) waits for input meanwhile
+        status, body = await get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and json.loads(body)["ready"]
         assert proc.stdin is not None
         proc.stdin.close()  # end of input: the console, and with it the process, exits
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         if proc.returncode is None:
             proc.kill()
+            await proc.wait()
     assert proc.returncode == 0
-    entries = [json.loads(line) for line in err.decode().splitlines()]
+    entries = [json.loads(line) for line in "".join(lines).splitlines() + err.decode().splitlines()]
     assert any(e["logger"] == "streambot.ops" for e in entries)
 
 

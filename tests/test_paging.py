@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import regex
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from core.markdown import scan_fences, tidy_tail
+from core.markdown import Fence, scan_fences, tidy_tail
 from core.paging import Pager, is_grapheme_boundary
 
 # Text that looks like model output: prose, Markdown, code fences, links, emoji, combining marks.
@@ -15,7 +15,15 @@ PIECES = st.sampled_from([
     "[link](https://example.com/a_b) ", "| a | b |\n", "- item\n", "é", "e\u0301", "👍🏽",
     "👨‍👩‍👧", "🇫🇷", "中文字符", "x" * 40, "    code line\n", " ", "\t", "*",
 ])
-MARKDOWN = st.lists(st.one_of(PIECES, st.text(max_size=12)), max_size=120).map("".join)
+# Whole code blocks, long enough to span pages: any fence, any info string.
+CODE_LINE = st.text(st.sampled_from("abc xyz=()[]:;,.'\"_019é👍`~\t"), max_size=30).map(lambda t: t + "\n")
+CODE_BLOCK = st.builds(
+    lambda marker, info, lines: f"{marker}{info}\n{''.join(lines)}{marker}\n",
+    st.sampled_from(["```", "~~~", "````", "~~~~~"]),
+    st.sampled_from(["", "python", "js", "c++", " rust", 'ts title="a b.ts"', "py {linenos=true}",
+                     "x" * 40]),
+    st.lists(CODE_LINE, min_size=3, max_size=60))
+MARKDOWN = st.lists(st.one_of(PIECES, st.text(max_size=12), CODE_BLOCK), max_size=120).map("".join)
 
 
 def stream(text: str, limit: int, chunk_sizes: list[int]) -> tuple[Pager, list[str]]:
@@ -31,9 +39,32 @@ def stream(text: str, limit: int, chunk_sizes: list[int]) -> tuple[Pager, list[s
         # finished pages never change again
         assert [p.text for p in pager.pages[: len(frozen_seen)]] == frozen_seen
         frozen_seen = [p.text for p in pager.pages]
+        check_settled(pager)
     last = pager.render(streaming=False)
     assert [p.text for p in pager.pages[: len(frozen_seen)]] == frozen_seen
     return pager, [p.text for p in pager.pages] + ([last] if last else [])
+
+
+def reopener(fence: Fence | None) -> str:
+    """The line a continuation page starts with when the page before it ended inside `fence`:
+    the same marker and the same language (the info string's first word), nothing else."""
+    if fence is None:
+        return ""
+    words = fence.info.split()
+    return f"{fence.marker[:16]}{words[0][:32] if words else ''}\n"
+
+
+def check_settled(pager: Pager) -> None:
+    """`settled()` is the last page's own text with an open code block closed: no cursor, no
+    status line, no held-back or tidied Markdown, and no side effect on the pages."""
+    pages = list(pager.pages)
+    source, settled = pager.source, pager.settled()
+    assert pager.pages == pages
+    assert settled.startswith(source), (source, settled)
+    fence = scan_fences(source)
+    # an open block is closed with its own marker, on a line of its own
+    closer = "" if fence is None else ("" if source.endswith("\n") else "\n") + fence.marker
+    assert settled == source + closer, (source, settled)
 
 
 def longest_cluster(text: str) -> int:
@@ -42,6 +73,8 @@ def longest_cluster(text: str) -> int:
 
 @settings(max_examples=300, deadline=None)
 @given(MARKDOWN, st.integers(64, 400), st.lists(st.integers(1, 50), min_size=1, max_size=8))
+@example("Intro.\n\n```python\n" + "x = 1\n" * 40 + "```\nDone.", 100, [7])
+@example("~~~~ ts title=\"a.ts\"\n" + "let a = 1;\n" * 30, 64, [50, 3])
 def test_pages_fit_balance_and_rejoin(text: str, limit: int, chunks: list[int]) -> None:
     assume(longest_cluster(text) <= 16)
     pager, pages = stream(text, limit, chunks)
@@ -51,6 +84,15 @@ def test_pages_fit_balance_and_rejoin(text: str, limit: int, chunks: list[int]) 
     # every page renders with its code blocks closed
     for page in pages:
         assert scan_fences(page) is None, page
+    # a page that ends inside a code block closes it, and the next page reopens that block with
+    # the same fence and language; a page that does not, is followed by one that reopens nothing
+    open_fence = None
+    for i, page in enumerate(pager.pages):
+        assert page.prefix == reopener(open_fence), (i, page, open_fence)
+        open_fence = scan_fences(page.prefix + page.body)
+        assert bool(page.suffix) == (open_fence is not None), (i, page)
+    if len(pages) > len(pager.pages):  # the last page, rendered from the tail
+        assert pages[-1].startswith(reopener(open_fence)), (pages[-1], open_fence)
     # no cut splits a grapheme cluster
     pos = 0
     for page in pager.pages:
@@ -123,3 +165,64 @@ def test_fence_scanning_rules() -> None:
     assert scan_fences("~~~\n```\n~~~") is None
     assert scan_fences("text ``` not a fence") is None
     assert scan_fences("    ```indented code, not a fence") is None
+
+
+def test_settled_closes_the_open_block_without_cursor_or_tidying() -> None:
+    pager = Pager(500)
+    assert pager.settled() == ""
+    pager.feed("Look:\n\n```js\nconst a = 1;")
+    assert pager.settled() == "Look:\n\n```js\nconst a = 1;\n```"
+    pager.feed("\n```\nThen **bold and [a li")
+    # as the reply would end now: unfinished Markdown stays as written (no tidying, no cursor)
+    assert pager.settled() == "Look:\n\n```js\nconst a = 1;\n```\nThen **bold and [a li"
+
+
+def test_settled_is_the_last_page_only_and_finishes_no_page() -> None:
+    pager = Pager(64)
+    pager.feed("```python\n" + "".join(f"x_{i} = {i}\n" for i in range(20)))
+    pager.render(streaming=True, cursor=" ▌")  # finishes the full pages
+    finished = list(pager.pages)
+    assert len(finished) >= 2
+    settled = pager.settled()
+    assert settled == "```python\n" + pager.tail + "```"  # the reopened block, closed again
+    pager.feed("more text, still inside the block " * 5)  # longer than a page, not cut by settled()
+    assert pager.settled() == "```python\n" + pager.tail + "\n```"
+    assert pager.pages == finished
+
+
+def test_break_page_finishes_the_page_at_its_best_boundary() -> None:
+    pager = Pager(500)
+    pager.break_page()  # nothing to finish
+    assert pager.pages == [] and pager.empty
+    first = "A first paragraph, long enough.\n\n"
+    pager.feed(first + "Then a line\nand more wor")
+    pager.break_page()
+    # a paragraph break, not the end: the last word may still be growing
+    assert [p.text for p in pager.pages] == [first]
+    assert pager.tail == "Then a line\nand more wor"
+    pager.break_page()  # then a line break, then a space
+    assert [p.text for p in pager.pages] == [first, "Then a line\n"]
+    pager.break_page()
+    assert pager.pages[-1].text == "and more " and pager.tail == "wor"
+    pager.feed("ds.")
+    assert pager.render(streaming=False) == "words."
+    assert pager.text == first + "Then a line\nand more words."
+
+
+def test_break_page_inside_a_code_block_closes_and_reopens_it() -> None:
+    pager = Pager(500)
+    pager.feed("Code:\n\n```python title=x.py\nx = 1\ny = 2\nz = 3")
+    pager.break_page()
+    assert [p.text for p in pager.pages] == ["Code:\n\n```python title=x.py\nx = 1\ny = 2\n```"]
+    assert pager.tail == "z = 3"
+    assert pager.render(streaming=False) == "```python\nz = 3\n```"
+
+
+def test_break_page_never_cuts_where_the_next_delta_may_continue() -> None:
+    pager = Pager(500)
+    pager.feed("https://example.com/a-long-url-without-any-space-e")
+    pager.break_page()
+    pager.feed("\u0301tc")  # a combining accent: it belongs to the "e" before it
+    [page] = pager.pages
+    assert is_grapheme_boundary(pager.text, len(page.body))
+    assert pager.text == "https://example.com/a-long-url-without-any-space-e\u0301tc"

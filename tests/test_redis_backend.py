@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from bots.slack_api import SlackSettings
@@ -27,7 +28,8 @@ from core.sources import answer, build_brain
 from core.backend import open_store
 from core.state import ReplyRecord
 from fakes.openai_server import FakeOpenAI
-from fakes.redis_server import redis_url  # noqa: F401  (the fixture)
+from fakes.redis_server import redis_executable, redis_url  # noqa: F401  (the fixture)
+from harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,11 +38,26 @@ def redis_config(url: str, **memory: Any) -> Config:
     return Config(memory=MemoryConfig(backend="redis", url=url, **memory))
 
 
-async def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
+# --- redis-server itself ----------------------------------------------------------------------
+
+
+def test_without_redis_server_a_developer_skips_but_ci_fails(monkeypatch) -> None:
+    import fakes.redis_server
+
+    def outcome() -> BaseException:  # caught here: a skip must not skip this test itself
+        try:
+            redis_executable()
+        except BaseException as exc:  # noqa: BLE001 - pytest's skip and fail are BaseExceptions
+            return exc
+        raise AssertionError("redis_executable() found a redis-server that is not there")
+
+    monkeypatch.setattr(fakes.redis_server.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    assert isinstance(outcome(), pytest.skip.Exception)
+    monkeypatch.setenv("CI", "true")  # .ci/run installs redis-server: missing there is a failure
+    failure = outcome()
+    assert isinstance(failure, pytest.fail.Exception), repr(failure)
+    assert "redis-server is missing in CI" in str(failure)
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -168,7 +185,7 @@ async def test_orphans_of_a_killed_owner_are_claimed_once_and_live_ones_never(re
         await proc.wait()
         records = [json.loads(v) for v in (await raw.hgetall(REPLIES)).values()]
         (dead,) = {r["owner"] for r in records} - {live.owner}
-        await wait_until(lambda: _gone(raw, f"streambot:alive:{dead}"), "the lease to expire")
+        await wait_for(lambda: _gone(raw, f"streambot:alive:{dead}"), 20.0, "the lease to expire")
 
         # a and b have not connected yet: their claims run side by side, as at two start-ups
         got_a, got_b = await asyncio.gather(a.claim_orphans("slack"), b.claim_orphans("slack"))
@@ -276,8 +293,8 @@ async def test_a_pause_in_one_process_holds_the_other(redis_url: str) -> None:
         await second.acquire(budget)
         start = time.monotonic()
         first.pause(budget, 0.5)  # a 429 with Retry-After 0.5 s seen by the first process
-        await wait_until(lambda: _present(clients[1], "streambot:pause:discord:channel:42"),
-                         "the pause to reach Redis")
+        await wait_for(lambda: _present(clients[1], "streambot:pause:discord:channel:42"), 20.0,
+                       "the pause to reach Redis")
         await second.acquire(budget)
         assert time.monotonic() - start >= 0.49  # it waited for the pause (ms rounding aside)
     finally:

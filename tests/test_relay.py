@@ -183,3 +183,25 @@ async def test_a_reply_stopped_before_it_starts_never_runs_the_model() -> None:
     outcome = await clock.run(reply.run())
     assert outcome.status == "stopped" and target.shown == [SETTINGS.stopped_marker]
     assert run.cancelled
+
+
+async def test_text_waiting_for_the_pacer_is_sent_when_a_slot_frees_without_a_new_chunk() -> None:
+    """The relay flushes on time, not only on chunks: text that arrived while a request was in
+    flight or while the budget was used up goes out as soon as the pacer allows, even when the
+    model then says nothing for a long time (a tool running, a slow model)."""
+    before = "Text that arrived in a burst. "
+    steps = [(0.05, TextDelta(before[i : i + 6])) for i in range(0, len(before), 6)]
+    steps += [(30.0, TextDelta("And the rest.")), (0.0, Done())]  # 30 s of silence first
+    clock, run, target, reply = setup(steps, limit=500, rate=Rate(1, 1.0), latency=0.3)
+    task = asyncio.ensure_future(reply.run())
+    # The burst (0.05 to 0.25 s) arrives while the placeholder's post (0 to 0.3 s) is in flight,
+    # and the next slot of the 1-per-second budget is at 1 s: the edit is due by 1.3 s.
+    await clock.run(clock.sleep(2.0))
+    assert target.log[0] == (0.0, "post", 0)
+    assert [(t, op) for t, op, _ in target.log[1:]] == [(1.0, "edit")]
+    shown = target.messages[0][-1]
+    assert shown.raw == before and shown.streaming and not shown.final
+    await clock.run(clock.sleep(27.0))  # still silent: nothing new to send, nothing sent
+    assert len(target.log) == 2
+    outcome = await clock.run(task)
+    assert outcome.status == "done" and target.shown == [before + "And the rest."]

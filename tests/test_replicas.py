@@ -31,7 +31,8 @@ from core.redis_state import LIVE, REPLIES, RedisGate, RedisStore, connect
 from fakes.openai_server import FakeOpenAI
 from fakes.redis_server import redis_url  # noqa: F401  (the fixture)
 from fakes.scripted import RecordingTarget, ScriptRun, deltas
-from fakes.slack_server import FakeSlack, bot_for, settled
+from fakes.slack_server import FakeSlack, settled
+from harness import slack_bot_for as bot_for
 from fakes.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]

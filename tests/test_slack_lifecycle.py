@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import FakeSlack, bot_for as bot, settled
+from fakes.slack_server import FakeSlack, settled
+from harness import slack_bot_for as bot
 
 from core.state import LocalStore
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import FakeSlack, running_bot, settled
+from fakes.slack_server import FakeSlack, settled
+from harness import assert_grew, settled_state
+from harness import running_slack_bot as running_bot
 
 CHANNEL = "C0BUSY"
 REPLIES = 10
@@ -24,14 +26,24 @@ def answer(i: int) -> str:
 @pytest.mark.parametrize("mode", ["native", "edit"])
 async def test_ten_concurrent_replies_in_one_channel(fake_openai: FakeOpenAI, tmp_path: Path,
                                                      mode: str) -> None:
-    for i in range(REPLIES):  # the fake answers requests in arrival order: match by content
-        fake_openai.reply(answer(i), delay=0.01)
+    # The fake answers requests in arrival order: match by content. Each answer is held after
+    # its first chunks until all ten replies show them, so every reply is seen growing.
+    scripts = [fake_openai.reply(answer(i), delay=0.01, hold_after=5) for i in range(REPLIES)]
     async with FakeSlack() as slack, running_bot(slack, model_base_url=fake_openai.base_url,
                                                  memory_path=str(tmp_path / "m.db"),
                                                  streaming=mode):
         questions = await asyncio.gather(*(slack.mention(CHANNEL, f"question {i}",
                                                          user=f"U0PERSON{i}")
                                            for i in range(REPLIES)))
+
+        def partial(ts: str) -> bool:
+            msgs = slack.bot_messages(CHANNEL, ts)
+            return len(msgs) == 1 and settled_state(msgs[0].text).startswith("Answer ")
+
+        await slack.wait_for(lambda: all(partial(ts) for ts in questions), 180.0,
+                             "all ten replies to show the start of their answer")
+        for script in scripts:
+            script.release()
         await slack.wait_for(lambda: all(settled(slack, CHANNEL, ts) for ts in questions), 180.0,
                              "all ten replies")
     shown = sorted(slack.reply_text(CHANNEL, ts) for ts in questions)
@@ -39,8 +51,6 @@ async def test_ten_concurrent_replies_in_one_channel(fake_openai: FakeOpenAI, tm
     assert all(len(slack.bot_messages(CHANNEL, ts)) == 1 for ts in questions)
     assert slack.total_429s == 0, slack.rate_limited
     assert slack.errors() == []
-    histories = [slack.bot_messages(CHANNEL, ts)[0].history for ts in questions]
-    if mode == "native":  # startStream has a workspace-wide burst: every reply starts at once
-        assert all(len(h) >= 2 for h in histories)
-    else:  # placeholders queue at ~1 per second per channel; a late one may post its final text
-        assert any(len(h) >= 3 for h in histories)
+    for ts in questions:  # every one of the ten was seen growing, nothing shown taken back
+        [msg] = slack.bot_messages(CHANNEL, ts)
+        assert_grew(msg.history, msg.text)

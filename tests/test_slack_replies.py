@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import BOT_USER_ID, FakeSlack, bot_for as bot, settled
+from fakes.slack_server import BOT_USER_ID, FakeSlack, settled
+from harness import assert_grew, assert_pages_are
+from harness import slack_bot_for as bot
 
 from bots.slack_api import STOP_ACTION, ZWJ
 
@@ -26,11 +28,13 @@ async def reply_in(slack: FakeSlack, channel: str, ts: str, pages: int = 1) -> s
     return slack.reply_text(channel, ts)
 
 
-def grew(history: list[str]) -> bool:
-    """The message was shown growing: several distinct intermediate states, never shrinking
-    in its final text's direction (each state a prefix of the next, ignoring the cursor)."""
+def grew(history: list[str], final: str) -> bool:
+    """The message was shown growing into `final`: several distinct states (three at least,
+    the placeholder counting), each state's settled text a prefix of the next one's, so that
+    nothing shown was taken back (see harness.assert_grew)."""
     states = [h.replace(" ▌", "").replace("▌", "").rstrip() for h in history]
     distinct = [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
+    assert_grew(history, final)
     return len(distinct) >= 3
 
 
@@ -48,7 +52,7 @@ async def test_mention_gets_a_threaded_streamed_reply(slack: FakeSlack, fake_ope
 
     [msg] = slack.bot_messages(CHANNEL, ts)
     assert msg.thread_ts == ts  # in the thread of the mention
-    assert grew(msg.history), msg.history
+    assert grew(msg.history, answer), msg.history
     assert slack.total_429s == 0
     # The model got the question without the bot's mention.
     assert "What is the capital of France?" in json.dumps(fake_openai.requests[0].body)
@@ -164,17 +168,9 @@ async def test_long_answer_continues_in_more_messages(slack: FakeSlack, fake_ope
         await slack.wait_for(lambda: settled(slack, CHANNEL, ts, pages=3)
                              and "enjoy" in slack.bot_messages(CHANNEL, ts)[-1].text, WAIT)
     msgs = slack.bot_messages(CHANNEL, ts)
-    assert all(m.thread_ts == ts and len(m.text) <= 2000 for m in msgs)
-    # Code blocks are closed at the end of a page and reopened on the next one.
-    assert all(m.text.count("```") % 2 == 0 for m in msgs)
-    joined = msgs[0].text
-    for m in msgs[1:]:
-        text = m.text
-        if text.startswith("```python\n"):  # reopened: drop the page-break closer and opener
-            joined, text = re.sub(r"```\Z", "", joined), text.removeprefix("```python\n")
-        joined += text
-    squash = lambda s: re.sub(r"\s+", " ", s)  # noqa: E731 - a closer may add a line break
-    assert squash(joined) == squash(LONG_MARKDOWN)
+    assert all(m.thread_ts == ts for m in msgs)
+    # Exactly the answer; code blocks closed at the end of a page and reopened on the next one.
+    assert_pages_are([m.text for m in msgs], LONG_MARKDOWN, 2000)
     assert slack.total_429s == 0
 
 

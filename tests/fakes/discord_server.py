@@ -35,7 +35,6 @@ components, whether it would have pinged anyone, and which message it replies to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import json
@@ -49,6 +48,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from aiohttp import WSMsgType, web
+
+from harness import wait_for
 
 from .faults import Faults
 
@@ -318,7 +319,6 @@ class FakeDiscord:
         self._sessions: dict[str, _Session] = {}
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._global = _Bucket(*global_limit, "global")
-        self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._sockets: set[web.WebSocketResponse] = set()
@@ -416,6 +416,8 @@ class FakeDiscord:
             nxt = [m for m in self.bot_messages() if m.reference == current]
             if not nxt:
                 return pages
+            if nxt[0] in pages:
+                raise AssertionError(f"the reply chain of {question.id} loops at {nxt[0].id}")
             pages.append(nxt[0])
             current = nxt[0].id
 
@@ -426,20 +428,10 @@ class FakeDiscord:
         """Calls whose route template matches, e.g. "PATCH /channels/{channel_id}/messages/{message_id}"."""
         return [c for c in self.calls if c.route == route]
 
-    async def wait_for(self, condition: Callable[[], T | None], timeout: float = 60.0) -> T:
-        """Wait until `condition()` returns something truthy: re-checked on every change the
-        fake sees, and every 50 ms for conditions on state outside it (logs, the bot)."""
-        async def wait() -> T:
-            async with self._changed:
-                while not (result := condition()):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), 0.05)
-                return result
-        return await asyncio.wait_for(wait(), timeout)
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    async def wait_for(self, condition: Callable[[], T | None], timeout: float = 60.0,
+                       what: str = "the condition") -> T:
+        """Wait until `condition()` returns something truthy; return it (`harness.wait_for`)."""
+        return await wait_for(condition, timeout, what)
 
     # --- acting as users -------------------------------------------------------------------
 
@@ -453,7 +445,6 @@ class FakeDiscord:
         self._record(msg, content, None, [], "create")
         self.messages[msg.id] = msg
         await self._dispatch("MESSAGE_CREATE", self._message_json(msg, member=True), channel.guild_id)
-        await self._notify()
         return msg
 
     async def dm(self, content: str, *, author: User | None = None,
@@ -466,13 +457,11 @@ class FakeDiscord:
         `dispatch=False` no MESSAGE_DELETE is sent, like an event the bot missed."""
         message.deleted = True
         if not dispatch:
-            await self._notify()
             return
         data = {"id": str(message.id), "channel_id": str(message.channel_id)}
         if message.guild_id:
             data["guild_id"] = str(message.guild_id)
         await self._dispatch("MESSAGE_DELETE", data, message.guild_id)
-        await self._notify()
 
     def seed_bot_message(self, content: str, components: list[dict[str, Any]], *,
                          channel: Channel | None = None) -> FakeMessage:
@@ -524,7 +513,7 @@ class FakeDiscord:
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until a bot identified and got READY + GUILD_CREATE."""
         await self.wait_for(lambda: any(s.ws is not None and s.seq >= 2 for s in self._sessions.values()),
-                            timeout)
+                            timeout, "the bot to identify and get READY")
 
     # --- payloads --------------------------------------------------------------------------
 
@@ -697,7 +686,6 @@ class FakeDiscord:
             if exc.errors:
                 payload["errors"] = exc.errors
         self.calls.append(Call(request.method, request.path, template, status, now, body))
-        await self._notify()
         if status == 204:
             return web.Response(status=204, headers={k: v for k, v in headers.items() if k != "Content-Type"})
         return self._json(status, payload, headers)
@@ -1020,12 +1008,10 @@ class FakeDiscord:
                     session = await self._resume(ws, d)
                     if session is None:
                         continue
-                await self._notify()
         finally:
             self._sockets.discard(ws)
             if session is not None and session.ws is ws:
                 session.ws = None
-            await self._notify()
         return ws
 
     async def _close(self, ws: web.WebSocketResponse, code: int, reason: str) -> None:

@@ -123,9 +123,13 @@ class _Paced(Script):
         """Let a held stream continue (harmless if it is not held, or never will be)."""
         self._released.set()
 
-    async def wait_held(self) -> None:
+    async def wait_held(self, timeout: float = 60.0) -> None:
         """Wait until the server has sent `hold_after` chunks and is holding the rest."""
-        await self._held.wait()
+        try:
+            await asyncio.wait_for(self._held.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"the scripted reply was not held within {timeout:g} s: was the "
+                                 "model ever asked?") from None
 
     async def _before_chunk(self, sent: int) -> None:
         if self.hold_after is not None and sent == self.hold_after:
@@ -359,11 +363,16 @@ class FakeOpenAI:
             await self._runner.cleanup()
             self._runner = None
 
-    async def wait_idle(self) -> None:
+    async def wait_idle(self, timeout: float = 60.0) -> None:
         """Wait until no request is being handled, e.g. after cancelling a run, so that
         `disconnects` and `requests` are final."""
-        while self._in_flight:
-            await asyncio.wait(set(self._in_flight))
+        try:
+            async with asyncio.timeout(timeout):
+                while self._in_flight:
+                    await asyncio.wait(set(self._in_flight))
+        except TimeoutError:
+            raise AssertionError(f"{len(self._in_flight)} request(s) still in flight after "
+                                 f"{timeout:g} s (a held reply never released?)") from None
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -39,13 +39,17 @@ class ScriptRun:
 
 
 class RecordingTarget(Target):
-    """Records every request with its virtual time; can fail on demand; enforces page_limit."""
+    """Records every request with its virtual time; can fail on demand; enforces page_limit.
+
+    With `latency`, every request takes that long (virtual time) before it applies or fails.
+    """
 
     def __init__(self, clock: FakeClock, *, limit: int = 300, rate: Rate = Rate(5, 5.0),
                  key: str = "channel", log: list[tuple[float, str, int]] | None = None,
-                 max_age: float | None = None) -> None:
+                 max_age: float | None = None, latency: float = 0.0) -> None:
         self.clock, self.page_limit, self.rate, self.key = clock, limit, rate, key
         self.page_max_age = max_age
+        self.latency = latency
         self.messages: list[list[Frame]] = []
         self.log = log if log is not None else []  # (time, op, message index), maybe shared
         self.errors: list[Exception | None] = []  # raised by the next requests, in order
@@ -54,20 +58,22 @@ class RecordingTarget(Target):
     def budgets(self, op: Op) -> list[tuple[str, Rate]]:
         return [(self.key, self.rate)]
 
-    def _request(self, op: str, frame: Frame) -> None:
+    async def _request(self, op: str, frame: Frame) -> None:
         assert len(frame.text) <= self.page_limit, "frame longer than the page limit"
         assert frame.text.strip(), "a message must never be empty"
         self.log.append((self.clock.now(), op, frame.index))
+        if self.latency:
+            await self.clock.sleep(self.latency)
         if self.errors and (error := self.errors.pop(0)) is not None:
             raise error
 
     async def post(self, frame: Frame) -> Any:
-        self._request("post", frame)
+        await self._request("post", frame)
         self.messages.append([frame])
         return len(self.messages) - 1
 
     async def edit(self, handle: Any, frame: Frame) -> None:
-        self._request("edit", frame)
+        await self._request("edit", frame)
         self.messages[handle].append(frame)
 
     async def close(self) -> None:

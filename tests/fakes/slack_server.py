@@ -33,13 +33,10 @@ import hmac
 import itertools
 import json
 import math
-import os
-import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -47,6 +44,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 from aiohttp import web
+
+from harness import wait_for
 
 from .faults import Faults
 
@@ -260,7 +259,6 @@ class FakeSlack:
         self._turns = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._http: aiohttp.ClientSession | None = None
-        self._changed = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -374,7 +372,6 @@ class FakeSlack:
         """A person deletes a message (theirs or the bot's): `message_deleted` is sent."""
         msg = self.messages[(channel, ts)]
         msg.deleted = True
-        self._touch()
         await self.send_event({
             "type": "message", "subtype": "message_deleted", "hidden": True, "channel": channel,
             "ts": self.new_ts(), "deleted_ts": ts, "event_ts": self.new_ts(),
@@ -445,20 +442,8 @@ class FakeSlack:
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0,
                        what: str = "condition") -> Any:
-        """Wait until `predicate()` is truthy (re-checked on every change); return its value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(left, 0.25))
-            except TimeoutError:
-                pass
+        """Wait until `predicate()` is truthy; return its value (`harness.wait_for`)."""
+        return await wait_for(predicate, timeout, what)
 
     async def wait_connected(self, timeout: float = 15.0, *, more_than: int = 0) -> None:
         """Wait for an open Socket Mode connection (the `more_than`+1-th one ever made)."""
@@ -472,9 +457,6 @@ class FakeSlack:
 
     def _open_sockets(self) -> list[web.WebSocketResponse]:
         return [ws for ws in self._sockets if not ws.closed]
-
-    def _touch(self) -> None:
-        self._changed.set()
 
     # --- delivery to the app --------------------------------------------------------------------
 
@@ -510,7 +492,8 @@ class FakeSlack:
         if d.kind == "events_api":
             envelope["retry_attempt"] = attempt
             envelope["retry_reason"] = reason
-        while True:
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
             await self.wait_connected(60.0)
             async with self._socket_lock:
                 open_ = self._open_sockets()
@@ -523,6 +506,7 @@ class FakeSlack:
                     except (ConnectionError, RuntimeError):
                         pass  # closing under us: wait for the next connection
             await asyncio.sleep(0.05)
+        raise AssertionError(f"could not send envelope {did} on any Socket Mode connection in 60 s")
 
     async def _post_http(self, did: str, d: Delivery, attempt: int, reason: str) -> None:
         assert self.http_url, "set FakeSlack.http_url to the app's events URL for HTTP mode"
@@ -563,7 +547,6 @@ class FakeSlack:
                 "debug_info": {"host": "fake-slack", "approximate_connection_time": 18060},
                 "connection_info": {"app_id": APP_ID},
             }))
-        self._touch()
         try:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
@@ -576,7 +559,6 @@ class FakeSlack:
         finally:
             async with self._socket_lock:
                 self._sockets.remove(ws)
-            self._touch()
         return ws
 
     def _spawn(self, coro: Any) -> None:
@@ -631,7 +613,6 @@ class FakeSlack:
         self.calls.append(Call(time.monotonic(), method, args, status,
                                None if body.get("ok") else body.get("error"),
                                float(headers["Retry-After"]) if "Retry-After" in headers else None))
-        self._touch()
         if status >= 500:
             return web.Response(status=status, text="upstream error", content_type="text/html")
         return web.json_response(body, status=status, headers=headers)
@@ -882,96 +863,6 @@ class FakeSlack:
 
 def texts(messages: Iterable[Message]) -> list[str]:
     return [m.text for m in messages]
-
-
-# --- running the real bot against the fake ----------------------------------------------------
-
-
-@asynccontextmanager
-async def running_bot(slack: FakeSlack, *, model_base_url: str, memory_path: str,
-                      stream: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
-                      store: Any = None, backend: Any = None,
-                      **slack_settings: Any) -> AsyncIterator[asyncio.Task[None]]:
-    """Run `bots.slack_bot.serve` (the real adapter, bolt and slack_sdk) against `slack`.
-
-    The model is an OpenAI-compatible server at `model_base_url` (the fake OpenAI). Socket Mode
-    waits for the websocket; HTTP mode binds a free 127.0.0.1 port and points the fake at it.
-    A `backend` (core.backend.Backend) shares store, pacer, limits and memory as a replica would.
-    """
-    from bots.slack_api import SlackSettings
-    from bots.slack_bot import EVENTS_PATH, serve
-    from core.config import Config, LimitsConfig, MemoryConfig, ModelConfig, StreamConfig
-    from core.host import Host
-    from core.pacing import Pacer
-    from core.sources import build_brain
-
-    settings = {"enabled": True, "api_base": slack.base_url, "mode": slack.mode, **slack_settings}
-    if slack.mode == "http":
-        settings.setdefault("host", "127.0.0.1")
-        settings.setdefault("port", free_port())
-        slack.http_url = f"http://127.0.0.1:{settings['port']}{EVENTS_PATH}"
-    config = Config(model=ModelConfig(base_url=model_base_url),
-                    memory=MemoryConfig(path=memory_path),
-                    stream=StreamConfig(**(stream or {})),
-                    limits=LimitsConfig(**(limits or {})),
-                    slack=SlackSettings(**settings))
-    saved = {k: os.environ.get(k) for k in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
-                                             "SLACK_SIGNING_SECRET", "OPENAI_API_KEY")}
-    os.environ.update({"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN,
-                       "SLACK_SIGNING_SECRET": SIGNING_SECRET, "OPENAI_API_KEY": "test"})
-    if backend is not None:
-        host = Host(config, build_brain(config, redis=backend.redis), backend.pacer, backend.store,
-                    backend.gate)
-    else:
-        host = Host(config, build_brain(config), Pacer(), store)
-    task = asyncio.create_task(serve(host, config.slack))
-    try:
-        if slack.mode == "socket":
-            connected = asyncio.create_task(slack.wait_connected(30.0, more_than=slack.connections))
-            await asyncio.wait({task, connected}, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():
-                connected.cancel()
-                task.result()  # raises what went wrong
-            await connected
-        else:
-            await slack.wait_for(lambda: slack.count("auth.test") > 0, what="the bot to start")
-            await _wait_port(settings["port"], task)
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def bot_for(slack: FakeSlack, fake_openai: Any, tmp_path: Any, **settings: Any) -> Any:
-    """`running_bot` on the fake OpenAI server, with its memory file in the test's tmp_path."""
-    return running_bot(slack, model_base_url=fake_openai.base_url,
-                       memory_path=str(tmp_path / "memory.db"), **settings)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _wait_port(port: int, task: asyncio.Task[None]) -> None:
-    for _ in range(300):
-        if task.done():
-            task.result()
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-    raise AssertionError(f"the bot never listened on 127.0.0.1:{port}")
 
 
 def settled(slack: FakeSlack, channel: str, thread_ts: str, *, pages: int = 1) -> bool:
