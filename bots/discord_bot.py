@@ -9,8 +9,9 @@ error mapping live in bots/discord_api.py.
 Rate limits: Discord allows about 5 message creates/edits per 5 s per channel and 50 requests/s
 per bot. Every reply in a channel draws from one pacer budget per channel (`edits_per_5s`, 4 by
 default, per 5.5 s: see JITTER) and from one global budget, so the newest frame is coalesced
-*before* it reaches discord.py. discord.py still keeps its own per-bucket queues
-and 429 handling underneath, as a safety net that should never fire.
+*before* it reaches discord.py. discord.py still keeps its own per-bucket queues underneath,
+but a reply's posts and edits get one attempt each: the relay retries a 429 or 5xx through the
+pacer, which discord.py's own retries would bypass (see `relayed`).
 
 `[discord] api_base` points one client - REST, interaction webhooks and the gateway - at a proxy
 or a fake without touching discord.py's process-wide `Route.BASE` (see `RebasedHTTP`).
@@ -70,8 +71,8 @@ class DiscordBot(discord.AutoShardedClient):
             chunk_guilds_at_startup=False,
             member_cache_flags=discord.MemberCacheFlags.none(),
         )
-        if settings.api_base:
-            self.http = self._connection.http = RebasedHTTP(settings.api_base, self.http)
+        # always: besides `api_base`, it is what gives the relay's requests one attempt each
+        self.http = self._connection.http = RebasedHTTP(settings.api_base, self.http)
         self.tree = app_commands.CommandTree(self)
 
         @self.tree.command(name="ask", description="Ask the model; the answer streams in as it is written")

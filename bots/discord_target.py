@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.utils import MISSING
 
-from bots.discord_api import NO_PINGS, WINDOW, budgets, platform_errors
+from bots.discord_api import NO_PINGS, WINDOW, budgets, platform_errors, relayed
 from core.platform import Frame, Op, Rate, Target
 
 if TYPE_CHECKING:
@@ -61,8 +61,12 @@ class _DiscordTarget(Target):
         self.bot.remember(message.id, self.key)
         return message
 
+    def _relayed(self) -> Any:
+        """Around the relay's requests: one attempt each, bounded in time (see `relayed`)."""
+        return relayed(self.bot.host.config.stream.final_deadline)
+
     async def edit(self, handle: Any, frame: Frame) -> None:
-        with platform_errors():
+        async with self._relayed():
             await handle.edit(content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame))
 
 
@@ -114,7 +118,7 @@ class ChannelTarget(_DiscordTarget):
         # the message it already made instead of posting it twice. That message shows the
         # first attempt's frame, so it is brought up to this one.
         nonce = f"{self.reply_id}:{frame.index}"  # at most 25 characters
-        with platform_errors():
+        async with self._relayed():
             message = await self.channel.send(frame.text, allowed_mentions=mentions, nonce=nonce,
                                               view=self._view(frame) or MISSING, **options)
             if message.content.strip() != frame.text.strip():
@@ -152,7 +156,7 @@ class InteractionTarget(_DiscordTarget):
                 await self.interaction.response.send_message(text, ephemeral=True)
 
     async def post(self, frame: Frame) -> discord.Message:
-        with platform_errors():
+        async with self._relayed():
             if frame.index == 0:
                 message = await self.interaction.edit_original_response(
                     content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame))
