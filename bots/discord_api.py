@@ -20,6 +20,7 @@ import yarl
 from discord.http import HTTPClient, Route, json_or_text
 from discord.utils import MISSING
 from pydantic import Field, model_validator
+from redis.asyncio import Redis
 
 from core.adapter import AdapterSettings
 from core.platform import MessageGone, Rate, RateLimited, TransientError
@@ -34,6 +35,8 @@ GLOBAL_RATE = Rate(45, 1.0 + JITTER / 5)  # Discord: 50 requests/s; the rest: ty
 # Longest a post or edit of a reply may take, discord.py's own bucket waits included (capped at
 # half of `[stream] final_deadline`); without it a hung request waits out aiohttp's 300 s.
 REQUEST_TIMEOUT = 30.0
+# Discord: one IDENTIFY per 5 s in each `shard_id % max_concurrency` bucket, across all processes
+IDENTIFY_EVERY = 5.0
 
 
 class DiscordSettings(AdapterSettings):
@@ -250,6 +253,26 @@ class RebasedHTTP(HTTPClient):
             return url  # Discord's own, or a URL the proxy (or fake) handed out: already behind it
         _, gateway, _ = await self.get_bot_gateway()
         return str(yarl.URL(gateway).with_query(wanted.query))
+
+
+# --- shards in many processes: whose turn to IDENTIFY -----------------------------------------
+
+
+def identify_key(app_id: int, shard_id: int, max_concurrency: int) -> str:
+    """The Redis key that holds one bucket of an application's IDENTIFYs."""
+    return f"streambot:identify:{app_id}:{shard_id % max(1, max_concurrency)}"
+
+
+async def identify_turn(redis: Redis, key: str) -> None:
+    """Wait until this process may IDENTIFY in the bucket `key`, whichever process asks.
+
+    Taking the bucket is `SET NX` with an expiry of the window (plus JITTER, since Discord counts
+    from when an IDENTIFY arrives): exactly one caller wins, and the next can win only once the
+    window has passed. Nothing is released early, so a process that dies cannot break the rule.
+    """
+    window = max(1, round((IDENTIFY_EVERY + JITTER) * 1000))
+    while not await redis.set(key, "1", nx=True, px=window):
+        await asyncio.sleep(max(10, await redis.pttl(key)) / 1000)
 
 
 # --- requests: budgets and errors ------------------------------------------------------------
