@@ -22,6 +22,10 @@ connection resets), and the gateway (Slack: the Socket Mode connection) is dropp
 with the last tenth of the questions asked while it is down (they arrive through RESUME's
 replay, or Slack's delivery once the app reconnects).
 
+Failed message requests are counted twice: as the fake answered them (5xx, 429, reset) and as
+the relay saw them (`Outcome.failed_requests` + `rate_limited`); the difference is requests
+retried underneath the relay, outside its pacer (Discord only).
+
 Every reply is then checked as a person would see it: complete and intact (its pages joined
 are exactly one of the scripted answers, each answer shown once), lost (no reply), duplicated
 (an answer or a message shown twice), unfinished (a cursor or Stop button left, or no outcome).
@@ -117,6 +121,7 @@ class Result:
     throttled: int  # 429s from the fake's real limits
     injected: Counter[str]
     reconnects: int
+    failed: tuple[int, int] | None = None  # failed message requests: at the fake, seen by the relay
 
 
 def tally(seen: list[Seen], texts: list[str], stray: int) -> Counter[str]:
@@ -201,9 +206,12 @@ async def run_discord(replies: int, channels: int, faults: bool, timeout: float)
                              and not any(p.history[-1].components for p in pages)))
         stray = len(fake.bot_messages()) - sum(len(fake.reply_pages(q)) for q in questions)
         requests = sum(1 for c in fake.calls if "/messages" in c.route)
+        failed = sum(1 for c in fake.calls if "/messages" in c.route
+                     and (c.status in (0, 429) or c.status >= 500))
+        relayed = sum(o.failed_requests + o.rate_limited for o in outcomes.by_reply.values())
         return Result("Discord", replies, channels, tally(seen, texts, stray), ticker.lags,
                       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, wall, requests,
-                      len(fake.throttled), fake.faults.injected, fake.resumes)
+                      len(fake.throttled), fake.faults.injected, fake.resumes, (failed, relayed))
 
 
 @contextlib.asynccontextmanager
@@ -292,14 +300,16 @@ def table(r: Result, faults: bool) -> str:
     return "\n".join([
         "| platform | run | replies × channels | intact | lost | duplicated | unfinished "
         "| loop lag p50 / p99 / max | peak RSS | wall | message requests "
-        "| 429s (limits / injected) | faults injected |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|",
+        "| 429s (limits / injected) | failed requests (at the fake / seen by the relay) "
+        "| faults injected |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|---|",
         f"| {r.label} | {'faults' if faults else 'soak'} | {r.replies // r.channels} × {r.channels} "
         f"| {c['intact']} | {c['lost']} | {c['duplicated'] + c['stray messages']} "
         f"| {c['unfinished'] + c['corrupted']} "
         f"| {pct(r.lag, 50) * 1000:.1f} / {pct(r.lag, 99) * 1000:.1f} / {max(r.lag) * 1000:.0f} ms "
         f"| {r.rss_mib:.0f} MiB | {r.wall:.0f} s | {r.requests} | {r.throttled} / "
-        f"{r.injected['rate_limit']} | {injected}; {r.reconnects} reconnect(s) |",
+        f"{r.injected['rate_limit']} | {' / '.join(map(str, r.failed)) if r.failed else '–'} "
+        f"| {injected}; {r.reconnects} reconnect(s) |",
     ])
 
 

@@ -1,22 +1,26 @@
 """Discord API conventions the adapter relies on: the `[discord]` settings, the gateway intents
 and permissions the bot needs, its invite URL, the access lists, the rate budgets, how
-discord.py's errors map onto the core's, and pointing one client at a proxy or a fake.
+discord.py's errors map onto the core's, one attempt per relay request, and pointing one
+client at a proxy or a fake.
 
 Kept apart from bots/discord_bot.py, which turns Discord events into host calls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
 import discord
 import yarl
-from discord.http import HTTPClient, Route
+from discord.http import HTTPClient, Route, json_or_text
 from discord.utils import MISSING
 from pydantic import Field, model_validator
+from redis.asyncio import Redis
 
 from core.adapter import AdapterSettings
 from core.platform import MessageGone, Rate, RateLimited, TransientError
@@ -28,6 +32,11 @@ from core.platform import MessageGone, Rate, RateLimited, TransientError
 JITTER = 0.5
 WINDOW = 5.0 + JITTER  # Discord: ~5 message creates/edits per 5 s per channel
 GLOBAL_RATE = Rate(45, 1.0 + JITTER / 5)  # Discord: 50 requests/s; the rest: typing, callbacks
+# Longest a post or edit of a reply may take, discord.py's own bucket waits included (capped at
+# half of `[stream] final_deadline`); without it a hung request waits out aiohttp's 300 s.
+REQUEST_TIMEOUT = 30.0
+# Discord: one IDENTIFY per 5 s in each `shard_id % max_concurrency` bucket, across all processes
+IDENTIFY_EVERY = 5.0
 
 
 class DiscordSettings(AdapterSettings):
@@ -149,14 +158,46 @@ def role_ids(user: discord.abc.User) -> set[int]:
     return {r.id for r in getattr(user, "roles", [])}
 
 
-# --- pointing one client at a proxy ------------------------------------------------------------
+# --- the client's HTTP: a proxy, and one attempt per relay request ------------------------------
+
+# Set while the relay's post or edit runs (see `relayed`): its requests get one attempt each.
+_RELAYED: ContextVar[bool] = ContextVar("streambot_discord_relayed", default=False)
+
+
+class FirstAnswer:
+    """`session.request(...)` for a request the relay retries itself: a 429 or a 5xx is raised
+    as soon as it arrives, instead of reaching discord.py's retry loops (`HTTPClient.request`
+    and the webhook adapter's both re-send up to five times, sleeping outside our pacer)."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        response = await self._request.__aenter__()
+        if response.status == 429 or response.status >= 500:
+            try:
+                data = await json_or_text(response)
+            finally:
+                await self._request.__aexit__(None, None, None)
+            if response.status >= 500:
+                raise discord.DiscordServerError(response, data)
+            retry = data.get("retry_after") if isinstance(data, dict) else None
+            raise discord.RateLimited(float(retry if retry is not None
+                                            else response.headers.get("Retry-After", 1)))
+        return response
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._request.__aexit__(*exc)
 
 
 class RebasedSession:
-    """The client's aiohttp session with discord.com URLs rewritten to `api_base`.
+    """The client's aiohttp session, with discord.com URLs rewritten to `api_base` (when set)
+    and the relay's requests answered once (`FirstAnswer`).
 
     discord.py sends REST calls, interaction webhooks and the gateway connection through this
-    one session, so wrapping it redirects all three for this client only.
+    one session, so wrapping it covers all three for this client only.
     """
 
     def __init__(self, session: aiohttp.ClientSession, http: RebasedHTTP) -> None:
@@ -167,20 +208,22 @@ class RebasedSession:
         return getattr(self._session, name)
 
     def request(self, method: str, url: Any, **kwargs: Any) -> Any:
-        return self._session.request(method, self._http.rebase(str(url)), **kwargs)
+        request = self._session.request(method, self._http.rebase(str(url)), **kwargs)
+        return FirstAnswer(request) if _RELAYED.get() else request
 
     async def ws_connect(self, url: Any, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
         return await self._session.ws_connect(await self._http.gateway_for(str(url)), **kwargs)
 
 
 class RebasedHTTP(HTTPClient):
-    """discord.py's HTTP client for a bot behind `api_base`.
+    """discord.py's HTTP client as every DiscordBot uses it: behind `api_base` when one is set,
+    and with one attempt per request inside `relayed` (the relay retries those through the pacer).
 
     `Route.BASE` is a class attribute shared by every client in the process, so instead of
     changing it this subclass intercepts the private session discord.py stores (a property
-    named after the mangled `_HTTPClient__session`) and wraps it in `_RebasedSession`. A plain
+    named after the mangled `_HTTPClient__session`) and wraps it in `RebasedSession`. A plain
     client connects to the hard-coded `wss://gateway.discord.gg` whenever it (re)identifies;
-    that URL is replaced by the one `GET /gateway/bot` returns through `api_base`.
+    behind `api_base` that URL is replaced by the one `GET /gateway/bot` returns through it.
     """
 
     def __init__(self, api_base: str, original: HTTPClient) -> None:
@@ -200,14 +243,36 @@ class RebasedHTTP(HTTPClient):
         self.__dict__["_rebased_session"] = wrapped
 
     def rebase(self, url: str) -> str:
-        return self.api_base + url[len(Route.BASE):] if url.startswith(Route.BASE) else url
+        if self.api_base and url.startswith(Route.BASE):
+            return self.api_base + url[len(Route.BASE):]
+        return url
 
     async def gateway_for(self, url: str) -> str:
         wanted = yarl.URL(url)
-        if not (wanted.host or "").endswith(".discord.gg"):  # the default or a resume gateway
-            return url  # a URL the proxy (or fake) handed out: already behind it
+        if not self.api_base or not (wanted.host or "").endswith(".discord.gg"):
+            return url  # Discord's own, or a URL the proxy (or fake) handed out: already behind it
         _, gateway, _ = await self.get_bot_gateway()
         return str(yarl.URL(gateway).with_query(wanted.query))
+
+
+# --- shards in many processes: whose turn to IDENTIFY -----------------------------------------
+
+
+def identify_key(app_id: int, shard_id: int, max_concurrency: int) -> str:
+    """The Redis key that holds one bucket of an application's IDENTIFYs."""
+    return f"streambot:identify:{app_id}:{shard_id % max(1, max_concurrency)}"
+
+
+async def identify_turn(redis: Redis, key: str) -> None:
+    """Wait until this process may IDENTIFY in the bucket `key`, whichever process asks.
+
+    Taking the bucket is `SET NX` with an expiry of the window (plus JITTER, since Discord counts
+    from when an IDENTIFY arrives): exactly one caller wins, and the next can win only once the
+    window has passed. Nothing is released early, so a process that dies cannot break the rule.
+    """
+    window = max(1, round((IDENTIFY_EVERY + JITTER) * 1000))
+    while not await redis.set(key, "1", nx=True, px=window):
+        await asyncio.sleep(max(10, await redis.pttl(key)) / 1000)
 
 
 # --- requests: budgets and errors ------------------------------------------------------------
@@ -233,7 +298,7 @@ def platform_errors() -> Iterator[None]:
         yield
     except discord.NotFound as exc:  # Unknown Message / Channel / Webhook: it was deleted
         raise MessageGone(str(exc)) from exc
-    except discord.RateLimited as exc:  # discord.py refused to wait longer than max_ratelimit_timeout
+    except discord.RateLimited as exc:  # a 429 (see FirstAnswer), or a wait over max_ratelimit_timeout
         raise RateLimited(exc.retry_after) from exc
     except discord.DiscordServerError as exc:
         raise TransientError(str(exc)) from exc
@@ -246,3 +311,18 @@ def platform_errors() -> Iterator[None]:
         raise
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.asynccontextmanager
+async def relayed(final_deadline: float) -> AsyncIterator[None]:
+    """Around a post or edit the relay makes (and retries, through the pacer): each request
+    inside gets one attempt - the first 429 or 5xx reaches the relay as RateLimited or
+    TransientError - and the whole is cut off after REQUEST_TIMEOUT, well before
+    `final_deadline`, as a TransientError."""
+    relaying = _RELAYED.set(True)
+    try:
+        with platform_errors():
+            async with asyncio.timeout(min(REQUEST_TIMEOUT, final_deadline / 2)):
+                yield
+    finally:
+        _RELAYED.reset(relaying)

@@ -9,11 +9,15 @@ error mapping live in bots/discord_api.py.
 Rate limits: Discord allows about 5 message creates/edits per 5 s per channel and 50 requests/s
 per bot. Every reply in a channel draws from one pacer budget per channel (`edits_per_5s`, 4 by
 default, per 5.5 s: see JITTER) and from one global budget, so the newest frame is coalesced
-*before* it reaches discord.py. discord.py still keeps its own per-bucket queues
-and 429 handling underneath, as a safety net that should never fire.
+*before* it reaches discord.py. discord.py still keeps its own per-bucket queues underneath,
+but a reply's posts and edits get one attempt each: the relay retries a 429 or 5xx through the
+pacer, which discord.py's own retries would bypass (see `relayed`).
 
 `[discord] api_base` points one client - REST, interaction webhooks and the gateway - at a proxy
 or a fake without touching discord.py's process-wide `Route.BASE` (see `RebasedHTTP`).
+
+Sharded over several processes on the redis backend, the processes take turns to IDENTIFY
+through Redis, one per `shard_id % max_concurrency` bucket every 5 s (`before_identify_hook`).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import Any
 import aiohttp
 import discord
 from discord import app_commands
+from redis.exceptions import RedisError
 
 from bots.discord_api import (NO_PINGS, DiscordSettings, RebasedHTTP, budgets, channel_ids,
-                              global_budget, intents, invite_url, is_allowed, portal,
-                              role_ids, setup_summary)
+                              global_budget, identify_key, identify_turn, intents, invite_url,
+                              is_allowed, portal, role_ids, setup_summary)
 from core.adapter import Adapter, Need, SetupError
 from core.config import env
 from core.host import Host, Question
@@ -70,8 +75,8 @@ class DiscordBot(discord.AutoShardedClient):
             chunk_guilds_at_startup=False,
             member_cache_flags=discord.MemberCacheFlags.none(),
         )
-        if settings.api_base:
-            self.http = self._connection.http = RebasedHTTP(settings.api_base, self.http)
+        # always: besides `api_base`, it is what gives the relay's requests one attempt each
+        self.http = self._connection.http = RebasedHTTP(settings.api_base, self.http)
         self.tree = app_commands.CommandTree(self)
 
         @self.tree.command(name="ask", description="Ask the model; the answer streams in as it is written")
@@ -81,6 +86,7 @@ class DiscordBot(discord.AutoShardedClient):
 
         self._keys: Recent[int, str] = Recent(KEY_CACHE)  # message id -> conversation key
         self._typing: dict[int, tuple[int, asyncio.Task[None]]] = {}
+        self._max_concurrency: int | None = None  # IDENTIFY buckets, from GET /gateway/bot
 
     # --- start-up --------------------------------------------------------------------------
 
@@ -100,6 +106,28 @@ class DiscordBot(discord.AutoShardedClient):
                 await self.tree.sync()
             except discord.HTTPException as exc:
                 log.warning("Discord: could not register /ask (%s); mentions and DMs still work", exc)
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """On the redis backend, take this shard's IDENTIFY bucket in Redis, so that shards run
+        by other processes of this bot never IDENTIFY in the same bucket within 5 s. Otherwise
+        discord.py's default: 5 s between this process's own IDENTIFYs."""
+        redis = getattr(self.host.store, "redis", None)
+        if redis is None:
+            await super().before_identify_hook(shard_id, initial=initial)
+            return
+        if self._max_concurrency is None:
+            try:
+                self._max_concurrency = (await self.fetch_session_start_limits()).max_concurrency
+            except (discord.DiscordException, aiohttp.ClientError, OSError) as exc:
+                log.warning("Discord: could not read max_concurrency (%s); assuming 1", exc)
+                self._max_concurrency = 1
+        key = identify_key(self.application_id or 0, shard_id or 0, self._max_concurrency)
+        try:
+            await identify_turn(redis, key)
+        except RedisError as exc:
+            log.warning("Discord: Redis is unreachable to take turns to IDENTIFY (%s); waiting "
+                        "as one process would", exc)
+            await super().before_identify_hook(shard_id, initial=initial)
 
     async def on_ready(self) -> None:
         log.info("Discord: connected as %s (%s) to %d server(s)", self.user,

@@ -3,17 +3,20 @@ and the Stop button it shows while it streams."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.utils import MISSING
 
-from bots.discord_api import NO_PINGS, WINDOW, budgets, platform_errors
-from core.platform import Frame, Op, Rate, Target
+from bots.discord_api import NO_PINGS, WINDOW, budgets, global_budget, platform_errors, relayed
+from core.platform import Frame, Op, Rate, Target, TransientError
 
 if TYPE_CHECKING:
     from bots.discord_bot import DiscordBot
+
+log = logging.getLogger("streambot.discord")
 
 STOP_PREFIX = "streambot:stop:"
 
@@ -61,8 +64,12 @@ class _DiscordTarget(Target):
         self.bot.remember(message.id, self.key)
         return message
 
+    def _relayed(self) -> Any:
+        """Around the relay's requests: one attempt each, bounded in time (see `relayed`)."""
+        return relayed(self.bot.host.config.stream.final_deadline)
+
     async def edit(self, handle: Any, frame: Frame) -> None:
-        with platform_errors():
+        async with self._relayed():
             await handle.edit(content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame))
 
 
@@ -114,7 +121,7 @@ class ChannelTarget(_DiscordTarget):
         # the message it already made instead of posting it twice. That message shows the
         # first attempt's frame, so it is brought up to this one.
         nonce = f"{self.reply_id}:{frame.index}"  # at most 25 characters
-        with platform_errors():
+        async with self._relayed():
             message = await self.channel.send(frame.text, allowed_mentions=mentions, nonce=nonce,
                                               view=self._view(frame) or MISSING, **options)
             if message.content.strip() != frame.text.strip():
@@ -132,6 +139,7 @@ class InteractionTarget(_DiscordTarget):
     def __init__(self, bot: DiscordBot, interaction: discord.Interaction, key: str) -> None:
         super().__init__(bot, interaction.id, key)
         self.interaction = interaction
+        self._unsure: int | None = None  # a page whose follow-up failed but may have been posted
 
     def _budget_key(self) -> str:
         return f"discord:interaction:{self.interaction.id}"
@@ -152,15 +160,53 @@ class InteractionTarget(_DiscordTarget):
                 await self.interaction.response.send_message(text, ephemeral=True)
 
     async def post(self, frame: Frame) -> discord.Message:
-        with platform_errors():
-            if frame.index == 0:
+        if frame.index == 0:  # the deferred response: an edit, safe to repeat
+            async with self._relayed():
                 message = await self.interaction.edit_original_response(
                     content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame))
-            else:
-                message = await self.interaction.followup.send(
-                    frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame) or MISSING,
-                    wait=True)
+            return self._posted(message)
+        unsure = self._unsure == frame.index
+        if unsure:  # the lookup is one more request towards the 50/s
+            await self.bot.host.pacer.acquire(global_budget())
+        try:
+            async with self._relayed():
+                message = await self._posted_before(frame) if unsure else None
+                if message is None:
+                    message = await self.interaction.followup.send(
+                        frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame) or MISSING,
+                        wait=True)
+        except TransientError:
+            self._unsure = frame.index  # it may have been posted all the same
+            raise
+        self._unsure = None
         return self._posted(message)
+
+    async def _posted_before(self, frame: Frame) -> discord.WebhookMessage | None:
+        """The follow-up an attempt at this page that failed posted after all, brought up to
+        `frame`; None if there is none.
+
+        Follow-ups go through the interaction webhook, which takes no nonce: Discord may create
+        the message and still answer 5xx (or the answer may be lost). The webhook cannot list
+        its messages, so the channel's history after the previous page is searched for one made
+        by this interaction: pages are posted one at a time, so any there is this page. Without
+        access to the history (an app used where the bot is not a member) it is posted again.
+        """
+        channel = self.bot.get_partial_messageable(self.interaction.channel_id or 0)
+        found = None
+        try:
+            async for message in channel.history(limit=100, after=self.messages[-1], oldest_first=True):
+                made_by = message.interaction_metadata
+                if made_by is not None and made_by.id == self.interaction.id:
+                    found = message.id
+                    break
+        except (discord.Forbidden, discord.NotFound) as exc:
+            log.info("reply %s: cannot look for a follow-up already posted (%s); posting it again",
+                     self.reply_id, exc)
+        if found is None:
+            return None
+        log.info("reply %s: page %d was posted despite the error; using it", self.reply_id, frame.index)
+        return await self.interaction.followup.edit_message(
+            found, content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame))
 
 
 # --- the Stop button -----------------------------------------------------------------------------

@@ -178,6 +178,18 @@ def test_discord_http_client_settings_rebased_http_copies() -> None:
         assert returns.startswith("Tuple[int, str,"), f"get_bot_gateway returns {returns}"
 
 
+def test_discord_sends_each_attempt_through_session_request() -> None:
+    what = ("HTTPClient.request and the webhook adapter send each attempt as "
+            "`async with <session>.request(...) as response`, and discord.http.json_or_text exists")
+    user = ("bots/discord_api.py's FirstAnswer (a relay request's 429 or 5xx is raised from "
+            "`session.request`, so discord.py's retry loops never re-send it)")
+    with internal("discord.py", what, user, DISCORD_REMEDY):
+        assert "async with self.__session.request(" in inspect.getsource(HTTPClient.request)
+        webhook = inspect.getsource(discord.webhook.async_.AsyncWebhookAdapter.request)
+        assert "async with session.request(" in webhook
+        assert callable(discord.http.json_or_text)
+
+
 def test_discord_client_keeps_its_state_in_connection() -> None:
     what = "discord.Client keeps its ConnectionState in `client._connection` (with `.http` and `._get_message`)"
     user = ("bots/discord_bot.py (DiscordBot.__init__ swaps `_connection.http` for RebasedHTTP; "

@@ -13,14 +13,17 @@ It runs an aiohttp server on 127.0.0.1 with:
   in `FakeDiscord.throttled` so tests can assert there were none. By default message create and
   edit share one bucket of 5 per 5 s per channel, as the brief for this fake asks;
 * a gateway websocket: HELLO, IDENTIFY -> READY + GUILD_CREATE (with intents and sharding
-  checked: close code 4014 when the Message Content intent is requested but "not enabled"),
+  checked: close code 4014 when the Message Content intent is requested but "not enabled"; when
+  each IDENTIFY arrived is kept in `identify_times`, against Discord's one per 5 s per
+  `shard_id % max_concurrency` bucket),
   heartbeat ACKs, RESUME with replay of missed events, and dispatch of MESSAGE_CREATE /
   MESSAGE_UPDATE / MESSAGE_DELETE / THREAD_CREATE / INTERACTION_CREATE;
 * failures on demand: `faults = Faults(...)` (tests/fakes/faults.py) answers message creates
   and edits with 5xx, 429 storms, connection resets or late 504s at seeded rates; `drop_gateway()`
   closes the gateway mid-run (the bot RESUMEs and missed events are replayed). A create that
   carries `nonce` + `enforce_nonce` is idempotent, as on Discord: a retry returns the message
-  the first attempt created.
+  the first attempt created. Interaction follow-ups take no nonce; a bot can find one it posted
+  in the channel's history (`GET /channels/{id}/messages`), by its `interaction_metadata`.
 
 Tests act as users (`send`, `dm`, `delete`, `click`, `slash`) and observe what a user would see
 through `FakeMessage` records: every revision of every message with its allowed_mentions and
@@ -281,6 +284,7 @@ class FakeDiscord:
         global_limit: tuple[int, float] = GLOBAL,
         webhook_messages: tuple[int, float] = WEBHOOK_MESSAGES,
         recommended_shards: int = 1,
+        max_concurrency: int = 1,
         heartbeat_interval: float = 41.25,
     ) -> None:
         self.token = token
@@ -288,6 +292,7 @@ class FakeDiscord:
         self.limits = {"messages": channel_messages, "webhook": webhook_messages, "other": OTHER}
         self.global_limit = global_limit
         self.recommended_shards = recommended_shards
+        self.max_concurrency = max_concurrency  # session_start_limit: IDENTIFY buckets per 5 s
         self.heartbeat_interval = heartbeat_interval
         self.faults = Faults()  # no failures unless a test asks for them
 
@@ -313,7 +318,9 @@ class FakeDiscord:
         self.throttled: list[Call] = []
         """Every 429 the fake answered."""
         self.typing: list[tuple[int, float]] = []  # (channel id, monotonic time)
+        self.unreadable: set[int] = set()  # channels whose history the bot may not read (403)
         self.identifies: list[dict[str, Any]] = []
+        self.identify_times: list[tuple[int, float]] = []  # (shard id, monotonic time) per IDENTIFY
         self.resumes = 0
         self.gateway_closes: list[int] = []  # close codes the fake sent
         self._sessions: dict[str, _Session] = {}
@@ -539,6 +546,13 @@ class FakeDiscord:
         if m.webhook_id:
             data["webhook_id"] = str(m.webhook_id)
             data["application_id"] = str(self.app_id)
+        if m.interaction_id and (inter := self.interactions.get(m.interaction_id)):
+            owner = {"0": str(m.guild_id)} if m.guild_id else {"1": str(inter.user.id)}
+            data["interaction_metadata"] = {"id": str(inter.id), "type": inter.type,
+                                            "user": inter.user.json(),
+                                            "authorizing_integration_owners": owner}
+            if inter.original is not None and inter.original is not m:  # a follow-up
+                data["interaction_metadata"]["original_response_message_id"] = str(inter.original.id)
         if m.reference:
             ref = self.messages.get(m.reference)
             data["message_reference"] = {"type": 0, "message_id": str(m.reference),
@@ -618,6 +632,7 @@ class FakeDiscord:
             ("GET", "/oauth2/applications/@me", self._get_application, "other", ""),
             ("GET", "/channels/{channel_id}", self._get_channel, "other", "channel_id"),
             ("POST", "/channels/{channel_id}/messages", self._create_message, m, "channel_id"),
+            ("GET", "/channels/{channel_id}/messages", self._get_messages, "other", "channel_id"),
             ("GET", "/channels/{channel_id}/messages/{message_id}", self._get_message, "other", "channel_id"),
             ("PATCH", "/channels/{channel_id}/messages/{message_id}", self._edit_message, m, "channel_id"),
             ("DELETE", "/channels/{channel_id}/messages/{message_id}", self._delete_message, "other", "channel_id"),
@@ -807,7 +822,8 @@ class FakeDiscord:
     async def _get_gateway_bot(self, request: web.Request, body: Any) -> tuple[int, Any]:
         return 200, {"url": self.gateway_url, "shards": self.recommended_shards,
                      "session_start_limit": {"total": 1000, "remaining": 999,
-                                             "reset_after": 86_400_000, "max_concurrency": 1}}
+                                             "reset_after": 86_400_000,
+                                             "max_concurrency": self.max_concurrency}}
 
     async def _get_application(self, request: web.Request, body: Any) -> tuple[int, Any]:
         return 200, {"id": str(self.app_id), "name": "streambot", "icon": None, "description": "",
@@ -831,6 +847,26 @@ class FakeDiscord:
             self._nonces[nonce] = msg.id
         await self._dispatch("MESSAGE_CREATE", self._message_json(msg, member=True), channel.guild_id)
         return 200, self._message_json(msg)
+
+    async def _get_messages(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        """A channel's history, newest first, as Discord answers it: `limit` (1-100, default
+        50) messages before `before`, right after `after`, or the newest. Ephemeral ones are
+        only ever seen by their user."""
+        channel = self._channel(request)
+        if channel.id in self.unreadable:
+            raise DiscordError(403, 50001, "Missing Access")
+        query = request.query
+        limit = max(1, min(100, int(query.get("limit", 50))))
+        found = sorted((m for m in self.messages.values()
+                        if m.channel_id == channel.id and not m.deleted and not m.flags & 64),
+                       key=lambda m: m.id)
+        if "after" in query:
+            found = [m for m in found if m.id > int(query["after"])][:limit]
+        elif "before" in query:
+            found = [m for m in found if m.id < int(query["before"])][-limit:]
+        else:
+            found = found[-limit:]
+        return 200, [self._message_json(m) for m in reversed(found)]
 
     async def _get_message(self, request: web.Request, body: Any) -> tuple[int, Any]:
         channel = self._channel(request)
@@ -1020,6 +1056,7 @@ class FakeDiscord:
 
     async def _identify(self, ws: web.WebSocketResponse, d: dict[str, Any]) -> _Session | None:
         self.identifies.append({k: v for k, v in d.items() if k != "token"})
+        self.identify_times.append((int((d.get("shard") or (0, 1))[0]), time.monotonic()))
         if d.get("token") != self.token:
             await self._close(ws, 4004, "Authentication failed.")
             return None
