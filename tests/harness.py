@@ -184,6 +184,17 @@ def assert_grew(history: list[str], final: str) -> list[str]:
     return states
 
 
+def long_markdown() -> str:
+    """A 6,000-character answer with headings, a long code block and lists: several pages."""
+    code = "\n".join(f"    result_{i} = compute({i}, factor={i * 3})  # step {i}" for i in range(70))
+    prose = " ".join(f"Sentence {i} explains **one more** detail of the design." for i in range(45))
+    text = (f"# A long answer\n\n{prose}\n\n```python\ndef main() -> None:\n{code}\n```\n\n"
+            f"## After the code\n\n{prose}\n\n- item one\n- item two\n")
+    while len(text) < 6000:
+        text += f"\nMore text to reach the size: {len(text)}."
+    return text
+
+
 # --- Discord: the real bot against the fake ----------------------------------------------------
 
 

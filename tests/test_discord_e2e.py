@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage
 from fakes.openai_server import FakeOpenAI
-from harness import GUARD, Bot, assert_pages_are, final
+from harness import GUARD, Bot, assert_pages_are, final, long_markdown
 from harness import make_discord_config as make_config
 from harness import running_discord_bot as running_bot
 
@@ -54,16 +54,6 @@ def assert_never_pinged(fake: FakeDiscord) -> None:
             assert rev.allowed_mentions is not None, f"{rev.via} without allowed_mentions"
             assert rev.allowed_mentions.get("parse") == [], rev.allowed_mentions
             assert rev.pings == (), f"{rev.via} of {message.id} would ping {rev.pings}"
-
-
-def long_markdown() -> str:
-    code = "\n".join(f"    result_{i} = compute({i}, factor={i * 3})  # step {i}" for i in range(70))
-    prose = " ".join(f"Sentence {i} explains **one more** detail of the design." for i in range(45))
-    text = (f"# A long answer\n\n{prose}\n\n```python\ndef main() -> None:\n{code}\n```\n\n"
-            f"## After the code\n\n{prose}\n\n- item one\n- item two\n")
-    while len(text) < 6000:
-        text += f"\nMore text to reach the size: {len(text)}."
-    return text
 
 
 # --- the tests ---------------------------------------------------------------------------------

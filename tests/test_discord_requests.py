@@ -21,7 +21,8 @@ from bots.discord_bot import DiscordBot
 from fakes.discord_server import FakeDiscord, FakeInteraction
 from fakes.faults import Fault, Faults
 from fakes.openai_server import FakeOpenAI
-from test_discord_e2e import assert_pages_are, final, long_markdown, running_bot
+from harness import assert_pages_are, final, long_markdown
+from harness import running_discord_bot as running_bot
 
 from core.config import Config
 from core.host import Host
@@ -97,7 +98,7 @@ async def test_ask_follow_up_failures_reach_the_relay_once(
             outcome = await bot.outcome(inter.id)
     assert outcome.status == "done" and outcome.delivered
     pages = [inter.original, *inter.followups]
-    assert_pages_are([final(p) for p in pages], text)
+    assert_pages_are([final(p) for p in pages], text, 2000)
     requests, failed = message_calls(fake)
     assert failed == sum(fake.faults.injected.values()) >= 4
     assert reached_the_relay(outcome) == failed
@@ -139,7 +140,7 @@ async def test_an_ask_follow_up_is_posted_once(
     assert outcome.status == "done" and outcome.delivered
     pages = [inter.original, *inter.followups]
     assert len(pages) >= 3
-    assert_pages_are([final(p) for p in pages], text)  # each page once, in order
+    assert_pages_are([final(p) for p in pages], text, 2000)  # each page once, in order
     assert all(CURSOR not in final(p) and p.history[-1].components == [] for p in pages)
     assert len(fake.bot_messages()) == len(pages)
     assert fake.faults.injected == {fault: 1} and outcome.failed_requests == 1
@@ -159,7 +160,7 @@ async def test_follow_ups_are_posted_again_where_history_cannot_be_read(
             inter: FakeInteraction = await fake.slash("ask", {"prompt": "write a lot"})
             outcome = await bot.outcome(inter.id)
     assert outcome.status == "done" and outcome.delivered
-    assert_pages_are([final(p) for p in [inter.original, *inter.followups]], text)
+    assert_pages_are([final(p) for p in [inter.original, *inter.followups]], text, 2000)
     assert [c.status for c in fake.calls_to(HISTORY)] == [403]
 
 
