@@ -64,7 +64,7 @@ class Reply:
         self.target = target
         self.pacer = pacer
         self.settings = settings or StreamConfig()
-        self.pager = Pager(target.page_limit)
+        self.pager = Pager(target.page_limit, measure=target.measure)
         self.handles: list[Any] = []
         self.status_line = ""
         self._tools: dict[str, str] = {}
