@@ -8,13 +8,14 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 
 from core import config as cfg
 from core import logs
 from core.demo import DEMO_NOTICE
+from core.errors import SetupError
 from core.limits import Gate
 from core.ops import OpsServer
 from core.pacing import Pacer
@@ -169,10 +170,25 @@ def _address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _level(value: str) -> str:
+    try:
+        return logs.level_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """A mistaken flag is one line (`streambot: error: ...`), like every other operator mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog.split()[0]}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="streambot", description="Stream LLM answers into Discord, Slack and the terminal.")
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    parser.add_argument("--log-level", default="WARNING", type=_level,
+                        help="DEBUG, INFO, WARNING (default), ERROR, CRITICAL")
     parser.add_argument("--log-format", choices=("text", "json"),
                         help="text, or json: one object per line (default: [ops] log_format)")
     sub = parser.add_subparsers(dest="command")
@@ -213,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except cfg.ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except SetupError as exc:  # a rejected token, a memory file that cannot be opened, ...
+        logs.fatal(str(exc))
         return 1
 
 

@@ -33,6 +33,7 @@ from discord.http import HTTPClient, Route
 from discord.utils import MISSING
 
 from core.config import Config, DiscordConfig, env
+from core.errors import SetupError
 from core.limits import FINAL_GRACE, RESTARTING, Gate, Refused, Slot
 from core.logs import tag_reply
 from core.ops import register_ready
@@ -57,7 +58,7 @@ KEY_CACHE = 20_000  # message id -> conversation key entries kept in memory
 TYPING_EVERY = 8.0  # Discord shows "is typing" for ~10 s per request
 
 
-class DiscordSetupError(RuntimeError):
+class DiscordSetupError(SetupError):
     """The bot cannot run as configured; the message says what to change."""
 
 

@@ -37,6 +37,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from core.config import Config, SlackConfig, env
+from core.errors import SetupError
 from core.limits import FINAL_GRACE, RESTARTING, Gate, Refused
 from core.logs import tag_reply
 from core.ops import register_ready
@@ -472,7 +473,7 @@ class SlackBot:
         try:
             resp = await self.client.auth_test()
         except SlackApiError as exc:
-            raise RuntimeError(f"Slack rejected SLACK_BOT_TOKEN ({_error_of(exc)[1]}): check the "
+            raise SetupError(f"Slack rejected SLACK_BOT_TOKEN ({_error_of(exc)[1]}): check the "
                                "bot token (xoxb-) of the installed app") from None
         self.bot_user_id = resp.get("user_id", "")
         self.bot_id = resp.get("bot_id", "")
@@ -484,7 +485,7 @@ class SlackBot:
             resp = await self.client.apps_connections_open(app_token=self.app_token)
         except SlackApiError as exc:
             await handler.close_async()
-            raise RuntimeError(f"Slack rejected SLACK_APP_TOKEN ({_error_of(exc)[1]}): it must be "
+            raise SetupError(f"Slack rejected SLACK_APP_TOKEN ({_error_of(exc)[1]}): it must be "
                                "an app-level token (xapp-) with connections:write") from None
         handler.client.wss_uri = resp["url"]
         await handler.connect_async()
@@ -800,12 +801,12 @@ async def serve(config: Config, brain: Brain, pacer: Pacer, store: StateStore | 
     """
     bot_token = env("SLACK_BOT_TOKEN")
     if not bot_token:
-        raise RuntimeError("SLACK_BOT_TOKEN is not set: export the app's bot token (xoxb-...)")
+        raise SetupError("SLACK_BOT_TOKEN is not set: export the app's bot token (xoxb-...)")
     app_token, secret = env("SLACK_APP_TOKEN"), env("SLACK_SIGNING_SECRET")
     if config.slack.mode == "socket" and not app_token:
-        raise RuntimeError("SLACK_APP_TOKEN is not set: Socket Mode needs an app-level token (xapp-...)")
+        raise SetupError("SLACK_APP_TOKEN is not set: Socket Mode needs an app-level token (xapp-...)")
     if config.slack.mode == "http" and not secret:
-        raise RuntimeError("SLACK_SIGNING_SECRET is not set: HTTP mode verifies requests with it")
+        raise SetupError("SLACK_SIGNING_SECRET is not set: HTTP mode verifies requests with it")
     async with aiohttp.ClientSession() as session:
         bot = SlackBot(config, brain, pacer, bot_token=bot_token, app_token=app_token,
                        signing_secret=secret, session=session, store=store, gate=gate)

@@ -71,9 +71,35 @@ class JsonFormatter(TextFormatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+def not_noise(record: logging.LogRecord) -> bool:
+    """Handler filter: drop warnings that say nothing to an operator of a text-only bot
+    (discord.py warns at every start that voice needs PyNaCl and davey)."""
+    return not (record.name == "discord.client" and "voice will NOT be supported" in str(record.msg))
+
+
 def setup(level: str = "WARNING", fmt: str = "text") -> None:
     """Log to stderr in `fmt` ("text" or "json") from `level` up, replacing earlier set-up."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(add_reply_fields)
+    handler.addFilter(not_noise)
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def fatal(message: str) -> None:
+    """Say why the process stops, as one line on stderr: a JSON object when the logs are JSON
+    (so a log pipeline reads it), else the plain message (like `check-config`'s lines)."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        logging.getLogger("streambot").critical(message)
+    else:
+        print(message, file=sys.stderr)
+
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def level_name(value: str) -> str:
+    """`--log-level`: a level name in any case; ValueError for anything else."""
+    if value.upper() not in LEVELS:
+        raise ValueError(f"use {', '.join(LEVELS)}, not {value!r}")
+    return value.upper()

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.config import Config, redis_url
+from core.errors import SetupError
 from core.markdown import closer, scan_fences
 from core.paging import best_cut
 
@@ -212,4 +213,8 @@ def open_store(config: Config) -> StateStore:
         from core.redis_state import RedisStore  # only the redis backend needs the client loaded
 
         return RedisStore.from_url(redis_url(config))
-    return LocalStore(config.memory.path)
+    try:
+        return LocalStore(config.memory.path)
+    except sqlite3.Error as exc:  # check_env looked, but the file may have changed since
+        raise SetupError(f"memory.path: cannot open {config.memory.path} ({exc}): point it at a "
+                         "file SQLite can create or open read-write") from None

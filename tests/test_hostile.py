@@ -6,18 +6,25 @@ benchmarks/hostile_bench.py.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
+from fakes.discord_server import FakeDiscord
 from fakes.openai_server import FakeOpenAI
 from fakes.slack_server import FakeSlack, bot_for as slack_bot, settled
 
+from bots import cli
 from bots.slack_bot import ZWJ, neutralize
 from core.paging import Pager
 
 CHANNEL = "C0GENERAL"
 WAIT = 60.0
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- 4. special mentions in any case ---------------------------------------------------------
 
@@ -65,3 +72,99 @@ def test_pager_measures_pages_with_the_target_s_measure() -> None:
     pager.render(streaming=False)
     assert pager.pages and all(len(p.text) * 2 <= 200 for p in pager.pages)
     assert len(pager.render(streaming=False)) * 2 <= 200
+
+
+# --- 5. one line, never a traceback, for every operator mistake ----------------------------------
+
+# (what the file says, a piece of the one line check-config must print about it)
+BAD_CONFIGS = [
+    ('[memory]\npath = "/nonexistent/streambot/memory.db"\n', "memory.path: cannot open it"),
+    ('[memory]\npath = "{tmp}"\n', "memory.path: cannot open it"),  # a directory
+    ("[memory]\nmax_items = 9223372036854775807\n", "memory.max_items:"),
+    ("[stream]\nfinal_deadline = inf\n", "stream.final_deadline:"),
+    ("[stream]\nslow_notice = nan\n", "stream.slow_notice:"),
+    ("a = " + "[" * 100_000 + "]" * 100_000 + "\n", "(syntax): nested too deeply"),
+    ("a = " + "{x=" * 5000 + "1" + "}" * 5000 + "\n", "(syntax): nested too deeply"),
+    ("# " + "x" * 2_000_000 + "\n", "(file): larger than 1 MiB"),
+]
+
+
+@pytest.mark.parametrize(("text", "line"), BAD_CONFIGS, ids=[
+    "path-missing-dir", "path-is-dir", "max-items", "inf", "nan", "deep-array", "deep-table", "huge"])
+def test_a_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  text: str, line: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text.replace("{tmp}", str(tmp_path)))
+    assert cli.main(["check-config", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert err == "" and out.count("\n") == 1 and line in out, out[:500]
+
+
+def test_check_config_of_an_endless_file_stops(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check-config", "/dev/zero"]) == 1
+    out, _ = capsys.readouterr()
+    assert out == "/dev/zero: (file): larger than 1 MiB: point --config at the bot's TOML file\n"
+
+
+def test_run_with_a_memory_path_that_cannot_be_opened_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[memory]\npath = "/nonexistent/streambot/memory.db"\n')
+    assert cli.main(["run", "-c", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "memory.path: cannot open it" in err
+
+
+@pytest.mark.parametrize("argv", [["--log-level", "FOO", "check-config"],
+                                  ["--log-format", "xml", "check-config"]])
+def test_a_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("streambot: error: argument --log-"), err
+
+
+def test_log_level_takes_any_case(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--log-level", "info", "check-config", "/nonexistent.toml"]) == 1
+
+
+async def _run_cli(tmp_path: Path, config: str, env: dict[str, str], *flags: str) -> tuple[int, str]:
+    path = tmp_path / "config.toml"
+    path.write_text(config + f'[memory]\npath = "{tmp_path / "bot.db"}"\n'
+                    '[model]\nbase_url = "http://127.0.0.1:9/v1"\n')  # never called
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "OPENAI_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bots.cli", *flags, "run", "--config", str(path), cwd=ROOT,
+        env={**clean, "OPENAI_API_KEY": "test", **env}, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    return proc.returncode or 0, err.decode()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_a_wrong_slack_token_is_one_line(slack: FakeSlack, tmp_path: Path, fmt: str) -> None:
+    rc, err = await _run_cli(
+        tmp_path, f'[slack]\nenabled = true\napi_base = "{slack.base_url}"\n',
+        {"SLACK_BOT_TOKEN": "xoxb-wrong-token-value", "SLACK_APP_TOKEN": "xapp-x"},
+        "--log-format", fmt)
+    assert rc == 1
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "SLACK_BOT_TOKEN" in lines[0] and "invalid_auth" in lines[0] and "wrong-token" not in err
+    if fmt == "json":
+        assert json.loads(lines[0])["level"] == "CRITICAL"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_a_wrong_discord_token_is_one_line(fake_discord: FakeDiscord, tmp_path: Path,
+                                                 fmt: str) -> None:
+    rc, err = await _run_cli(
+        tmp_path, f'[discord]\nenabled = true\napi_base = "{fake_discord.api_base}"\n',
+        {"DISCORD_BOT_TOKEN": "wrong.discord.token-value"}, "--log-format", fmt)
+    assert rc == 1
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "DISCORD_BOT_TOKEN" in lines[0] and "token-value" not in err
+    if fmt == "json":
+        assert json.loads(lines[0])["level"] == "CRITICAL"
