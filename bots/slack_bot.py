@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
@@ -36,6 +37,7 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.slack_http import screen
 from core.config import Config, SlackConfig, env
 from core.errors import SetupError
 from core.limits import FINAL_GRACE, RESTARTING, Gate, Refused
@@ -432,6 +434,7 @@ class SlackBot:
         self.brain = brain
         self.pacer = pacer
         self.app_token = app_token
+        self.signing_secret = signing_secret
         base = api_base_url(self.settings.api_base)
         self.client = AsyncWebClient(
             token=bot_token, session=session, retry_handlers=[],  # the relay does the retrying
@@ -515,6 +518,9 @@ class SlackBot:
 
     async def _serve_http(self) -> Callable[[], Awaitable[None]]:
         async def handle(request: web.Request) -> web.Response:
+            refused = screen(await request.read(), request.headers, self.signing_secret, time.time())
+            if refused:  # before bolt, which would parse an unsigned body and fail with a 500
+                return web.json_response({"error": "invalid request"}, status=refused)
             resp = await self.app.async_dispatch(await to_bolt_request(request))
             return await to_aiohttp_response(resp)
 

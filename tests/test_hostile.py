@@ -7,16 +7,22 @@ benchmarks/hostile_bench.py.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
+
+import aiohttp
 
 import pytest
 from fakes.discord_server import FakeDiscord
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import FakeSlack, bot_for as slack_bot, settled
+from fakes.slack_server import SIGNING_SECRET, FakeSlack, bot_for as slack_bot, settled
 
 from bots import cli
 from bots.slack_bot import ZWJ, neutralize
@@ -168,3 +174,45 @@ async def test_a_wrong_discord_token_is_one_line(fake_discord: FakeDiscord, tmp_
     assert "DISCORD_BOT_TOKEN" in lines[0] and "token-value" not in err
     if fmt == "json":
         assert json.loads(lines[0])["level"] == "CRITICAL"
+
+
+def _signed(body: bytes, content_type: str = "application/json") -> dict[str, str]:
+    ts = str(int(time.time()))
+    mac = hmac.new(SIGNING_SECRET.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256)
+    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={mac.hexdigest()}",
+            "Content-Type": content_type}
+
+
+JSON = {"Content-Type": "application/json"}
+# (body, headers, the status it must get)
+MALFORMED = [
+    (b"", {}, 401),
+    (b"\xff\xfe\x00garbage", JSON, 401),
+    (b"[1,2]", JSON, 401),
+    (b"payload=%ZZ", {"Content-Type": "application/x-www-form-urlencoded"}, 401),
+    (b"{}", {"X-Slack-Request-Timestamp": "abc", "X-Slack-Signature": "v0=00"}, 401),
+    (b"{}", {"X-Slack-Request-Timestamp": "9" * 400, "X-Slack-Signature": "v0=00"}, 401),
+    (b"{}", {"X-Slack-Request-Timestamp": "1", "X-Slack-Signature": "v0=\u00e9"}, 401),
+    (b"\xff\xfe", _signed(b"\xff\xfe"), 400),
+    (b"[1]", _signed(b"[1]"), 400),
+    (b"{", _signed(b"{"), 400),
+    (b"payload=%7B", _signed(b"payload=%7B", "application/x-www-form-urlencoded"), 400),
+    (b'{"type":"event_callback","event":"x"}',
+     _signed(b'{"type":"event_callback","event":"x"}'), 400),
+    (b'{"a":' * 5000 + b"1" + b"}" * 5000, _signed(b'{"a":' * 5000 + b"1" + b"}" * 5000), 400),
+]
+
+
+async def test_malformed_bodies_to_the_http_endpoint_get_400_or_401(
+        fake_openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fake_openai.reply("still here")
+    async with FakeSlack(mode="http") as slack, slack_bot(slack, fake_openai, tmp_path):
+        assert slack.http_url
+        async with aiohttp.ClientSession() as session:
+            for body, headers, status in MALFORMED:
+                async with session.post(slack.http_url, data=body, headers=headers) as resp:
+                    assert resp.status == status, (body[:40], resp.status)
+        ts = await slack.mention(CHANNEL, "are you still answering?")
+        await slack.wait_for(lambda: settled(slack, CHANNEL, ts), WAIT)
+        assert slack.reply_text(CHANNEL, ts) == "still here"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
