@@ -34,6 +34,7 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -408,7 +409,8 @@ class Recent(OrderedDict[Any, Any]):
 
 def _quiet_token_notice(record: logging.LogRecord) -> bool:
     """bolt warns that SLACK_BOT_TOKEN is unused when given a client: we built that client."""
-    return "`token` will be unused" not in record.getMessage()
+    message = record.getMessage()
+    return "`token` will be unused" not in message and "`token` (or SLACK_BOT_TOKEN" not in message
 
 
 def api_base_url(api_base: str) -> str | None:
@@ -446,10 +448,12 @@ class SlackBot:
             client=self.client, signing_secret=signing_secret,
             request_verification_enabled=self.settings.mode == "http",
             ignoring_self_events_enabled=False,  # it would also drop "our reply was deleted"
-            process_before_response=False, logger=bolt_log)
+            process_before_response=False, logger=bolt_log,
+            authorize=lambda: self._authorize())  # from identify's auth.test, not one per event
         self.bot_user_id = ""
         self.bot_id = ""
         self.team_id = ""
+        self._identity: AuthorizeResult | None = None
         self._running: dict[str, Running] = {}
         self._by_message: dict[tuple[str, str], str] = {}  # question or reply message -> reply id
         self._threads = Recent(50_000)  # (channel, thread_ts) -> is the bot part of it?
@@ -481,6 +485,16 @@ class SlackBot:
         self.bot_user_id = resp.get("user_id", "")
         self.bot_id = resp.get("bot_id", "")
         self.team_id = resp.get("team_id", "")
+        self._identity = AuthorizeResult.from_auth_test_response(
+            auth_test_response=resp, bot_token=self.client.token)
+
+    async def _authorize(self) -> AuthorizeResult:
+        """bolt's authorization of each event: who we are, known since start-up. (bolt's own
+        single-workspace authorization calls auth.test per event until the first call returns:
+        a burst got 429s, and bolt acknowledged those events unanswered.)"""
+        if self._identity is None:  # a 500, not an ack: Slack delivers the event again
+            raise TransientError("the bot has not identified itself to Slack yet")
+        return self._identity
 
     async def _socket_mode(self) -> Callable[[], Awaitable[None]]:
         handler = AsyncSocketModeHandler(self.app, self.app_token)

@@ -22,7 +22,8 @@ import aiohttp
 import pytest
 from fakes.discord_server import FakeDiscord
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import SIGNING_SECRET, FakeSlack, bot_for as slack_bot, settled
+from fakes.slack_server import (DEFAULT_LIMITS, SIGNING_SECRET, FakeSlack, Limit, bot_for as slack_bot,
+                                settled)
 
 from bots import cli
 from bots.slack_bot import ZWJ, neutralize
@@ -216,3 +217,53 @@ async def test_malformed_bodies_to_the_http_endpoint_get_400_or_401(
         await slack.wait_for(lambda: settled(slack, CHANNEL, ts), WAIT)
         assert slack.reply_text(CHANNEL, ts) == "still here"
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+# --- 2. a burst right after start-up ------------------------------------------------------------
+
+NO_LIMITS = {"user_concurrent": 0, "user_per_minute": 0, "channel_concurrent": 0}
+
+
+async def test_50_mentions_in_the_first_second_are_all_answered(fake_openai: FakeOpenAI,
+                                                                tmp_path: Path) -> None:
+    # auth.test at tier 2 with a burst of 3, so that an auth.test per event is refused
+    limits = {**DEFAULT_LIMITS, "auth.test": Limit(20.0, 3.0)}
+    for _ in range(50):
+        fake_openai.reply("answered")
+    async with FakeSlack(limits=limits) as slack, slack_bot(slack, fake_openai, tmp_path,
+                                                             streaming="edit", limits=NO_LIMITS):
+        asks = [slack.mention(f"C0BURST{i:02d}", "a question", user=f"U0ASKER{i:02d}")
+                for i in range(50)]
+        questions = await asyncio.gather(*asks)
+        await slack.wait_for(lambda: all(settled(slack, f"C0BURST{i:02d}", ts)
+                                         for i, ts in enumerate(questions)), 300.0)
+        # (chat.update is one budget per workspace, ~43 a minute: 50 final edits take a while)
+        answered = sum(slack.reply_text(f"C0BURST{i:02d}", ts) == "answered"
+                       for i, ts in enumerate(questions))
+    assert answered == 50
+    assert slack.count("auth.test") == 1  # the one at start-up
+
+
+async def test_an_event_that_cannot_be_authorized_is_not_acknowledged(
+        slack: FakeSlack, fake_openai: FakeOpenAI) -> None:
+    """Should authorization fail after all, bolt must not answer 200: that acknowledges the
+    event, and Slack would never redeliver a question nobody answered."""
+    from slack_bolt.request.async_request import AsyncBoltRequest
+
+    from bots.slack_bot import SlackBot
+    from core.config import Config, SlackConfig
+    from core.pacing import Pacer
+    from core.sources import build_brain
+    from fakes.slack_server import BOT_TOKEN, BOT_USER_ID, TEAM_ID
+
+    config = Config(slack=SlackConfig(enabled=True, api_base=slack.base_url))
+    bot = SlackBot(config, build_brain(config), Pacer(), bot_token=BOT_TOKEN)
+    slack.fail_next["auth.test"] = ["ratelimited"]
+    event = {"type": "app_mention", "channel": CHANNEL, "user": "U0HUMAN", "ts": "1.000001",
+             "text": f"<@{BOT_USER_ID}> hi"}
+    body = {"team_id": TEAM_ID, "api_app_id": "A0APP", "type": "event_callback", "event": event,
+            "event_id": "Ev0001", "event_time": 1,
+            "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID, "is_bot": True}]}
+    resp = await bot.app.async_dispatch(AsyncBoltRequest(body=body, mode="socket_mode"))
+    assert resp.status != 200
+    await bot.client.session.close() if bot.client.session else None
