@@ -20,6 +20,7 @@ from core.limits import Gate
 from core.ops import OpsServer
 from core.pacing import Pacer
 from core.sources import build_brain
+from core.webserver import raise_descriptor_limit
 from core.state import StateStore, open_store
 
 
@@ -65,6 +66,7 @@ async def run(config: cfg.Config, source: str) -> int:
         for p in problems:
             print(p, file=sys.stderr)
         return 1
+    raise_descriptor_limit()  # soft RLIMIT_NOFILE up to the hard limit: room for connections
     ops = OpsServer(config.ops.host, config.ops.port) if config.ops.enabled and config.ops.port else None
     if ops is not None:
         try:

@@ -49,6 +49,7 @@ from core.platform import Frame, MessageGone, Op, Rate, RateLimited, Target, Tra
 from core.relay import Reply
 from core.sources import Brain
 from core.state import LocalStore, ReplyRecord, StateStore, repair_orphans
+from core.webserver import GuardedSite
 
 log = logging.getLogger("streambot.slack")
 
@@ -540,14 +541,13 @@ class SlackBot:
 
         web_app = web.Application()
         web_app.router.add_post(EVENTS_PATH, handle)
-        runner = web.AppRunner(web_app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, self.settings.host, self.settings.port).start()
+        site = GuardedSite(web_app, self.settings.host, self.settings.port)  # deadlines, a cap
+        await site.start()
         self._listening = True
 
         async def stop() -> None:
             self._listening = False
-            await runner.cleanup()
+            await site.stop()
 
         return stop
 

@@ -21,6 +21,7 @@ import aiohttp
 
 import pytest
 from fakes.discord_server import FakeDiscord
+from fakes.flood import flood
 from fakes.openai_server import FakeOpenAI
 from fakes.slack_server import (DEFAULT_LIMITS, SIGNING_SECRET, FakeSlack, Limit, bot_for as slack_bot,
                                 settled)
@@ -267,3 +268,62 @@ async def test_an_event_that_cannot_be_authorized_is_not_acknowledged(
     resp = await bot.app.async_dispatch(AsyncBoltRequest(body=body, mode="socket_mode"))
     assert resp.status != 200
     await bot.client.session.close() if bot.client.session else None
+
+
+# --- 1. idle and half-open connections under a low descriptor limit ------------------------------
+
+
+async def test_a_flood_of_idle_connections_loses_no_question(fake_openai: FakeOpenAI,
+                                                             tmp_path: Path) -> None:
+    """1,200 sockets held open (silent or half a request) to a bot allowed 256 descriptors."""
+    fake_openai.reply("yes, still here")
+    async with FakeSlack(mode="http") as slack:
+        result = await flood(slack, fake_openai.base_url, tmp_path, nofile=256, idle=400, half=200)
+    assert result.held == 1200, result
+    assert result.answered and result.healthz == 200, result
+    assert result.max_fds < 256, result
+    assert result.closed_by_bot == result.held, result  # none is held for ever
+    assert result.log_lines <= 10, result.log_tail
+
+
+def test_accept_errors_are_one_line_a_minute() -> None:
+    from core.webserver import AcceptErrorFilter
+
+    flt = AcceptErrorFilter()
+    records = [logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, (), None) for msg in
+               ["socket.accept() out of system resource\nsocket: <socket>"] * 500
+               + ["Exception in callback BaseSelectorEventLoop._start_serving(...)"] * 500]
+    passed = [r for r in records if flt.filter(r)]
+    assert len(passed) == 1 and passed[0].levelno == logging.WARNING and passed[0].exc_info is None
+    other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task was destroyed", (), None)
+    assert flt.filter(other)
+
+
+async def _served_until_closed(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    try:
+        return await asyncio.wait_for(reader.read(), WAIT)  # b"" once the server closes it
+    finally:
+        writer.close()
+
+
+async def test_silent_and_half_sent_requests_are_closed() -> None:
+    from aiohttp import web
+
+    from core.webserver import GuardedSite
+
+    app = web.Application()
+    app.router.add_get("/", lambda request: web.Response(text="hello"))
+    app.router.add_post("/", lambda request: web.Response(text="posted"))
+    site = GuardedSite(app, "127.0.0.1", 0, header_timeout=0.3, body_timeout=0.3, idle_timeout=0.3)
+    await site.start()
+    try:
+        assert await _served_until_closed(site.port, b"") == b""
+        assert await _served_until_closed(site.port, b"GET / HTTP/1.1\r\nHost: x\r\n") == b""
+        slow_body = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
+        assert b" 408 " in await _served_until_closed(site.port, slow_body)
+        kept_alive = await _served_until_closed(site.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept_alive.startswith(b"HTTP/1.1 200") and kept_alive.endswith(b"hello")
+    finally:
+        await site.stop()
