@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -23,12 +24,18 @@ import pytest
 from fakes.discord_server import FakeDiscord
 from fakes.flood import flood
 from fakes.openai_server import FakeOpenAI
+from fakes.scripted import ScriptRun, deltas
 from fakes.slack_server import (DEFAULT_LIMITS, SIGNING_SECRET, FakeSlack, Limit, bot_for as slack_bot,
                                 settled)
 
 from bots import cli
 from bots.slack_bot import ZWJ, neutralize
+from core.config import StreamConfig
+from core.pacing import Pacer, RealClock
 from core.paging import Pager
+from core.platform import Frame, Op, Rate, Target
+from core.relay import Reply
+from core.state import LocalStore, ReplyRecord
 
 CHANNEL = "C0GENERAL"
 WAIT = 60.0
@@ -327,3 +334,48 @@ async def test_silent_and_half_sent_requests_are_closed() -> None:
         assert kept_alive.startswith(b"HTTP/1.1 200") and kept_alive.endswith(b"hello")
     finally:
         await site.stop()
+
+
+# --- 7. smaller holes -----------------------------------------------------------------------------
+
+
+class _ScreenVsRecord(Target):
+    """Checks, as each edit goes out, what a process starting after a kill -9 now would find."""
+
+    platform = "test"
+    page_limit = 4000
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.behind: list[tuple[str, str]] = []  # (shown, recorded) where the record had less
+        self.edits = 0
+
+    def budgets(self, op: Op) -> list[tuple[str, Rate]]:
+        return [("test", Rate(1, 0.2))]
+
+    def locate(self, handle: object) -> dict[str, object]:
+        return {"message": handle}
+
+    async def post(self, frame: Frame) -> object:
+        return "m1"
+
+    async def edit(self, handle: object, frame: Frame) -> None:
+        self.edits += 1
+        with sqlite3.connect(self.db) as conn:  # as the next process would read it
+            rows = conn.execute("SELECT record FROM streambot_replies").fetchall()
+        recorded = ReplyRecord.from_json(rows[0][0]).text if rows else ""
+        if not frame.final and not recorded.startswith(frame.raw):
+            self.behind.append((frame.raw, recorded))
+
+
+async def test_a_reply_record_never_has_less_text_than_the_screen(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    store = LocalStore(str(db))
+    target = _ScreenVsRecord(db)
+    run = ScriptRun(RealClock(), deltas("Recorded before it is shown. " * 12, 3, 0.01))
+    try:
+        outcome = await Reply(run, target, Pacer(), StreamConfig(), store).run()
+    finally:
+        await store.close()
+    assert outcome.status == "done" and target.edits >= 5
+    assert target.behind == []
