@@ -459,9 +459,9 @@ class DiscordBot(discord.AutoShardedClient):
 
     async def on_message(self, message: discord.Message) -> None:
         me = self.user
-        if me is None or message.author.bot or message.type not in (
+        if me is None or message.author.bot or message.webhook_id or message.type not in (
                 discord.MessageType.default, discord.MessageType.reply):
-            return  # other bots, ourselves, system messages
+            return  # other bots, ourselves, webhooks (author.bot may be unset), system messages
         channel = message.channel
         in_dm = message.guild is None
         in_our_thread = isinstance(channel, discord.Thread) and channel.owner_id == me.id

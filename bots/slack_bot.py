@@ -620,8 +620,8 @@ class SlackBot:
 
     async def on_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         channel, user, ts = event.get("channel", ""), event.get("user", ""), event.get("ts", "")
-        if self._from_bot(event) or not self._allowed(channel, user, dm=False):
-            return
+        if not ts or self._from_bot(event) or not self._allowed(channel, user, dm=False):
+            return  # (without ts there is no thread: the answer would land in the channel)
         if not await self._first_time(body.get("event_id"), f"msg:{channel}:{ts}"):
             return
         thread_ts = event.get("thread_ts") or ts
@@ -637,6 +637,8 @@ class SlackBot:
         if subtype not in (None, "file_share", "thread_broadcast") or self._from_bot(event):
             return
         channel, user, ts = event.get("channel", ""), event.get("user", ""), event.get("ts", "")
+        if not ts:  # no thread to answer in: the answer would land at the top level
+            return
         text, thread_ts = event.get("text", ""), event.get("thread_ts")
         team = body.get("team_id") or self.team_id
         if event.get("channel_type") == "im":

@@ -379,3 +379,41 @@ async def test_a_reply_record_never_has_less_text_than_the_screen(tmp_path: Path
         await store.close()
     assert outcome.status == "done" and target.edits >= 5
     assert target.behind == []
+
+
+async def test_a_webhook_message_is_not_answered(fake_discord: FakeDiscord, fake_openai: FakeOpenAI,
+                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Webhooks (relays, bridges, other bots posting through one) are not people, even when the
+    webhook's author is not flagged as a bot: answering them can loop two bots forever."""
+    from fakes.discord_server import User
+    from test_discord_e2e import final, running_bot
+
+    fake = fake_discord
+    hook = User(fake.snowflake(), "captain-hook", bot=False)
+    async with running_bot(fake, fake_openai, tmp_path, monkeypatch) as bot:
+        await fake.send(f"<@{fake.bot.id}> hi from a webhook", author=hook, webhook_id=hook.id)
+        fake_openai.reply("hello in private")
+        dm = await fake.dm("hi there")
+        await bot.outcome(dm.id)
+        assert final(fake.reply_pages(dm)[0]) == "hello in private"
+    assert fake.bot_messages(fake.general) == []
+    assert len(fake_openai.requests) == 1
+
+
+async def test_a_slack_event_without_ts_is_not_answered_at_the_top_level(
+        slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    from fakes.slack_server import BOT_USER_ID, TEAM_ID
+
+    fake_openai.reply("threaded")
+    async with slack_bot(slack, fake_openai, tmp_path, streaming="edit"):
+        for kind, channel in (("app_mention", CHANNEL), ("message", "D0DIRECT")):
+            event = {"type": kind, "channel": channel, "user": "U0HUMAN", "team": TEAM_ID,
+                     "text": f"<@{BOT_USER_ID}> no ts here"}
+            if kind == "message":
+                event["channel_type"] = "im"
+            await slack.send_event(event)
+        ts = await slack.mention(CHANNEL, "with ts")
+        await slack.wait_for(lambda: settled(slack, CHANNEL, ts), WAIT)
+    posts = [c for c in slack.calls if c.method in ("chat.postMessage", "chat.startStream")]
+    assert posts and all(c.args.get("thread_ts") for c in posts), [c.args for c in posts]
+    assert len(fake_openai.requests) == 1
