@@ -86,6 +86,7 @@ async def run(config: cfg.Config, source: str) -> int:
 async def _run_adapters(config: cfg.Config) -> int:
     store = open_store(config)
     try:
+        await store.check()  # an unreachable Redis stops the start with one line
         return await _serve(config, store)
     finally:
         await store.close()

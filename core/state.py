@@ -28,6 +28,7 @@ from typing import Any
 
 from core.config import Config, redis_url
 from core.errors import SetupError
+from core.ops import register_ready
 from core.markdown import closer, scan_fences
 from core.paging import best_cut
 
@@ -146,6 +147,9 @@ class StateStore(ABC):
         """Records of `platform` left by processes that are gone; each is handed to one caller
         only and removed from the store."""
 
+    async def check(self) -> None:
+        """At start-up: raise SetupError if the store cannot be used at all."""
+
     def _start_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_soon())
@@ -234,7 +238,9 @@ def open_store(config: Config) -> StateStore:
     if config.memory.backend == "redis":
         from core.redis_state import RedisStore  # only the redis backend needs the client loaded
 
-        return RedisStore.from_url(redis_url(config))
+        store = RedisStore.from_url(redis_url(config))
+        register_ready("memory", store.reachable)  # /readyz fails while Redis is away
+        return store
     try:
         return LocalStore(config.memory.path)
     except sqlite3.Error as exc:  # check_env looked, but the file may have changed since

@@ -146,13 +146,15 @@ def test_log_level_takes_any_case(capsys: pytest.CaptureFixture[str]) -> None:
 
 async def _run_cli(tmp_path: Path, config: str, env: dict[str, str], *flags: str) -> tuple[int, str]:
     path = tmp_path / "config.toml"
-    path.write_text(config + f'[memory]\npath = "{tmp_path / "bot.db"}"\n'
-                    '[model]\nbase_url = "http://127.0.0.1:9/v1"\n')  # never called
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "OPENAI_"))}
+    memory = 'backend = "redis"\n' if "REDIS_URL" in env else f'path = "{tmp_path / "bot.db"}"\n'
+    path.write_text(config + "[memory]\n" + memory
+                    + '[model]\nbase_url = "http://127.0.0.1:9/v1"\n')  # never called
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("SLACK_", "DISCORD_", "OPENAI_", "REDIS_"))}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bots.cli", *flags, "run", "--config", str(path), cwd=ROOT,
-        env={**clean, "OPENAI_API_KEY": "test", **env}, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        env={**clean, "OPENAI_API_KEY": "test", **env}, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), WAIT)
     return proc.returncode or 0, err.decode()
 
@@ -417,3 +419,49 @@ async def test_a_slack_event_without_ts_is_not_answered_at_the_top_level(
     posts = [c for c in slack.calls if c.method in ("chat.postMessage", "chat.startStream")]
     assert posts and all(c.args.get("thread_ts") for c in posts), [c.args for c in posts]
     assert len(fake_openai.requests) == 1
+
+
+# --- 6. internal details never reach users ------------------------------------------------------
+
+UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
+
+
+async def test_an_unreachable_memory_store_is_a_short_note_for_users(
+        fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    from core.config import Config, MemoryConfig, ModelConfig
+    from core.sources import build_brain
+    from fakes.clock import FakeClock
+    from fakes.scripted import RecordingTarget
+
+    config = Config(model=ModelConfig(base_url=fake_openai.base_url),
+                    memory=MemoryConfig(backend="redis", url=UNREACHABLE_REDIS))
+    brain = build_brain(config)
+    target = RecordingTarget(FakeClock(), limit=2000)
+    try:
+        outcome = await Reply(brain.start("hello", "slack:T:C:1"), target, Pacer(),
+                              StreamConfig()).run()
+    finally:
+        await brain.redis.aclose()
+    shown = target.shown[-1]
+    assert outcome.status == "failed"
+    assert "can't reach my memory store right now" in shown
+    assert "111" not in shown and "127.0.0.1" not in shown and "Error" not in shown
+    assert any("127.0.0.1:1" in r.getMessage() or r.exc_info for r in caplog.records)  # the log has it
+
+
+async def test_run_refuses_to_start_without_its_redis(tmp_path: Path) -> None:
+    rc, err = await _run_cli(tmp_path, "", {"REDIS_URL": UNREACHABLE_REDIS},
+                             "--log-format", "json")
+    assert rc == 1
+    [line] = err.splitlines()
+    message = json.loads(line)["message"]
+    assert "memory.url" in message and "127.0.0.1:1" in message, message
+
+
+def test_other_internal_errors_are_not_shown_either() -> None:
+    from core.sources import describe_error
+
+    note = describe_error(sqlite3.OperationalError("unable to open database file /srv/x.db"))
+    assert "/srv" not in note and "OperationalError" not in note
+    note = describe_error(KeyError("internal_field"))
+    assert "internal_field" not in note and "KeyError" not in note
