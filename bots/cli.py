@@ -20,8 +20,8 @@ from core.limits import Gate
 from core.ops import OpsServer
 from core.pacing import Pacer
 from core.sources import build_brain
-from core.webserver import raise_descriptor_limit
 from core.state import StateStore, open_store
+from core.webserver import raise_descriptor_limit
 
 
 def _load(path: str | None) -> tuple[cfg.Config, str]:

@@ -262,7 +262,7 @@ def check_env(config: Config, file: str) -> list[Problem]:
 
 def sqlite_unopenable(path: str) -> str:
     """Why SQLite could not open (or create) `path` read-write; '' when it could."""
-    if path == ":memory:" or path.startswith("file:"):
+    if not path or path == ":memory:" or path.startswith("file:"):  # "": memory off
         return ""
     p = Path(path)
     if p.is_dir():
