@@ -59,6 +59,8 @@ def describe_error(exc: BaseException) -> str:
         msg = "could not reach the model server: check [model] base_url and the network"
     elif isinstance(exc, openai.APIStatusError):
         msg = f"the model server answered {exc.status_code}: {exc.message}"
+    elif isinstance(exc, openai.APIError):  # the model server's own words (e.g. mid-stream)
+        msg = f"the model server failed: {exc.message}"
     elif isinstance(exc, MaxTurnsExceeded):
         msg = "the agent used up its turns ([model] max_turns) before answering"
     elif isinstance(exc, ModelBehaviorError):
