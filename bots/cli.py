@@ -7,18 +7,21 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import NoReturn
 
 from rich.console import Console
 
 from bots import console, discord_bot, slack_bot
 from core import config as cfg
 from core import logs
-from core.adapter import Adapter, SetupError
+from core.adapter import Adapter
+from core.errors import SetupError
 from core.backend import Backend, open_backend
 from core.demo import DEMO_NOTICE
 from core.host import Host
 from core.ops import OpsServer
 from core.sources import build_brain
+from core.webserver import raise_descriptor_limit
 
 
 ADAPTERS: tuple[Adapter, ...] = (discord_bot.ADAPTER, slack_bot.ADAPTER, console.ADAPTER)
@@ -77,6 +80,7 @@ async def run(config: cfg.Config, source: str) -> int:
         for p in problems:
             print(p, file=sys.stderr)
         return 1
+    raise_descriptor_limit()  # soft RLIMIT_NOFILE up to the hard limit: room for connections
     ops = OpsServer(config.ops.host, config.ops.port) if config.ops.enabled and config.ops.port else None
     if ops is not None:
         try:
@@ -88,11 +92,9 @@ async def run(config: cfg.Config, source: str) -> int:
             return 1
     backend = open_backend(config)
     try:
+        await backend.store.check()  # an unreachable Redis stops the start with one line
         await _serve(config, backend)
         return 0
-    except SetupError as exc:
-        print(exc, file=sys.stderr)
-        return 1
     finally:
         await backend.store.close()
         if ops is not None:
@@ -158,10 +160,25 @@ def _address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _level(value: str) -> str:
+    try:
+        return logs.level_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """A mistaken flag is one line (`streambot: error: ...`), like every other operator mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog.split()[0]}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="streambot", description="Stream LLM answers into Discord, Slack and the terminal.")
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    parser.add_argument("--log-level", default="WARNING", type=_level,
+                        help="DEBUG, INFO, WARNING (default), ERROR, CRITICAL")
     parser.add_argument("--log-format", choices=("text", "json"),
                         help="text, or json: one object per line (default: [ops] log_format)")
     sub = parser.add_subparsers(dest="command")
@@ -201,11 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run(config, source))
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 130
-    except SetupError as exc:
-        print(exc, file=sys.stderr)
-        return 1
     except cfg.ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except SetupError as exc:  # a rejected token, a memory file that cannot be opened, ...
+        logs.fatal(str(exc))
         return 1
 
 

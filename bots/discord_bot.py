@@ -35,8 +35,9 @@ from redis.exceptions import RedisError
 from bots.discord_api import (NO_PINGS, DiscordSettings, RebasedHTTP, budgets, channel_ids,
                               global_budget, identify_key, identify_turn, intents, invite_url,
                               is_allowed, portal, role_ids, setup_summary)
-from core.adapter import Adapter, Need, SetupError
+from core.adapter import Adapter, Need
 from core.config import env
+from core.errors import SetupError
 from core.host import Host, Question
 from core.ops import register_ready
 from bots.discord_target import ChannelTarget, InteractionTarget, StopButton
@@ -140,9 +141,9 @@ class DiscordBot(discord.AutoShardedClient):
 
     async def on_message(self, message: discord.Message) -> None:
         me = self.user
-        if me is None or message.author.bot or message.type not in (
+        if me is None or message.author.bot or message.webhook_id or message.type not in (
                 discord.MessageType.default, discord.MessageType.reply):
-            return  # other bots, ourselves, system messages
+            return  # other bots, ourselves, webhooks (author.bot may be unset), system messages
         channel = message.channel
         in_dm = message.guild is None
         in_our_thread = isinstance(channel, discord.Thread) and channel.owner_id == me.id
@@ -303,9 +304,15 @@ class DiscordBot(discord.AutoShardedClient):
                 await self.close()
 
 
+def _not_voice(record: logging.LogRecord) -> bool:
+    """discord.py warns at every start that voice needs PyNaCl: noise for a text-only bot."""
+    return "voice will NOT be supported" not in str(record.msg)
+
+
 async def serve(host: Host, settings: DiscordSettings) -> None:
     """Run the Discord bot until cancelled. Token: env DISCORD_BOT_TOKEN (never logged)."""
     host.start()
+    logging.getLogger("discord.client").addFilter(_not_voice)
     bot = DiscordBot(host, settings)
     register_ready("discord", lambda: bot.is_ready() and not bot.is_closed())
     try:

@@ -79,8 +79,10 @@ NATIVE_OFF_FOR_WORKSPACE = {"unknown_method", "method_deprecated", "deprecated_e
 ZWJ = "\u200d"
 # Model output must never ping anyone: break @channel/@here/@everyone, <!channel>-style special
 # mentions, user-group and user mentions by putting an invisible joiner after the sigil.
+# Special mentions in any case (<!HERE>, @Channel): Slack honours those too.
 _PING = re.compile(
-    r"<(?=!(?:channel|here|everyone|subteam\^))|<(?=@[UWB][A-Z0-9])|(?<![\w.])@(?=(?:channel|here|everyone)\b)")
+    r"<(?=!(?i:channel|here|everyone|subteam\^))|<(?=@[UWB][A-Z0-9])"
+    r"|(?<![\w.])@(?=(?i:channel|here|everyone)\b)")
 # The end of a half-streamed text that might still become a mention: held back while streaming
 # natively, because text appended to a stream can never be changed afterwards.
 _PARTIAL_PING = re.compile(r"[<@][^\s<>@]{0,10}\Z")
@@ -181,7 +183,8 @@ async def call(method: str, request: Awaitable[Any]) -> Any:
 
 def quiet_token_notice(record: logging.LogRecord) -> bool:
     """bolt warns that SLACK_BOT_TOKEN is unused when given a client: we built that client."""
-    return "`token` will be unused" not in record.getMessage()
+    message = record.getMessage()
+    return "`token` will be unused" not in message and "`token` (or SLACK_BOT_TOKEN" not in message
 
 
 def api_base_url(api_base: str) -> str | None:

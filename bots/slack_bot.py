@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,21 +20,25 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-
 
 from bots.slack_api import (APP_TOKEN, BOT_TOKEN, NATIVE_OFF_FOR_WORKSPACE,
                             SIGNING_SECRET, STOP_ACTION, UPDATE_RATE,
                             SlackSettings, api_base_url, call, content,
                             error_of, neutralize, quiet_token_notice)
-from core.adapter import Adapter, Need, SetupError
+from bots.slack_http import screen
+from bots.slack_target import Place, SlackTarget
+from core.adapter import Adapter, Need
+from core.errors import SetupError
 from core.config import env
 from core.host import Host, Question
+from core.platform import TransientError
 from core.ops import register_ready
-from bots.slack_target import Place, SlackTarget
 from core.recent import Recent
 from core.state import LocalStore
+from core.webserver import GuardedSite
 
 log = logging.getLogger("streambot.slack")
 
@@ -51,6 +56,7 @@ class SlackBot:
         # Event de-duplication; shared by replicas with the redis backend.
         self.store = host.store if host.store is not None else LocalStore("")
         self.app_token = app_token
+        self.signing_secret = signing_secret
         base = api_base_url(settings.api_base)
         self.client = AsyncWebClient(
             token=bot_token, session=session, retry_handlers=[],  # the relay does the retrying
@@ -62,10 +68,12 @@ class SlackBot:
             client=self.client, signing_secret=signing_secret,
             request_verification_enabled=settings.mode == "http",
             ignoring_self_events_enabled=False,  # it would also drop "our reply was deleted"
-            process_before_response=False, logger=bolt_log)
+            process_before_response=False, logger=bolt_log,
+            authorize=lambda: self._authorize())  # from identify's auth.test, not one per event
         self.bot_user_id = ""
         self.bot_id = ""
         self.team_id = ""
+        self._identity: AuthorizeResult | None = None
         self._threads: Recent[tuple[str, str], bool] = Recent(50_000)  # is the bot in the thread?
         self._assistant_threads: Recent[tuple[str, str], bool] = Recent(10_000)  # still untitled?
         self._native_off: set[str] = set()
@@ -92,6 +100,16 @@ class SlackBot:
         self.bot_user_id = resp.get("user_id", "")
         self.bot_id = resp.get("bot_id", "")
         self.team_id = resp.get("team_id", "")
+        self._identity = AuthorizeResult.from_auth_test_response(
+            auth_test_response=resp, bot_token=self.client.token)
+
+    async def _authorize(self) -> AuthorizeResult:
+        """bolt's authorization of each event: who we are, known since start-up. (bolt's own
+        single-workspace authorization calls auth.test per event until the first call returns:
+        a burst got 429s, and bolt acknowledged those events unanswered.)"""
+        if self._identity is None:  # a 500, not an ack: Slack delivers the event again
+            raise TransientError("the bot has not identified itself to Slack yet")
+        return self._identity
 
     async def _socket_mode(self) -> Callable[[], Awaitable[None]]:
         handler = AsyncSocketModeHandler(self.app, self.app_token)
@@ -128,19 +146,21 @@ class SlackBot:
 
     async def _serve_http(self) -> Callable[[], Awaitable[None]]:
         async def handle(request: web.Request) -> web.Response:
+            refused = screen(await request.read(), request.headers, self.signing_secret, time.time())
+            if refused:  # before bolt, which would parse an unsigned body and fail with a 500
+                return web.json_response({"error": "invalid request"}, status=refused)
             resp = await self.app.async_dispatch(await to_bolt_request(request))
             return await to_aiohttp_response(resp)
 
         web_app = web.Application()
         web_app.router.add_post(EVENTS_PATH, handle)
-        runner = web.AppRunner(web_app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, self.settings.host, self.settings.port).start()
+        site = GuardedSite(web_app, self.settings.host, self.settings.port)  # deadlines, a cap
+        await site.start()
         self._listening = True
 
         async def stop() -> None:
             self._listening = False
-            await runner.cleanup()
+            await site.stop()
 
         return stop
 
@@ -190,8 +210,8 @@ class SlackBot:
 
     async def on_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         channel, user, ts = event.get("channel", ""), event.get("user", ""), event.get("ts", "")
-        if self._from_bot(event) or not self._allowed(channel, user, dm=False):
-            return
+        if not ts or self._from_bot(event) or not self._allowed(channel, user, dm=False):
+            return  # (without ts there is no thread: the answer would land in the channel)
         if not await self._first_time(body.get("event_id"), f"msg:{channel}:{ts}"):
             return
         thread_ts = event.get("thread_ts") or ts
@@ -207,6 +227,8 @@ class SlackBot:
         if subtype not in (None, "file_share", "thread_broadcast") or self._from_bot(event):
             return
         channel, user, ts = event.get("channel", ""), event.get("user", ""), event.get("ts", "")
+        if not ts:  # no thread to answer in: the answer would land at the top level
+            return
         text, thread_ts = event.get("text", ""), event.get("thread_ts")
         team = body.get("team_id") or self.team_id
         if event.get("channel_type") == "im":

@@ -73,6 +73,9 @@ class SlackTarget(Target):
 
     # --- the core's questions --------------------------------------------------------------
 
+    def measure(self, text: str) -> int:
+        return len(neutralize(text))  # what Slack counts: the text with mentions made inert
+
     def locate(self, handle: SlackMessage) -> dict[str, Any]:
         return {"channel": handle.channel, "ts": handle.ts, "native": handle.native}
 

@@ -18,10 +18,6 @@ if TYPE_CHECKING:
     from core.host import Host
 
 
-class SetupError(RuntimeError):
-    """The adapter cannot start as configured; the message (one line) says what to change."""
-
-
 class AdapterSettings(Section):
     """The config section every adapter has: `[name] enabled = true` starts it."""
 

@@ -6,11 +6,14 @@ Kept apart from core/state.py so that storage and its backends do not import eac
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from core.config import Config, redis_url
+from core.errors import SetupError
 from core.limits import Gate
+from core.ops import register_ready
 from core.pacing import Pacer
 from core.state import LocalStore, StateStore
 
@@ -28,8 +31,14 @@ def open_store(config: Config) -> StateStore:
     if config.memory.backend == "redis":
         from core.redis_state import RedisStore  # only the redis backend needs the client loaded
 
-        return RedisStore.from_url(redis_url(config))
-    return LocalStore(config.memory.path)
+        store = RedisStore.from_url(redis_url(config))
+        register_ready("memory", store.reachable)  # /readyz fails while Redis is away
+        return store
+    try:
+        return LocalStore(config.memory.path)
+    except sqlite3.Error as exc:  # check_env looked, but the file may have changed since
+        raise SetupError(f"memory.path: cannot open {config.memory.path} ({exc}): point it at a "
+                         "file SQLite can create or open read-write") from None
 
 
 def open_backend(config: Config) -> Backend:

@@ -17,12 +17,15 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_PATH = Path("config.toml")
+MAX_BYTES = 1 << 20  # a config is a few KiB: anything past 1 MiB is the wrong file
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class Section(BaseModel):
     """Unknown keys are errors: a typo must not silently fall back to a default."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are valid TOML floats, and an infinite timeout is never what anyone meant
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -54,7 +57,7 @@ class MemoryConfig(Section):
     backend: Literal["sqlite", "redis"] = "sqlite"  # redis: shared by every replica of the bot
     path: str = "streambot.db"  # sqlite backend
     url: str = ""  # redis backend; else env REDIS_URL (a URL with a password belongs there)
-    max_items: int = Field(40, ge=0)  # history items sent to the model per turn; 0 = all
+    max_items: int = Field(40, ge=0, le=10_000)  # history items sent to the model per turn; 0 = all
 
 
 class LimitsConfig(Section):
@@ -155,11 +158,17 @@ def parse(data: dict[str, Any], file: str, sections: Mapping[str, type[BaseModel
                 extra[name] = model.model_validate(data[name])
             except ValidationError as exc:
                 problems += _problems(exc, file, (name,))
+            except RecursionError:
+                problems.append(Problem(file, name, "nested too deeply",
+                                        "a streambot config has at most three levels"))
     unknown = [k for k in core if k not in Config.model_fields]
     problems += [Problem(file, k, "unknown key", _fix_for({"type": "extra_forbidden"}))
                  for k in unknown]
     try:
         config = Config.model_validate({k: v for k, v in core.items() if k not in unknown})
+    except RecursionError:
+        raise ConfigError([Problem(file, "(syntax)", "nested too deeply",
+                                   "a streambot config has at most three levels")]) from None
     except ValidationError as exc:
         problems = _problems(exc, file) + problems
     if problems:
@@ -184,10 +193,18 @@ def load(path: str | Path | None = None,
                                        "check the path, or copy config.example.toml there")])
         return Config(), "built-in defaults"
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        with p.open("rb") as f:  # bounded: `check-config /dev/zero` must end
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise ConfigError([Problem(str(p), "(file)", "larger than 1 MiB",
+                                       "point --config at the bot's TOML file")])
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([Problem(str(p), "(syntax)", f"not valid TOML ({exc})",
                                    "fix the TOML syntax at that line")]) from None
+    except RecursionError:
+        raise ConfigError([Problem(str(p), "(syntax)", "nested too deeply",
+                                   "a streambot config has at most three levels")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(str(p), "(file)", f"cannot read it ({exc.__class__.__name__})",
                                    "check the file's permissions and that it is UTF-8 text")]) from None
@@ -209,6 +226,9 @@ def check_env(config: Config, file: str) -> list[Problem]:
     """What the core sections need from the environment but is missing or wrong (each
     adapter adds its own needs: see core/adapter.py)."""
     missing: list[Problem] = []
+    if config.memory.backend == "sqlite" and (why := sqlite_unopenable(config.memory.path)):
+        missing.append(Problem(file, "memory.path", f"cannot open it ({why})",
+                               "point it at a file SQLite can create or open read-write"))
     if config.memory.backend == "redis":
         url = redis_url(config)
         if not url:
@@ -221,6 +241,30 @@ def check_env(config: Config, file: str) -> list[Problem]:
             missing.append(Problem(file, "memory.url", "holds a password, and secrets never go in the file",
                                    "export the whole URL as REDIS_URL and remove memory.url"))
     return missing
+
+
+def sqlite_unopenable(path: str) -> str:
+    """Why SQLite could not open (or create) `path` read-write; '' when it could."""
+    if not path or path == ":memory:" or path.startswith("file:"):  # "": memory off
+        return ""
+    p = Path(path)
+    if p.is_dir():
+        return "it is a folder"
+    if p.exists():
+        if not os.access(p, os.R_OK | os.W_OK):
+            return "no permission to read and write it"
+        try:
+            with p.open("rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+        return "" if not head or head == SQLITE_HEADER else "it is not a SQLite database"
+    folder = p.parent
+    if not folder.is_dir():
+        return f"the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"no permission to create files in {folder}"
+    return ""
 
 
 def redis_url(config: Config) -> str:

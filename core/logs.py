@@ -91,3 +91,22 @@ def setup(level: str = "WARNING", fmt: str = "text") -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(add_reply_fields)
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def fatal(message: str) -> None:
+    """Say why the process stops, as one line on stderr: a JSON object when the logs are JSON
+    (so a log pipeline reads it), else the plain message (like `check-config`'s lines)."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        logging.getLogger("streambot").critical(message)
+    else:
+        print(message, file=sys.stderr)
+
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def level_name(value: str) -> str:
+    """`--log-level`: a level name in any case; ValueError for anything else."""
+    if value.upper() not in LEVELS:
+        raise ValueError(f"use {', '.join(LEVELS)}, not {value!r}")
+    return value.upper()

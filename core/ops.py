@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.metrics import EVENT_LOOP_LAG
+from core.webserver import GuardedSite
 
 log = logging.getLogger("streambot.ops")
 
@@ -54,7 +55,7 @@ class OpsServer:
         self.host, self.port, self.max_lag = host, port, max_lag
         self.lag = 0.0
         self._last_tick = 0.0
-        self._runner: web.AppRunner | None = None
+        self._site: GuardedSite | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -63,12 +64,9 @@ class OpsServer:
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/livez", self._health)
         app.router.add_get("/readyz", self._health)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        if self.port == 0:  # tests ask for any free port: report the one we got
-            self.port = self._runner.addresses[0][1]
+        self._site = GuardedSite(app, self.host, self.port)  # deadlines and a connection cap
+        await self._site.start()
+        self.port = self._site.port
         self._last_tick = asyncio.get_running_loop().time()
         self._ticker = asyncio.create_task(self._tick())
         log.info("ops endpoint on http://%s:%d (/metrics, /healthz)", self.host, self.port)
@@ -76,8 +74,8 @@ class OpsServer:
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._site is not None:
+            await self._site.stop()
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()

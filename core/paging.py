@@ -9,6 +9,7 @@ cut inside a code block closes the fence on one page and reopens it on the next.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import regex
@@ -100,10 +101,13 @@ def best_cut(text: str, room: int, final: bool = True) -> int:
 class Pager:
     """Pages of one reply. `feed` text as it arrives; `render` the last page when it is shown."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, measure: Callable[[str], int] = len) -> None:
+        """`measure` sizes a page as the platform will count it (e.g. after mentions are
+        neutralized, which makes text longer); `limit` applies to that size."""
         if limit < 64:
             raise ValueError("page limit must be at least 64 characters")
         self.limit = limit
+        self.measure = measure
         self.pages: list[Page] = []  # finished; never change again
         self._tail = ""  # text after the last finished page
         self._pending: list[str] = []
@@ -138,10 +142,14 @@ class Pager:
         """The last page as it should look now, finishing full pages until it fits."""
         while True:
             text = self._render(streaming, cursor, status)
-            if len(text) <= self.limit:
+            if self.measure(text) <= self.limit:
                 return text
             if not self.tail:  # nothing left to move on: drop the status line and cursor
-                return self._render(False, "", "")[: self.limit]
+                text = self._render(False, "", "")
+                end = self.limit
+                while end > 0 and self.measure(text[:end]) > self.limit:
+                    end -= max(1, self.measure(text[:end]) - self.limit)
+                return text[:end]
             self._finish_page(self.limit, final=not streaming)
 
     def settled(self) -> str:
@@ -173,7 +181,7 @@ class Pager:
             body = tail[:cut]
             fence = scan_fences(body, self._fence)
             suffix = closer(fence, prefix + body) if fence else ""
-            over = len(prefix) + len(body) + len(suffix) - self.limit
+            over = self.measure(prefix + body + suffix) - self.limit
             if over <= 0 or cut <= 1:
                 break
             room = cut - over

@@ -27,7 +27,7 @@ class Frame:
     """What one message of a reply should show now.
 
     `text` is rendered for display: fences temporarily closed, a cursor and status line while
-    streaming, never longer than the target's `page_limit`. `raw` is the page's own source text
+    streaming, never longer than the target's `page_limit` as its `measure` counts. `raw` is the page's own source text
     so far (no cursor, no temporary closers): while the page streams it only grows, so
     append-only transports (a pipe, a platform's native text streams) can send `raw[len(already_sent):]`.
     One exception: when a full page is cut, its final frame's `raw` ends at the cut and the text
@@ -71,6 +71,11 @@ class Target(ABC):
     platform: str = "console"  # names the adapter in metrics, logs and reply records
     page_limit: int = 2000
     page_max_age: float | None = None
+
+    def measure(self, text: str) -> int:
+        """How many characters `text` takes once sent, as the platform counts them against
+        `page_limit` (a target that rewrites text before sending it counts the result)."""
+        return len(text)
 
     def locate(self, handle: Any) -> dict[str, Any] | None:
         """Where the message behind `handle` is, as JSON-able data the adapter can find it by

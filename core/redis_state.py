@@ -27,6 +27,7 @@ from redis.exceptions import LockError, RedisError
 from core.config import LimitsConfig, redis_where
 from core.limits import (Gate, Slot, channel_busy, too_long, too_many_asked,
                          too_many_running)
+from core.errors import SetupError
 from core.platform import Rate
 from core.state import DEDUP_TTL, ReplyRecord, StateStore
 
@@ -38,6 +39,13 @@ LIVE = PREFIX + "live"  # hash: reply id -> {"owner", "user"} while it streams
 SIGNALS = PREFIX + "signals"  # pub/sub channel: stop and delete, for whichever replica runs it
 LEASE_TTL = 30.0  # seconds a process counts as alive after its last lease refresh
 TIMEOUT = 5.0  # seconds one Redis call may take: a partitioned Redis must not freeze replies
+CHECK_TIMEOUT = 3.0  # seconds a PING may take at start-up and for readiness
+
+
+def _where(redis: Redis) -> str:
+    """host:port/db (or the socket's path) of a client, without user or password."""
+    kw = redis.connection_pool.connection_kwargs
+    return kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
 
 
 def connect(url: str) -> Redis:
@@ -71,6 +79,25 @@ class RedisStore(StateStore):
     def from_url(cls, url: str, *, lease_ttl: float = LEASE_TTL) -> RedisStore:
         """A store with its own client, closed with the store."""
         return cls(connect(url), lease_ttl=lease_ttl, owns_client=True)
+
+    async def check(self) -> None:
+        """At start-up: Redis answers, else SetupError (one line; the process does not start)."""
+        try:
+            await asyncio.wait_for(self.redis.ping(), CHECK_TIMEOUT)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise SetupError(f"memory.url: cannot reach Redis at {_where(self.redis)} "
+                             f"({exc or 'timed out'}): "
+                             "start Redis, or fix [memory] url / REDIS_URL") from None
+
+    async def reachable(self) -> bool:
+        """Readiness: Redis answers a PING (what failed is in the log)."""
+        try:
+            await asyncio.wait_for(self.redis.ping(), CHECK_TIMEOUT)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("Redis is unreachable (%s): memory, de-duplication and reply records "
+                        "fail until it is back", exc or "timed out")
+            return False
+        return True
 
     def _alive_key(self, owner: str) -> str:
         return f"{PREFIX}alive:{owner}"

@@ -68,7 +68,7 @@ class Reply:
         self.target = target
         self.pacer = pacer
         self.settings = settings or StreamConfig()
-        self.pager = Pager(target.page_limit)
+        self.pager = Pager(target.page_limit, measure=target.measure)
         self.handles: list[Any] = []
         self.status_line = ""
         self._tools: dict[str, str] = {}
@@ -303,11 +303,16 @@ class Reply:
                         self._on_post(k, handle)
                     self._page_started = clock.now()
                     o.posts += 1
+                    await self._record(k, frame)
                 else:
+                    # recorded before it shows: after a kill -9 the record has at least the
+                    # text on screen (written after, it could lag the screen by a batch)
+                    await self._record(k, frame)
+                    if (latest := self._frame(k)).final:  # the reply ended while recording:
+                        frame = latest  # show its end, never a stale frame after it
                     await self.target.edit(self.handles[k], frame)
                     self._delivered[k] = frame
                     o.edits += 1
-                await self._record(k, frame, new=op == "post")
                 self._shown(op, frame)
                 return
             except RateLimited as exc:
@@ -344,14 +349,15 @@ class Reply:
                 log.info("%s of message %d failed (%s); retrying", op, k, exc)
                 await clock.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2))
 
-    async def _record(self, k: int, frame: Frame, new: bool) -> None:
-        """Note what message `k` should say if this process dies now (see core/state.py)."""
+    async def _record(self, k: int, frame: Frame) -> None:
+        """Note what message `k` should say if this process dies now (see core/state.py): the
+        page's text so far, at least what `frame` shows. Written through (group commit)."""
         if self._store is None or frame.final or not (place := self.target.locate(self.handles[k])):
             return
         pages = self.pager.pages
         text = pages[k].text if k < len(pages) else self.pager.settled()
         record = ReplyRecord(self.id, self.target.platform, place, text)
-        await self._store.save_reply(record, now=new)
+        await self._store.save_reply(record, now=True)
 
     def _shown(self, op: str, frame: Frame) -> None:
         """Count a delivered request; note when the first message and the first text showed."""

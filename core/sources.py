@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,20 @@ log = logging.getLogger("streambot.model")
 _SECRETISH = re.compile(r"\b(sk|xox[abpr]|xapp)-[A-Za-z0-9_\-*]{6,}")
 
 
+MEMORY_NOTE = "I can't reach my memory store right now; please try again in a moment."
+
+
+def _memory_error(exc: BaseException) -> bool:
+    """A failure of the conversation memory (SQLite or Redis), not of the model."""
+    if isinstance(exc, sqlite3.Error):
+        return True
+    try:
+        from redis.exceptions import RedisError
+    except ImportError:
+        return False
+    return isinstance(exc, RedisError)
+
+
 def describe_error(exc: BaseException) -> str:
     """A short, user-facing sentence for a model failure, with anything secret-looking removed."""
     if isinstance(exc, openai.AuthenticationError):
@@ -44,12 +59,16 @@ def describe_error(exc: BaseException) -> str:
         msg = "could not reach the model server: check [model] base_url and the network"
     elif isinstance(exc, openai.APIStatusError):
         msg = f"the model server answered {exc.status_code}: {exc.message}"
+    elif isinstance(exc, openai.APIError):  # the model server's own words (e.g. mid-stream)
+        msg = f"the model server failed: {exc.message}"
     elif isinstance(exc, MaxTurnsExceeded):
         msg = "the agent used up its turns ([model] max_turns) before answering"
     elif isinstance(exc, ModelBehaviorError):
         msg = f"the model misbehaved: {exc}"
-    else:
-        msg = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    elif _memory_error(exc):  # the details (host, port, errno, path) are for the log only
+        return MEMORY_NOTE
+    else:  # a bug or an internal failure: its text may hold paths, hosts, ids
+        return "Something went wrong on my side; please try again (the log has the details)."
     key = env("OPENAI_API_KEY")
     if key:
         msg = msg.replace(key, "***")
@@ -89,7 +108,7 @@ async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
         raise
     except Exception as exc:
         # the user sees a short line; the log gets the whole error (secrets scrubbed by core/logs)
-        log.warning("model run failed: %s", describe_error(exc), exc_info=exc)
+        log.warning("model run failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
         yield Failed(describe_error(exc))
         return
     final = result.final_output
@@ -126,6 +145,7 @@ class AgentRun:
                 max_turns=self._brain.max_turns, run_config=self._brain.run_config,
             )
         except Exception as exc:
+            log.warning("model run failed to start: %s: %s", type(exc).__name__, exc, exc_info=exc)
             yield Failed(describe_error(exc))
             return
         async for ev in normalize(self._result):

@@ -2,9 +2,10 @@
 
 A reply records where its message is and what it shows, so that if the process dies (kill -9,
 a crash, a lost machine) the next start can finish that message with an "interrupted" marker
-instead of leaving a cursor blinking forever. Records are written behind: a new message is
-saved at once, later edits at most every `FLUSH_EVERY` seconds in one batch, so a thousand
-streaming replies cost one small write a second, not a thousand.
+instead of leaving a cursor blinking forever. A record is written before the edit that shows
+its text goes out (so it never holds less than the screen), and every record saved in the same
+moment shares one write (a group commit): a thousand replies editing at once cost one write,
+not a thousand. Dropping finished records is batched, at most every `FLUSH_EVERY` seconds.
 
 `LocalStore` keeps records in a SQLite file beside the conversation memory (one process).
 `RedisStore` (core/redis_state.py) shares everything between replicas; `core/backend.py` opens
@@ -33,6 +34,7 @@ from typing import Any
 log = logging.getLogger("streambot.state")
 
 FLUSH_EVERY = 1.0  # seconds between batched writes of edited records
+WRITE_WAIT = 1.0  # seconds an edit waits for its record to be written before it goes out anyway
 ORPHAN_CHECK_EVERY = 30.0  # a dead replica's records become orphans when its lease runs out
 DEDUP_TTL = 24 * 3600.0  # platforms redeliver for minutes, never for a day
 
@@ -73,6 +75,8 @@ class StateStore(ABC):
         self.owner = new_owner_id()
         self._dirty: dict[str, ReplyRecord | None] = {}  # None: drop it
         self._flusher: asyncio.Task[None] | None = None
+        self._joining: asyncio.Future[None] | None = None  # the write records now wait for
+        self._failing = False  # the last write failed: write behind until one succeeds
         # Called when this process can no longer show that it is alive (its lease may run out):
         # its live replies must end before another replica takes them for orphans.
         self.on_lease_lost: Callable[[], None] | None = None
@@ -109,13 +113,36 @@ class StateStore(ABC):
     # --- reply records -----------------------------------------------------------------------
 
     async def save_reply(self, record: ReplyRecord, *, now: bool = False) -> None:
-        """Record a streaming reply; `now` writes at once (a new message), else batched."""
+        """Record a streaming reply; `now` writes at once (before the edit that shows it), else
+        batched. While the store is failing, every write is batched: a store that is down must
+        not hold up each edit by its timeout."""
         record.owner, record.updated = self.owner, time.time()
         self._dirty[record.reply_id] = record
-        if now:
-            await self.flush()
+        if now and not self._failing:
+            try:  # the write goes on if this times out; a slow store counts as failing
+                await asyncio.wait_for(asyncio.shield(self._write_now()), WRITE_WAIT)
+            except TimeoutError:
+                self._failing = True
+                self._start_flusher()
         else:
             self._start_flusher()
+
+    async def _write_now(self) -> None:
+        """Flush, in one write with every record saved in the same moment (a group commit):
+        a thousand replies editing at once cost one write, not a thousand."""
+        joining = self._joining
+        if joining is not None:
+            await asyncio.shield(joining)
+            return
+        joining = self._joining = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.sleep(0)  # the records other replies save in this moment join in
+            self._joining = None
+            await self.flush()
+        finally:
+            self._joining = None
+            if not joining.done():
+                joining.set_result(None)
 
     async def drop_reply(self, reply_id: str) -> None:
         """The reply finished: nothing is left to repair."""
@@ -129,9 +156,16 @@ class StateStore(ABC):
         batch, self._dirty = self._dirty, {}
         try:
             await self._write(batch)
-        except Exception:
-            log.exception("could not write %d reply record(s); will retry", len(batch))
+        except Exception as exc:
+            if not self._failing:  # once per outage, not once per edit
+                log.warning("could not write %d reply record(s) (%s); retrying every %g s",
+                            len(batch), exc, FLUSH_EVERY)
+            self._failing = True
             self._dirty = {**batch, **self._dirty}
+            return
+        if self._failing:
+            log.warning("reply records are written again")
+        self._failing = False
 
     @abstractmethod
     async def _write(self, batch: dict[str, ReplyRecord | None]) -> None:
@@ -142,13 +176,19 @@ class StateStore(ABC):
         """Records of `platform` left by processes that are gone; each is handed to one caller
         only and removed from the store."""
 
+    async def check(self) -> None:
+        """At start-up: raise SetupError if the store cannot be used at all."""
+
     def _start_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(FLUSH_EVERY)
-        await self.flush()
+        while True:  # until a write goes through (a failed one keeps its records pending)
+            await asyncio.sleep(FLUSH_EVERY)
+            await self.flush()
+            if not self._failing:
+                return
 
     async def close(self) -> None:
         if self._flusher is not None and not self._flusher.done():
@@ -169,6 +209,9 @@ class LocalStore(StateStore):
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         if self.path != ":memory:":  # the Agents SDK's sessions write to the same file
             self._db.execute("PRAGMA journal_mode=WAL")
+            # a record is written before each edit: in WAL mode NORMAL still survives kill -9
+            # (only a power cut can lose the last commits), without an fsync per write
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS streambot_replies ("
                          "reply_id TEXT PRIMARY KEY, platform TEXT NOT NULL, owner TEXT NOT NULL, "
                          "record TEXT NOT NULL)")

@@ -21,7 +21,7 @@ from harness import make_discord_config as make_config
 from harness import running_discord_bot as running_bot
 
 from bots.discord_bot import serve
-from core.adapter import SetupError
+from core.errors import SetupError
 from core.host import Host
 from core.relay import EMPTY_NOTE
 from core.sources import build_brain

@@ -443,12 +443,13 @@ class FakeDiscord:
     # --- acting as users -------------------------------------------------------------------
 
     async def send(self, content: str, *, channel: Channel | None = None, author: User | None = None,
-                   reply_to: FakeMessage | None = None) -> FakeMessage:
-        """A user posts `content` (MESSAGE_CREATE). `reply_to` makes it a reply (no ping)."""
+                   reply_to: FakeMessage | None = None, webhook_id: int | None = None) -> FakeMessage:
+        """A user posts `content` (MESSAGE_CREATE). `reply_to` makes it a reply (no ping);
+        `webhook_id` makes it a webhook's message (its author is then the webhook's)."""
         channel = channel or self.general
         author = author or self.alice
         msg = FakeMessage(self.snowflake(), channel.id, channel.guild_id, author, content,
-                          reference=reply_to.id if reply_to else None)
+                          reference=reply_to.id if reply_to else None, webhook_id=webhook_id)
         self._record(msg, content, None, [], "create")
         self.messages[msg.id] = msg
         await self._dispatch("MESSAGE_CREATE", self._message_json(msg, member=True), channel.guild_id)

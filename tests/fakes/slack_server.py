@@ -802,8 +802,8 @@ class FakeSlack:
         markdown = args.get("markdown_text")
         if not markdown and not args.get("chunks"):
             raise ApiError("no_text")
-        if markdown and len(markdown) > MARKDOWN_LIMIT:
-            raise ApiError("msg_too_long")
+        if markdown and len(msg.text) + len(markdown) > MARKDOWN_LIMIT:
+            raise ApiError("msg_too_long")  # a streamed message holds 12,000 characters in all
         if self.fail_streams_after is not None and msg.appends >= self.fail_streams_after:
             msg.stream = "failed"  # Slack shows "something went wrong"; the text stays
             raise ApiError("message_not_in_streaming_state")
@@ -817,7 +817,7 @@ class FakeSlack:
             msg.stream = "failed"
             raise ApiError("message_not_in_streaming_state")
         markdown = args.get("markdown_text") or ""
-        if len(markdown) > MARKDOWN_LIMIT:
+        if len(msg.text) + len(markdown) > MARKDOWN_LIMIT:
             raise ApiError("msg_too_long")
         msg.blocks = self._blocks(args)
         msg.stream = "stopped"
