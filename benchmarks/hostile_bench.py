@@ -83,7 +83,7 @@ async def scene_mentions(tmp: Path) -> list[str]:
                                    stream={"max_reply_chars": 0}):
                 ts = await slack.mention("C0MENTIONS", "mention everyone")
                 try:
-                    await slack.wait_for(lambda: settled(slack, "C0MENTIONS", ts, pages=3)
+                    await slack.wait_for(lambda ts=ts: settled(slack, "C0MENTIONS", ts, pages=3)
                                          and "U02999" in slack.reply_text("C0MENTIONS", ts), 120.0)
                 except AssertionError:
                     pass

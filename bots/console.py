@@ -144,7 +144,7 @@ async def chat(host: Host, settings: ConsoleSettings, console: Console,
             continue
         q = _question(line, conversation)
         target = ConsoleTarget(console, settings.page_chars, settings.edits_per_second)
-        with _stop_on_ctrl_c(lambda: asyncio.ensure_future(host.stop(q.reply_id, USER))):
+        with _stop_on_ctrl_c(lambda q=q: asyncio.ensure_future(host.stop(q.reply_id, USER))):
             await host.answer(q, target)
 
 

@@ -25,7 +25,8 @@ FIELDS = ("reply_id", "conversation", "platform", "status", "placeholder_after",
 # and, as a safety net, any variable whose name says it holds a secret.
 SECRET_VARS = {"OPENAI_API_KEY", "REDIS_URL"}
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|API_KEY|PASSWORD)$")
-_reply: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("streambot_reply", default={})
+_reply: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("streambot_reply",
+                                                                              default=None)
 
 
 def register_secrets(*names: str) -> None:
@@ -40,13 +41,13 @@ def secret_values() -> list[str]:
 
 def tag_reply(**fields: Any) -> None:
     """Attach ids to every log line of the current task and the tasks it starts (one reply)."""
-    _reply.set({**_reply.get(), **fields})
+    _reply.set({**(_reply.get() or {}), **fields})
 
 
 def add_reply_fields(record: logging.LogRecord) -> bool:
     """Handler filter: copy the tags of the reply being logged about onto the record. Filters
     run in the task that logs, so the tags are that task's; `extra=` fields win."""
-    for name, value in _reply.get().items():
+    for name, value in (_reply.get() or {}).items():
         if not hasattr(record, name):
             setattr(record, name, value)
     return True

@@ -225,7 +225,7 @@ class RedisStore(StateStore):
         async with self.redis.pipeline(transaction=False) as pipe:
             for owner in owners:
                 pipe.exists(self._alive_key(owner))
-            alive = dict(zip(owners, await pipe.execute()))
+            alive = dict(zip(owners, await pipe.execute(), strict=False))
         orphans = [r for r in candidates if not alive[r.owner]]
         if not orphans:
             return []
@@ -233,7 +233,7 @@ class RedisStore(StateStore):
             for record in orphans:
                 pipe.hdel(REPLIES, record.reply_id)
             won = await pipe.execute()
-        return [r for r, n in zip(orphans, won) if n == 1]
+        return [r for r, n in zip(orphans, won, strict=False) if n == 1]
 
     async def close(self) -> None:
         await super().close()

@@ -178,7 +178,7 @@ def assert_grew(history: list[str], final: str) -> list[str]:
         state = settled_state(shown)
         if state and (not states or state != states[-1]):
             states.append(state)
-    for before, after in zip(states, states[1:]):
+    for before, after in zip(states, states[1:], strict=False):
         assert after.startswith(before), f"{before!r} was taken back: next came {after!r}"
     assert any(len(s) < len(final) for s in states), f"never seen part way: {history}"
     return states

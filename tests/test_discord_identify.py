@@ -51,7 +51,7 @@ async def shard_process(fake: FakeDiscord, url: str | None, shard_id: int,
 
 def gaps(fake: FakeDiscord) -> list[float]:
     times = sorted(at for _, at in fake.identify_times)
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
 async def test_processes_take_turns_to_identify_in_one_bucket(

@@ -52,7 +52,7 @@ async def test_only_the_newest_frame_is_sent_and_the_rate_is_kept() -> None:
     assert target.shown == [text]
     # every frame shows a longer prefix of the text than the one before (no stale frames)
     shown = [f.raw for f in target.messages[0]]
-    assert all(len(a) <= len(b) for a, b in zip(shown, shown[1:]))
+    assert all(len(a) <= len(b) for a, b in zip(shown, shown[1:], strict=False))
 
 
 async def test_long_reply_continues_in_new_messages_with_code_fences_reopened() -> None:
@@ -80,7 +80,7 @@ async def test_ten_replies_share_one_channel_budget_and_all_complete() -> None:
         targets.append((target, text))
     outcomes = await clock.run(asyncio.gather(*(r.run() for r in replies)))
     assert window_max([t for t, _, _ in log], 5.0) <= 5
-    for (target, text), outcome in zip(targets, outcomes):
+    for (target, text), outcome in zip(targets, outcomes, strict=False):
         assert outcome.status == "done" and target.shown == [text]
 
 

@@ -38,13 +38,16 @@ class ScriptRun:
         self.remembered = shown
 
 
+DISCORD_LIKE = Rate(5, 5.0)
+
+
 class RecordingTarget(Target):
     """Records every request with its virtual time; can fail on demand; enforces page_limit.
 
     With `latency`, every request takes that long (virtual time) before it applies or fails.
     """
 
-    def __init__(self, clock: FakeClock, *, limit: int = 300, rate: Rate = Rate(5, 5.0),
+    def __init__(self, clock: FakeClock, *, limit: int = 300, rate: Rate = DISCORD_LIKE,
                  key: str = "channel", log: list[tuple[float, str, int]] | None = None,
                  max_age: float | None = None, latency: float = 0.0) -> None:
         self.clock, self.page_limit, self.rate, self.key = clock, limit, rate, key
