@@ -69,6 +69,19 @@ def button_message(slack: FakeSlack, ts: str, word: str) -> Any:
     return next((m for m in slack.bot_messages(CHANNEL, ts) if word in m.text and m.buttons), None)
 
 
+async def stop_on_the_other_replica(slack: FakeSlack, script: Any) -> str:
+    """Ask on replica A (an "alpha…" answer held mid-stream), click its Stop button on
+    replica B, wait for the reply to settle; the question's ts."""
+    slack.route = 0
+    ts = await slack.mention(CHANNEL, "a long one")
+    await script.wait_held()
+    msg = await slack.wait_for(lambda: button_message(slack, ts, "alpha"), WAIT)
+    slack.route = 1
+    await slack.click(msg, STOP_ACTION)
+    await slack.wait_for(lambda: settled(slack, CHANNEL, ts), WAIT, "the reply to stop")
+    return ts
+
+
 async def test_a_stop_click_on_the_other_replica_stops_the_reply(
         slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str) -> None:
     first = fake_openai.reply("beta " * 40, delay=0.005, hold_after=10)
@@ -88,13 +101,7 @@ async def test_a_stop_click_on_the_other_replica_stops_the_reply(
         assert slack.reply_text(CHANNEL, ts1) == "beta " * 40
 
         # The asker's click on replica B stops the reply replica A streams.
-        slack.route = 0
-        ts = await slack.mention(CHANNEL, "a long one")
-        await script.wait_held()
-        msg = await slack.wait_for(lambda: button_message(slack, ts, "alpha"), WAIT)
-        slack.route = 1
-        await slack.click(msg, STOP_ACTION)
-        await slack.wait_for(lambda: settled(slack, CHANNEL, ts), WAIT, "the reply to stop")
+        ts = await stop_on_the_other_replica(slack, script)
         await slack.wait_for(lambda: fake_openai.disconnects >= 1, WAIT, "the model run to end")
     shown = slack.reply_text(CHANNEL, ts)
     assert shown.startswith("alpha") and shown.endswith("⏹ stopped") and shown.count("alpha") < 300
@@ -266,13 +273,7 @@ async def test_two_streambot_processes_share_stop_and_limits(
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=open(tmp_path / f"replica{n}.log", "a")))
             await slack.wait_connected(WAIT, more_than=n)
-        slack.route = 0
-        ts = await slack.mention(CHANNEL, "a long one")
-        await script.wait_held()
-        msg = await slack.wait_for(lambda: button_message(slack, ts, "alpha"), WAIT)
-        slack.route = 1
-        await slack.click(msg, STOP_ACTION)
-        await slack.wait_for(lambda: settled(slack, CHANNEL, ts), WAIT, "the reply to stop")
+        ts = await stop_on_the_other_replica(slack, script)
         assert slack.reply_text(CHANNEL, ts).endswith("⏹ stopped")
         second = await slack.mention(CHANNEL, "again")  # replica B: the person's 2nd question
         await slack.wait_for(lambda: settled(slack, CHANNEL, second), WAIT)
