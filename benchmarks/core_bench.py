@@ -21,15 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from core.config import StreamConfig  # noqa: E402
+from core.events import Done, TextDelta  # noqa: E402
 from core.pacing import Pacer  # noqa: E402
 from core.paging import Pager  # noqa: E402
 from core.platform import Rate  # noqa: E402
 from core.relay import Reply  # noqa: E402
-from core.events import Done, TextDelta  # noqa: E402
 from fakes.scripted import RecordingTarget  # noqa: E402
 
-PARAGRAPH = ("Streaming replies grow in place. **Bold** and `code` appear, with a [link]"
-             "(https://example.com). ") * 3 + "\n\n"
+PARAGRAPH = (
+    "Streaming replies grow in place. **Bold** and `code` appear, with a [link](https://example.com). "
+) * 3 + "\n\n"
 CODE = "```python\n" + "".join(f"result_{i} = compute({i})\n" for i in range(30)) + "```\n\n"
 
 
@@ -90,16 +91,20 @@ def relay(text: str) -> int:
 
 
 def main() -> None:
-    print("| reply chars | deltas | pager, a frame per delta: CPU | µs/delta | peak MiB "
-          "| relay + pacer: CPU | µs/delta | peak MiB | requests |")
+    print(
+        "| reply chars | deltas | pager, a frame per delta: CPU | µs/delta | peak MiB "
+        "| relay + pacer: CPU | µs/delta | peak MiB | requests |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in (25_000, 50_000, 100_000, 200_000):
         text = reply_text(n)
         w_time, w_peak, _ = measured(worst_case, text)
         r_time, r_peak, requests = measured(relay, text)
         d = n // 2
-        print(f"| {n:,} | {d:,} | {w_time:.2f} s | {w_time / d * 1e6:.0f} | {w_peak / 2**20:.2f} "
-              f"| {r_time:.2f} s | {r_time / d * 1e6:.0f} | {r_peak / 2**20:.2f} | {requests} |")
+        print(
+            f"| {n:,} | {d:,} | {w_time:.2f} s | {w_time / d * 1e6:.0f} | {w_peak / 2**20:.2f} "
+            f"| {r_time:.2f} s | {r_time / d * 1e6:.0f} | {r_peak / 2**20:.2f} | {requests} |"
+        )
 
 
 if __name__ == "__main__":

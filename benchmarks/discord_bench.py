@@ -37,16 +37,16 @@ for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
 from agents import set_tracing_disabled  # noqa: E402
-from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage  # noqa: E402
-from fakes.openai_server import FakeOpenAI, TextReply  # noqa: E402
 
-from bots.discord_bot import serve  # noqa: E402
 from bots.discord_api import DiscordSettings  # noqa: E402
+from bots.discord_bot import serve  # noqa: E402
 from core.config import Config, MemoryConfig, ModelConfig  # noqa: E402
 from core.host import Finished, Host  # noqa: E402
 from core.pacing import Pacer  # noqa: E402
 from core.relay import Outcome  # noqa: E402
 from core.sources import build_brain  # noqa: E402
+from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage  # noqa: E402
+from fakes.openai_server import FakeOpenAI, TextReply  # noqa: E402
 
 CHUNK = 3  # characters per model delta
 CHUNK_DELAY = 0.015  # seconds between deltas: ~200 characters/s, a brisk model
@@ -130,10 +130,11 @@ async def scenario(label: str, n: int, mode: str, **discord_options: Any) -> dic
         os.environ["DISCORD_BOT_TOKEN"] = discord_fake.token
         os.environ["OPENAI_API_KEY"] = "bench"
         with tempfile.TemporaryDirectory() as tmp:
-            config = Config(model=ModelConfig(base_url=model.base_url),
-                            memory=MemoryConfig(path=str(Path(tmp) / "memory.db")),
-                            discord=DiscordSettings(enabled=True, api_base=discord_fake.api_base,
-                                                    **discord_options))
+            config = Config(
+                model=ModelConfig(base_url=model.base_url),
+                memory=MemoryConfig(path=str(Path(tmp) / "memory.db")),
+                discord=DiscordSettings(enabled=True, api_base=discord_fake.api_base, **discord_options),
+            )
             outcomes = Outcomes()
             host = Host(config, build_brain(config), Pacer())
             host.on_finished.append(outcomes)
@@ -143,8 +144,9 @@ async def scenario(label: str, n: int, mode: str, **discord_options: Any) -> dic
                 replies: list[tuple[int, Reply]] = []
                 for i in range(n):
                     text = answer(i)
-                    script = model.reply([text[j:j + CHUNK] for j in range(0, len(text), CHUNK)],
-                                         delay=CHUNK_DELAY)
+                    script = model.reply(
+                        [text[j : j + CHUNK] for j in range(0, len(text), CHUNK)], delay=CHUNK_DELAY
+                    )
                     reply = Reply(time.monotonic(), [], text)
                     timed(script, reply.produced)
                     if mode == "ask":
@@ -153,11 +155,14 @@ async def scenario(label: str, n: int, mode: str, **discord_options: Any) -> dic
                     else:
                         person = discord_fake.person(f"person{i}")  # as in a real channel
                         reply.question = await discord_fake.send(
-                            f"<@{discord_fake.bot.id}> question {i}", author=person)
+                            f"<@{discord_fake.bot.id}> question {i}", author=person
+                        )
                         reply.asked = reply.question.history[0].at
                         replies.append((reply.question.id, reply))
                 for reply_id, reply in replies:
-                    reply.outcome = await discord_fake.wait_for(lambda r=reply_id: outcomes.by_reply.get(r), 300)
+                    reply.outcome = await discord_fake.wait_for(
+                        lambda r=reply_id: outcomes.by_reply.get(r), 300
+                    )
                     if reply.interaction is not None:
                         assert reply.interaction.original is not None
                         reply.pages = [reply.interaction.original, *reply.interaction.followups]
@@ -185,9 +190,13 @@ async def scenario(label: str, n: int, mode: str, **discord_options: Any) -> dic
             calls.append(reply.outcome.posts + reply.outcome.edits)
         return {
             "label": label,
-            "placeholder": placeholder, "first_text": first_text, "done": done,
-            "staleness": p95(staleness), "calls": statistics.mean(calls),
-            "typing": len(discord_fake.typing), "throttled": len(discord_fake.throttled),
+            "placeholder": placeholder,
+            "first_text": first_text,
+            "done": done,
+            "staleness": p95(staleness),
+            "calls": statistics.mean(calls),
+            "typing": len(discord_fake.typing),
+            "throttled": len(discord_fake.throttled),
         }
 
 
@@ -195,8 +204,10 @@ def row(r: dict[str, Any]) -> str:
     def pair(values: list[float]) -> str:
         return f"{statistics.median(values):.2f} s / {max(values):.2f} s"
 
-    return (f"| {r['label']} | {pair(r['placeholder'])} | {pair(r['first_text'])} | "
-            f"{r['staleness']:.2f} s | {pair(r['done'])} | {r['calls']:.1f} | {r['throttled']} |")
+    return (
+        f"| {r['label']} | {pair(r['placeholder'])} | {pair(r['first_text'])} | "
+        f"{r['staleness']:.2f} s | {pair(r['done'])} | {r['calls']:.1f} | {r['throttled']} |"
+    )
 
 
 async def main() -> None:
@@ -208,11 +219,15 @@ async def main() -> None:
         await scenario("10 concurrent, `edits_per_5s = 5`", 10, "mention", edits_per_5s=5),
         await scenario("1 reply (/ask)", 1, "ask"),
     ]
-    print(f"Model: {TEXT_CHARS} characters in {CHUNK}-character deltas every {CHUNK_DELAY * 1000:.0f} ms "
-          f"(~{TEXT_CHARS / CHUNK * CHUNK_DELAY:.1f} s per answer). Discord limits: 5 per 5 s per channel, "
-          "50/s global.\n")
-    print("| scenario | placeholder (median / worst) | first text (median / worst) | p95 staleness "
-          "| done (median / worst) | calls/reply | 429s |")
+    print(
+        f"Model: {TEXT_CHARS} characters in {CHUNK}-character deltas every {CHUNK_DELAY * 1000:.0f} ms "
+        f"(~{TEXT_CHARS / CHUNK * CHUNK_DELAY:.1f} s per answer). Discord limits: 5 per 5 s per channel, "
+        "50/s global.\n"
+    )
+    print(
+        "| scenario | placeholder (median / worst) | first text (median / worst) | p95 staleness "
+        "| done (median / worst) | calls/reply | 429s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
         print(row(r))

@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fakes.openai_server import FakeOpenAI, TextReply  # noqa: E402
-from fakes.slack_server import FakeSlack, Message, settled  # noqa: E402
 from harness import running_slack_bot as running_bot  # noqa: E402
 
 from bots.slack_api import ZWJ  # noqa: E402
+from fakes.openai_server import FakeOpenAI, TextReply  # noqa: E402
+from fakes.slack_server import FakeSlack, Message, settled  # noqa: E402
 
 CHANNEL = "C0BENCH"
 COUNTED = ("chat.", "assistant.", "conversations.")
@@ -85,8 +85,9 @@ async def scenario(mode: str, replies: int, chars: int, delay: float) -> Result:
         for text in texts:
             emitted[text] = record_emissions(model.reply(text, delay=delay))
         with tempfile.TemporaryDirectory() as tmp:
-            async with running_bot(slack, model_base_url=model.base_url,
-                                   memory_path=str(Path(tmp) / "m.db"), streaming=mode):
+            async with running_bot(
+                slack, model_base_url=model.base_url, memory_path=str(Path(tmp) / "m.db"), streaming=mode
+            ):
                 calls_before = len(slack.calls)
                 start = time.monotonic()
                 sent: dict[str, float] = {}
@@ -98,8 +99,9 @@ async def scenario(mode: str, replies: int, chars: int, delay: float) -> Result:
                     return ts
 
                 questions = await asyncio.gather(*(ask(i) for i in range(replies)))
-                await slack.wait_for(lambda: all(settled(slack, CHANNEL, q) for q in questions),
-                                     300.0, "every reply")
+                await slack.wait_for(
+                    lambda: all(settled(slack, CHANNEL, q) for q in questions), 300.0, "every reply"
+                )
                 wall = time.monotonic() - start
                 calls = [c for c in slack.calls[calls_before:] if c.method.startswith(COUNTED)]
 
@@ -119,8 +121,9 @@ async def scenario(mode: str, replies: int, chars: int, delay: float) -> Result:
             produced = min(len(final), (k + 1) * chunk)
             t_seen = next(t for t, n in states if n >= produced)
             stale.append(max(0.0, t_seen - t_emit))
-    return Result(mode, replies, to_placeholder, to_first, stale, len(calls) / replies,
-                  slack.total_429s, wall)
+    return Result(
+        mode, replies, to_placeholder, to_first, stale, len(calls) / replies, slack.total_429s, wall
+    )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -129,16 +132,19 @@ def pct(values: list[float], p: float) -> float:
 
 
 def table(results: list[Result]) -> str:
-    rows = ["| streaming | replies at once | event → placeholder (p50 / max) | "
-            "event → first text (p50 / max) | staleness p95 | API calls / reply | 429s | "
-            "all done |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| streaming | replies at once | event → placeholder (p50 / max) | "
+        "event → first text (p50 / max) | staleness p95 | API calls / reply | 429s | "
+        "all done |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         rows.append(
             f"| {r.mode} | {r.replies} | {statistics.median(r.to_placeholder):.2f} s / "
             f"{max(r.to_placeholder):.2f} s | {statistics.median(r.to_first_text):.2f} s / "
             f"{max(r.to_first_text):.2f} s | {pct(r.staleness, 95):.2f} s | "
-            f"{r.calls_per_reply:.1f} | {r.rate_limited} | {r.wall:.1f} s |")
+            f"{r.calls_per_reply:.1f} | {r.rate_limited} | {r.wall:.1f} s |"
+        )
     return "\n".join(rows)
 
 
@@ -155,10 +161,12 @@ async def main() -> None:
             results.append(await scenario(mode, n, args.chars, args.delay))
             print(f"  {mode:6} x{n}: done in {results[-1].wall:.1f} s", file=sys.stderr)
     model_time = args.chars / 3 * args.delay
-    print(f"\nEach answer: {args.chars} characters, 3 per chunk every {args.delay} s "
-          f"(~{model_time:.1f} s of model output). Fake Slack limits: chat.postMessage ~1/s per "
-          "channel, chat.update 50/min, chat.startStream 20/min, chat.appendStream 100/min, "
-          "per workspace.\n")
+    print(
+        f"\nEach answer: {args.chars} characters, 3 per chunk every {args.delay} s "
+        f"(~{model_time:.1f} s of model output). Fake Slack limits: chat.postMessage ~1/s per "
+        "channel, chat.update 50/min, chat.startStream 20/min, chat.appendStream 100/min, "
+        "per workspace.\n"
+    )
     print(table(results))
 
 

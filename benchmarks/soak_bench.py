@@ -58,21 +58,21 @@ for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
 from agents import set_tracing_disabled  # noqa: E402
+from discord_bench import Outcomes  # noqa: E402  (reply outcomes, from the host's hook)
+from harness import running_slack_bot as running_bot  # noqa: E402
+
+from bots.discord_api import DiscordSettings  # noqa: E402
+from bots.discord_bot import serve  # noqa: E402
+from core.backend import open_backend  # noqa: E402
+from core.config import Config, MemoryConfig, ModelConfig  # noqa: E402
+from core.host import Host  # noqa: E402
+from core.pacing import Pacer  # noqa: E402
+from core.sources import build_brain  # noqa: E402
 from fakes.discord_server import FakeDiscord  # noqa: E402
 from fakes.faults import Faults  # noqa: E402
 from fakes.openai_server import FakeOpenAI  # noqa: E402
 from fakes.redis_server import RedisServer  # noqa: E402
 from fakes.slack_server import FakeSlack, settled  # noqa: E402
-from harness import running_slack_bot as running_bot  # noqa: E402
-
-from bots.discord_bot import serve  # noqa: E402
-from bots.discord_api import DiscordSettings  # noqa: E402
-from discord_bench import Outcomes  # noqa: E402  (reply outcomes, from the host's hook)
-from core.config import Config, MemoryConfig, ModelConfig  # noqa: E402
-from core.backend import open_backend  # noqa: E402
-from core.host import Host  # noqa: E402
-from core.pacing import Pacer  # noqa: E402
-from core.sources import build_brain  # noqa: E402
 
 CHARS = 400  # per answer: one page, streamed over a few seconds
 CHUNK = 8  # characters per model delta
@@ -83,7 +83,7 @@ CURSOR = "▌"
 
 def answer(i: int) -> str:
     words = " ".join(f"r{i}w{j}" for j in range(CHARS // 5))
-    return f"Answer {i}: {words}"[:CHARS - 6] + " (end)"
+    return f"Answer {i}: {words}"[: CHARS - 6] + " (end)"
 
 
 @dataclass
@@ -145,13 +145,19 @@ def tally(seen: list[Seen], texts: list[str], stray: int) -> Counter[str]:
 
 
 def chunks(text: str) -> list[str]:
-    return [text[j:j + CHUNK] for j in range(0, len(text), CHUNK)]
+    return [text[j : j + CHUNK] for j in range(0, len(text), CHUNK)]
 
 
 def fault_mix() -> Faults:
     """5 % 5xx (a fifth applied before failing), 2 % 429s, 1 % connection resets."""
-    return Faults(error_rate=0.04, applied_error_rate=0.01, applied_error_posts=True,
-                  rate_limit_rate=0.02, reset_rate=0.01, seed=1)
+    return Faults(
+        error_rate=0.04,
+        applied_error_rate=0.01,
+        applied_error_posts=True,
+        rate_limit_rate=0.02,
+        reset_rate=0.01,
+        seed=1,
+    )
 
 
 async def run_discord(replies: int, channels: int, faults: bool, timeout: float) -> Result:
@@ -164,9 +170,11 @@ async def run_discord(replies: int, channels: int, faults: bool, timeout: float)
         os.environ["DISCORD_BOT_TOKEN"] = fake.token
         os.environ["OPENAI_API_KEY"] = "bench"
         with tempfile.TemporaryDirectory() as tmp:
-            config = Config(model=ModelConfig(base_url=model.base_url),
-                            memory=MemoryConfig(path=str(Path(tmp) / "memory.db")),
-                            discord=DiscordSettings(enabled=True, api_base=fake.api_base))
+            config = Config(
+                model=ModelConfig(base_url=model.base_url),
+                memory=MemoryConfig(path=str(Path(tmp) / "memory.db")),
+                discord=DiscordSettings(enabled=True, api_base=fake.api_base),
+            )
             outcomes = Outcomes()
             host = Host(config, build_brain(config), Pacer())
             host.on_finished.append(outcomes)
@@ -179,18 +187,23 @@ async def run_discord(replies: int, channels: int, faults: bool, timeout: float)
                 start = time.monotonic()
                 early = replies - replies // 10 if faults else replies
                 people = [fake.person(f"person{i}") for i in range(replies)]  # [limits]: one each
-                questions = [await fake.send(f"<@{fake.bot.id}> question {i}",
-                                             channel=places[i % channels], author=people[i])
-                             for i in range(early)]
+                questions = [
+                    await fake.send(
+                        f"<@{fake.bot.id}> question {i}", channel=places[i % channels], author=people[i]
+                    )
+                    for i in range(early)
+                ]
                 if faults:  # drop the gateway once a quarter of the replies are done
                     await fake.wait_for(lambda: len(outcomes.by_reply) >= replies // 4, timeout)
                     await fake.drop_gateway(4000)
-                    questions += [await fake.send(f"<@{fake.bot.id}> question {i}",
-                                                  channel=places[i % channels], author=people[i])
-                                  for i in range(early, replies)]
+                    questions += [
+                        await fake.send(
+                            f"<@{fake.bot.id}> question {i}", channel=places[i % channels], author=people[i]
+                        )
+                        for i in range(early, replies)
+                    ]
                 with contextlib.suppress(TimeoutError):
-                    await fake.wait_for(lambda: all(q.id in outcomes.by_reply for q in questions),
-                                        timeout)
+                    await fake.wait_for(lambda: all(q.id in outcomes.by_reply for q in questions), timeout)
                 wall = time.monotonic() - start
             finally:
                 tick.cancel()
@@ -201,27 +214,45 @@ async def run_discord(replies: int, channels: int, faults: bool, timeout: float)
         for q in questions:
             pages = fake.reply_pages(q)
             outcome = outcomes.by_reply.get(q.id)
-            seen.append(Seen([p.history[-1].content for p in pages], answers[q.id],
-                             outcome is not None and outcome.delivered
-                             and not any(p.history[-1].components for p in pages)))
+            seen.append(
+                Seen(
+                    [p.history[-1].content for p in pages],
+                    answers[q.id],
+                    outcome is not None
+                    and outcome.delivered
+                    and not any(p.history[-1].components for p in pages),
+                )
+            )
         stray = len(fake.bot_messages()) - sum(len(fake.reply_pages(q)) for q in questions)
         requests = sum(1 for c in fake.calls if "/messages" in c.route)
-        failed = sum(1 for c in fake.calls if "/messages" in c.route
-                     and (c.status in (0, 429) or c.status >= 500))
+        failed = sum(
+            1 for c in fake.calls if "/messages" in c.route and (c.status in (0, 429) or c.status >= 500)
+        )
         relayed = sum(o.failed_requests + o.rate_limited for o in outcomes.by_reply.values())
-        return Result("Discord", replies, channels, tally(seen, texts, stray), ticker.lags,
-                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, wall, requests,
-                      len(fake.throttled), fake.faults.injected, fake.resumes, (failed, relayed))
+        return Result(
+            "Discord",
+            replies,
+            channels,
+            tally(seen, texts, stray),
+            ticker.lags,
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            wall,
+            requests,
+            len(fake.throttled),
+            fake.faults.injected,
+            fake.resumes,
+            (failed, relayed),
+        )
 
 
 @contextlib.asynccontextmanager
-async def slack_replicas(slack: FakeSlack, model: FakeOpenAI, tmp: str,
-                         replicas: int) -> AsyncIterator[None]:
+async def slack_replicas(slack: FakeSlack, model: FakeOpenAI, tmp: str, replicas: int) -> AsyncIterator[None]:
     """One bot, or `replicas` bots on one real redis-server (each its own Socket Mode connection,
     store, pacer and limits), which the fake Slack hands events to in turn."""
     if replicas == 1:
-        async with running_bot(slack, model_base_url=model.base_url,
-                               memory_path=str(Path(tmp) / "memory.db"), streaming="edit"):
+        async with running_bot(
+            slack, model_base_url=model.base_url, memory_path=str(Path(tmp) / "memory.db"), streaming="edit"
+        ):
             yield
         return
     executable = shutil.which("redis-server")
@@ -229,14 +260,21 @@ async def slack_replicas(slack: FakeSlack, model: FakeOpenAI, tmp: str,
         raise SystemExit("--replicas needs redis-server (apt-get install redis-server)")
     server = RedisServer(executable)
     server.start()
-    backends = [open_backend(Config(memory=MemoryConfig(backend="redis", url=server.url)))
-                for _ in range(replicas)]
+    backends = [
+        open_backend(Config(memory=MemoryConfig(backend="redis", url=server.url))) for _ in range(replicas)
+    ]
     try:
         async with contextlib.AsyncExitStack() as stack:
             for backend in backends:
-                await stack.enter_async_context(running_bot(
-                    slack, model_base_url=model.base_url, memory_path=str(Path(tmp) / "memory.db"),
-                    backend=backend, streaming="edit"))
+                await stack.enter_async_context(
+                    running_bot(
+                        slack,
+                        model_base_url=model.base_url,
+                        memory_path=str(Path(tmp) / "memory.db"),
+                        backend=backend,
+                        streaming="edit",
+                    )
+                )
             slack.route = None  # deliveries take turns over the replicas' connections
             yield
     finally:
@@ -246,8 +284,7 @@ async def slack_replicas(slack: FakeSlack, model: FakeOpenAI, tmp: str,
         server.stop()
 
 
-async def run_slack(replies: int, channels: int, faults: bool, timeout: float,
-                    replicas: int = 1) -> Result:
+async def run_slack(replies: int, channels: int, faults: bool, timeout: float, replicas: int = 1) -> Result:
     texts = [answer(i) for i in range(replies)]
     ticker = LagTicker()
     places = [f"C0SOAK{c}" for c in range(channels)]
@@ -269,25 +306,39 @@ async def run_slack(replies: int, channels: int, faults: bool, timeout: float,
 
                 threads = [await ask(i) for i in range(early)]
                 if faults:  # cut Socket Mode once a quarter of the replies are done
-                    await slack.wait_for(lambda: sum(settled(slack, c, ts) for c, ts in threads)
-                                         >= replies // 4, timeout)
+                    await slack.wait_for(
+                        lambda: sum(settled(slack, c, ts) for c, ts in threads) >= replies // 4, timeout
+                    )
                     await slack.drop_socket()
                     threads += [await ask(i) for i in range(early, replies)]
                 with contextlib.suppress(AssertionError):  # timed out: counted as unfinished
-                    await slack.wait_for(lambda: all(settled(slack, c, ts) for c, ts in threads),
-                                         timeout)
+                    await slack.wait_for(lambda: all(settled(slack, c, ts) for c, ts in threads), timeout)
                 wall = time.monotonic() - start
                 tick.cancel()
-    seen = [Seen([m.text for m in slack.bot_messages(c, ts)], len(slack.bot_messages(c, ts)),
-                 settled(slack, c, ts)) for c, ts in threads]
+    seen = [
+        Seen(
+            [m.text for m in slack.bot_messages(c, ts)], len(slack.bot_messages(c, ts)), settled(slack, c, ts)
+        )
+        for c, ts in threads
+    ]
     stray = len(slack.bot_messages()) - sum(len(r.pages) for r in seen)
     requests = sum(1 for c in slack.calls if c.method.startswith("chat."))
     if slack.total_429s:
         print(f"429s by method: {dict(slack.rate_limited)}")
     label = "Slack (edit mode)" + (f", {replicas} replicas on Redis" if replicas > 1 else "")
-    return Result(label, replies, channels, tally(seen, texts, stray), ticker.lags,
-                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, wall, requests,
-                  slack.total_429s, slack.faults.injected, slack.connections - connections)
+    return Result(
+        label,
+        replies,
+        channels,
+        tally(seen, texts, stray),
+        ticker.lags,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        wall,
+        requests,
+        slack.total_429s,
+        slack.faults.injected,
+        slack.connections - connections,
+    )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -297,20 +348,22 @@ def pct(values: list[float], p: float) -> float:
 def table(r: Result, faults: bool) -> str:
     c = r.counts
     injected = ", ".join(f"{n} {k}" for k, n in sorted(r.injected.items())) or "none"
-    return "\n".join([
-        "| platform | run | replies × channels | intact | lost | duplicated | unfinished "
-        "| loop lag p50 / p99 / max | peak RSS | wall | message requests "
-        "| 429s (limits / injected) | failed requests (at the fake / seen by the relay) "
-        "| faults injected |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|---|",
-        f"| {r.label} | {'faults' if faults else 'soak'} | {r.replies // r.channels} × {r.channels} "
-        f"| {c['intact']} | {c['lost']} | {c['duplicated'] + c['stray messages']} "
-        f"| {c['unfinished'] + c['corrupted']} "
-        f"| {pct(r.lag, 50) * 1000:.1f} / {pct(r.lag, 99) * 1000:.1f} / {max(r.lag) * 1000:.0f} ms "
-        f"| {r.rss_mib:.0f} MiB | {r.wall:.0f} s | {r.requests} | {r.throttled} / "
-        f"{r.injected['rate_limit']} | {' / '.join(map(str, r.failed)) if r.failed else '–'} "
-        f"| {injected}; {r.reconnects} reconnect(s) |",
-    ])
+    return "\n".join(
+        [
+            "| platform | run | replies × channels | intact | lost | duplicated | unfinished "
+            "| loop lag p50 / p99 / max | peak RSS | wall | message requests "
+            "| 429s (limits / injected) | failed requests (at the fake / seen by the relay) "
+            "| faults injected |",
+            "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|---|",
+            f"| {r.label} | {'faults' if faults else 'soak'} | {r.replies // r.channels} × {r.channels} "
+            f"| {c['intact']} | {c['lost']} | {c['duplicated'] + c['stray messages']} "
+            f"| {c['unfinished'] + c['corrupted']} "
+            f"| {pct(r.lag, 50) * 1000:.1f} / {pct(r.lag, 99) * 1000:.1f} / {max(r.lag) * 1000:.0f} ms "
+            f"| {r.rss_mib:.0f} MiB | {r.wall:.0f} s | {r.requests} | {r.throttled} / "
+            f"{r.injected['rate_limit']} | {' / '.join(map(str, r.failed)) if r.failed else '–'} "
+            f"| {injected}; {r.reconnects} reconnect(s) |",
+        ]
+    )
 
 
 async def main() -> None:
@@ -320,8 +373,9 @@ async def main() -> None:
     parser.add_argument("--channels", type=int, help="default: 100 (Discord), 10 (Slack)")
     parser.add_argument("--faults", action="store_true", help="the fault run (see above)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up waiting after (s)")
-    parser.add_argument("--replicas", type=int, default=1,
-                        help="Slack: run this many bots on one redis-server, taking turns")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="Slack: run this many bots on one redis-server, taking turns"
+    )
     args = parser.parse_args()
     set_tracing_disabled(True)
     logging.basicConfig(level=logging.ERROR)
@@ -332,11 +386,16 @@ async def main() -> None:
         result = await run_slack(replies, channels, args.faults, args.timeout, args.replicas)
     else:
         result = await run_discord(replies, channels, args.faults, args.timeout)
-    limits = ("fake Slack with its real limits (chat.postMessage ~1/s per channel, chat.update "
-              "~50/min per workspace)" if slack else "fake Discord with its real limits (5 per "
-              "5 s per channel, 50 requests/s)")
-    print(f"Each answer: {CHARS} characters in {CHUNK}-character deltas every {DELAY * 1000:.0f} ms; "
-          f"{limits}; bot, fakes and model in one process.\n")
+    limits = (
+        "fake Slack with its real limits (chat.postMessage ~1/s per channel, chat.update "
+        "~50/min per workspace)"
+        if slack
+        else "fake Discord with its real limits (5 per 5 s per channel, 50 requests/s)"
+    )
+    print(
+        f"Each answer: {CHARS} characters in {CHUNK}-character deltas every {DELAY * 1000:.0f} ms; "
+        f"{limits}; bot, fakes and model in one process.\n"
+    )
     print(table(result, args.faults))
     if result.counts["corrupted"] or result.counts["stray messages"]:
         print(f"\n{result.counts['corrupted']} corrupted, {result.counts['stray messages']} stray")

@@ -15,14 +15,13 @@ from bots import console, discord_bot, slack_bot
 from core import config as cfg
 from core import logs
 from core.adapter import Adapter
-from core.errors import SetupError
 from core.backend import Backend, open_backend
 from core.demo import DEMO_NOTICE
+from core.errors import SetupError
 from core.host import Host
 from core.ops import OpsServer
 from core.sources import build_brain
 from core.webserver import raise_descriptor_limit
-
 
 ADAPTERS: tuple[Adapter, ...] = (discord_bot.ADAPTER, slack_bot.ADAPTER, console.ADAPTER)
 SECTIONS = {a.name: a.settings for a in ADAPTERS}
@@ -60,13 +59,19 @@ def check_config(path: str | None) -> int:
         for p in problems:
             print(p)
         return 1
-    model = ("offline demo model (no OPENAI_API_KEY or base_url)" if cfg.uses_demo_model(config)
-             else f"{config.model.model} via the {config.model.api} API"
-             + (f" at {config.model.base_url}" if config.model.base_url else ""))
-    where = (cfg.redis_where(cfg.redis_url(config)) if config.memory.backend == "redis"
-             else config.memory.path)  # host:port only: a Redis URL may hold a password
-    print(f"{source}: OK\n  model: {model}\n  memory: {config.memory.backend} at "
-          f"{where}\n  adapters: {', '.join(a.name for a in enabled(config))}")
+    model = (
+        "offline demo model (no OPENAI_API_KEY or base_url)"
+        if cfg.uses_demo_model(config)
+        else f"{config.model.model} via the {config.model.api} API"
+        + (f" at {config.model.base_url}" if config.model.base_url else "")
+    )
+    where = (
+        cfg.redis_where(cfg.redis_url(config)) if config.memory.backend == "redis" else config.memory.path
+    )  # host:port only: a Redis URL may hold a password
+    print(
+        f"{source}: OK\n  model: {model}\n  memory: {config.memory.backend} at "
+        f"{where}\n  adapters: {', '.join(a.name for a in enabled(config))}"
+    )
     if config.ops.enabled and config.ops.port:
         print(f"  ops: http://{config.ops.host}:{config.ops.port} (/metrics, /healthz)")
     return 0
@@ -86,9 +91,11 @@ async def run(config: cfg.Config, source: str) -> int:
         try:
             await ops.start()
         except OSError as exc:
-            print(f"{source}: ops.port: cannot listen on {config.ops.host}:{config.ops.port} "
-                  f"({exc.strerror or exc}): pick a free port or set ops.enabled = false",
-                  file=sys.stderr)
+            print(
+                f"{source}: ops.port: cannot listen on {config.ops.host}:{config.ops.port} "
+                f"({exc.strerror or exc}): pick a free port or set ops.enabled = false",
+                file=sys.stderr,
+            )
             return 1
     backend = open_backend(config)
     try:
@@ -110,8 +117,7 @@ async def _serve(config: cfg.Config, backend: Backend) -> None:
     if brain.demo and any(not a.fallback for a in adapters):
         logging.getLogger("streambot").warning(DEMO_NOTICE)
     _cancel_on_sigterm()
-    tasks = [asyncio.ensure_future(a.serve(host, config.section(a.name, a.settings)))
-             for a in adapters]
+    tasks = [asyncio.ensure_future(a.serve(host, config.section(a.name, a.settings))) for a in adapters]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -144,8 +150,9 @@ async def ask(config: cfg.Config, question: str, source: str = "built-in default
     if brain.demo:
         Console(stderr=True).print(DEMO_NOTICE, style="yellow", markup=False)
     try:
-        outcome = await console.ask(Host(config, brain), config.section("console", console.ConsoleSettings),
-                                    question, Console())
+        outcome = await console.ask(
+            Host(config, brain), config.section("console", console.ConsoleSettings), question, Console()
+        )
     finally:
         if brain.redis is not None:
             await brain.redis.aclose()
@@ -175,17 +182,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(
-        prog="streambot", description="Stream LLM answers into Discord, Slack and the terminal.")
-    parser.add_argument("--log-level", default="WARNING", type=_level,
-                        help="DEBUG, INFO, WARNING (default), ERROR, CRITICAL")
-    parser.add_argument("--log-format", choices=("text", "json"),
-                        help="text, or json: one object per line (default: [ops] log_format)")
+    parser = _Parser(prog="streambot", description="Stream LLM answers into Discord, Slack and the terminal.")
+    parser.add_argument(
+        "--log-level", default="WARNING", type=_level, help="DEBUG, INFO, WARNING (default), ERROR, CRITICAL"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text, or json: one object per line (default: [ops] log_format)",
+    )
     sub = parser.add_subparsers(dest="command")
     p_run = sub.add_parser("run", help="start every adapter enabled in the config (the default)")
     p_run.add_argument("--config", "-c", help="config file (default: ./config.toml if present)")
-    p_run.add_argument("--ops", type=_address, metavar="HOST:PORT",
-                       help="serve /metrics and /healthz there (turns [ops] on)")
+    p_run.add_argument(
+        "--ops", type=_address, metavar="HOST:PORT", help="serve /metrics and /healthz there (turns [ops] on)"
+    )
     p_console = sub.add_parser("console", help="chat in the terminal")
     p_console.add_argument("--config", "-c")
     p_console.add_argument("--page-chars", type=int, help="page size, to watch paging (min 200)")

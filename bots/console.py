@@ -12,12 +12,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import Field
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.text import Text
-
-from pydantic import Field
 
 from core.adapter import Adapter, AdapterSettings
 from core.demo import DEMO_NOTICE
@@ -34,8 +33,9 @@ class ConsoleTarget(Target):
 
     platform = "console"
 
-    def __init__(self, console: Console, page_limit: int, edits_per_second: float,
-                 plain: bool | None = None) -> None:
+    def __init__(
+        self, console: Console, page_limit: int, edits_per_second: float, plain: bool | None = None
+    ) -> None:
         self.console = console
         self.plain = (not console.is_terminal) if plain is None else plain
         self.page_limit = PIPE_PAGE if self.plain else page_limit
@@ -53,8 +53,7 @@ class ConsoleTarget(Target):
         if self.plain:
             self._write(frame)
             return frame.index
-        live = Live(self._view(frame), console=self.console, auto_refresh=False,
-                    vertical_overflow="visible")
+        live = Live(self._view(frame), console=self.console, auto_refresh=False, vertical_overflow="visible")
         live.start(refresh=True)
         if frame.final:
             live.stop()
@@ -71,7 +70,7 @@ class ConsoleTarget(Target):
     def _write(self, frame: Frame) -> None:
         """Append-only output: write what the page's source gained since last time."""
         done, new = self._written.get(frame.index, ""), frame.raw
-        self.console.file.write(new[len(done):] if new.startswith(done) else "\n" + new)
+        self.console.file.write(new[len(done) :] if new.startswith(done) else "\n" + new)
         if frame.final and not new.endswith("\n"):
             self.console.file.write("\n")
         self.console.file.flush()
@@ -121,13 +120,19 @@ async def _read_line(prompt: str) -> str:
     return await asyncio.to_thread(input, prompt)
 
 
-async def chat(host: Host, settings: ConsoleSettings, console: Console,
-               read: Callable[[str], Awaitable[str]] = _read_line) -> None:
+async def chat(
+    host: Host,
+    settings: ConsoleSettings,
+    console: Console,
+    read: Callable[[str], Awaitable[str]] = _read_line,
+) -> None:
     """Interactive multi-turn chat: earlier turns are remembered until /new or exit."""
     if getattr(host.brain, "demo", False):
         console.print(DEMO_NOTICE, style="yellow", markup=False)
-    console.print("[dim]Type a message. /new starts a new conversation, /quit (or Ctrl-D) exits; "
-                  "Ctrl-C stops a reply.[/dim]")
+    console.print(
+        "[dim]Type a message. /new starts a new conversation, /quit (or Ctrl-D) exits; "
+        "Ctrl-C stops a reply.[/dim]"
+    )
     conversation = f"console:{uuid.uuid4().hex[:12]}"
     while True:
         try:

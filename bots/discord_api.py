@@ -84,30 +84,37 @@ def intents() -> discord.Intents:
 
 def permissions(config: DiscordSettings) -> discord.Permissions:
     """Exactly the channel permissions the bot uses."""
-    needed = discord.Permissions(view_channel=True, send_messages=True,
-                                 send_messages_in_threads=True, read_message_history=True)
+    needed = discord.Permissions(
+        view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
+    )
     if config.open_threads:
         needed.create_public_threads = True
     return needed
 
 
 def invite_url(app_id: int, config: DiscordSettings) -> str:
-    return discord.utils.oauth_url(app_id, permissions=permissions(config),
-                                   scopes=("bot", "applications.commands"))
+    return discord.utils.oauth_url(
+        app_id, permissions=permissions(config), scopes=("bot", "applications.commands")
+    )
 
 
-_UI_NAMES = {"read_messages": "View Channels", "send_messages": "Send Messages",
-             "send_messages_in_threads": "Send Messages in Threads",
-             "read_message_history": "Read Message History",
-             "create_public_threads": "Create Public Threads"}
+_UI_NAMES = {
+    "read_messages": "View Channels",
+    "send_messages": "Send Messages",
+    "send_messages_in_threads": "Send Messages in Threads",
+    "read_message_history": "Read Message History",
+    "create_public_threads": "Create Public Threads",
+}
 
 
 def setup_summary(app_id: int, config: DiscordSettings) -> str:
     perms = ", ".join(_UI_NAMES.get(name, name) for name, on in permissions(config) if on)
-    return (f"invite the bot with {invite_url(app_id, config)}\n"
-            f"  permissions: {perms}; scopes: bot, applications.commands\n"
-            "  gateway intents: Guilds, Guild Messages, Direct Messages, Message Content "
-            f"(privileged: enable it at {portal(app_id)} under Privileged Gateway Intents)")
+    return (
+        f"invite the bot with {invite_url(app_id, config)}\n"
+        f"  permissions: {perms}; scopes: bot, applications.commands\n"
+        "  gateway intents: Guilds, Guild Messages, Direct Messages, Message Content "
+        f"(privileged: enable it at {portal(app_id)} under Privileged Gateway Intents)"
+    )
 
 
 def portal(app_id: int | None) -> str:
@@ -118,8 +125,9 @@ def portal(app_id: int | None) -> str:
 # --- access ----------------------------------------------------------------------------------
 
 
-def is_allowed(config: DiscordSettings, *, user_id: int, role_ids: set[int], guild_id: int | None,
-               channel_ids: set[int]) -> bool:
+def is_allowed(
+    config: DiscordSettings, *, user_id: int, role_ids: set[int], guild_id: int | None, channel_ids: set[int]
+) -> bool:
     """Whether to answer this person here. Blocklists win; allowlists are off when empty.
 
     `channel_ids` holds the channel plus its thread parent and category, so listing a category
@@ -184,8 +192,9 @@ class FirstAnswer:
             if response.status >= 500:
                 raise discord.DiscordServerError(response, data)
             retry = data.get("retry_after") if isinstance(data, dict) else None
-            raise discord.RateLimited(float(retry if retry is not None
-                                            else response.headers.get("Retry-After", 1)))
+            raise discord.RateLimited(
+                float(retry if retry is not None else response.headers.get("Retry-After", 1))
+            )
         return response
 
     async def __aexit__(self, *exc: Any) -> Any:
@@ -227,10 +236,15 @@ class RebasedHTTP(HTTPClient):
     """
 
     def __init__(self, api_base: str, original: HTTPClient) -> None:
-        super().__init__(original.loop, None if original.connector is MISSING else original.connector,
-                         proxy=original.proxy, proxy_auth=original.proxy_auth,
-                         unsync_clock=not original.use_clock, http_trace=original.http_trace,
-                         max_ratelimit_timeout=original.max_ratelimit_timeout)
+        super().__init__(
+            original.loop,
+            None if original.connector is MISSING else original.connector,
+            proxy=original.proxy,
+            proxy_auth=original.proxy_auth,
+            unsync_clock=not original.use_clock,
+            http_trace=original.http_trace,
+            max_ratelimit_timeout=original.max_ratelimit_timeout,
+        )
         self.api_base = api_base.rstrip("/")
 
     @property
@@ -244,7 +258,7 @@ class RebasedHTTP(HTTPClient):
 
     def rebase(self, url: str) -> str:
         if self.api_base and url.startswith(Route.BASE):
-            return self.api_base + url[len(Route.BASE):]
+            return self.api_base + url[len(Route.BASE) :]
         return url
 
     async def gateway_for(self, url: str) -> str:
@@ -271,8 +285,8 @@ async def identify_turn(redis: Redis, key: str) -> None:
     window has passed. Nothing is released early, so a process that dies cannot break the rule.
     """
     window = max(1, round((IDENTIFY_EVERY + JITTER) * 1000))
-    while not await redis.set(key, "1", nx=True, px=window):
-        await asyncio.sleep(max(10, await redis.pttl(key)) / 1000)
+    while not await redis.set(key, "1", nx=True, px=window):  # noqa: ASYNC110 - another process
+        await asyncio.sleep(max(10, await redis.pttl(key)) / 1000)  # holds it: nothing to await
 
 
 # --- requests: budgets and errors ------------------------------------------------------------

@@ -32,15 +32,28 @@ import discord
 from discord import app_commands
 from redis.exceptions import RedisError
 
-from bots.discord_api import (NO_PINGS, DiscordSettings, RebasedHTTP, budgets, channel_ids,
-                              global_budget, identify_key, identify_turn, intents, invite_url,
-                              is_allowed, portal, role_ids, setup_summary)
+from bots.discord_api import (
+    NO_PINGS,
+    DiscordSettings,
+    RebasedHTTP,
+    budgets,
+    channel_ids,
+    global_budget,
+    identify_key,
+    identify_turn,
+    intents,
+    invite_url,
+    is_allowed,
+    portal,
+    role_ids,
+    setup_summary,
+)
+from bots.discord_target import ChannelTarget, InteractionTarget, StopButton
 from core.adapter import Adapter, Need
 from core.config import env
 from core.errors import SetupError
 from core.host import Host, Question
 from core.ops import register_ready
-from bots.discord_target import ChannelTarget, InteractionTarget, StopButton
 from core.recent import Recent
 
 log = logging.getLogger("streambot.discord")
@@ -99,9 +112,11 @@ class DiscordBot(discord.AutoShardedClient):
         log.info("Discord: %s", setup_summary(app_id, self.settings))
         flags = self.application_flags
         if not (flags.gateway_message_content or flags.gateway_message_content_limited):
-            log.warning("Discord: the Message Content intent looks disabled for this app; enable "
-                        "it at %s (Privileged Gateway Intents) or the bot cannot read questions",
-                        portal(app_id))
+            log.warning(
+                "Discord: the Message Content intent looks disabled for this app; enable "
+                "it at %s (Privileged Gateway Intents) or the bot cannot read questions",
+                portal(app_id),
+            )
         if self.settings.sync_commands:
             try:
                 await self.tree.sync()
@@ -126,23 +141,35 @@ class DiscordBot(discord.AutoShardedClient):
         try:
             await identify_turn(redis, key)
         except RedisError as exc:
-            log.warning("Discord: Redis is unreachable to take turns to IDENTIFY (%s); waiting "
-                        "as one process would", exc)
+            log.warning(
+                "Discord: Redis is unreachable to take turns to IDENTIFY (%s); waiting as one process would",
+                exc,
+            )
             await super().before_identify_hook(shard_id, initial=initial)
 
     async def on_ready(self) -> None:
-        log.info("Discord: connected as %s (%s) to %d server(s)", self.user,
-                 getattr(self.user, "id", "?"), len(self.guilds))
+        log.info(
+            "Discord: connected as %s (%s) to %d server(s)",
+            self.user,
+            getattr(self.user, "id", "?"),
+            len(self.guilds),
+        )
         if not self.guilds:  # the URL is what the operator needs next: make it visible
-            log.warning("Discord: the bot is not in any server yet; %s",
-                        invite_url(self.application_id or 0, self.settings))
+            log.warning(
+                "Discord: the bot is not in any server yet; %s",
+                invite_url(self.application_id or 0, self.settings),
+            )
 
     # --- triggers --------------------------------------------------------------------------
 
     async def on_message(self, message: discord.Message) -> None:
         me = self.user
-        if me is None or message.author.bot or message.webhook_id or message.type not in (
-                discord.MessageType.default, discord.MessageType.reply):
+        if (
+            me is None
+            or message.author.bot
+            or message.webhook_id
+            or message.type not in (discord.MessageType.default, discord.MessageType.reply)
+        ):
             return  # other bots, ourselves, webhooks (author.bot may be unset), system messages
         channel = message.channel
         in_dm = message.guild is None
@@ -150,39 +177,61 @@ class DiscordBot(discord.AutoShardedClient):
         replying_to_us = await self._replies_to_us(message)
         if not (in_dm or in_our_thread or replying_to_us or me in message.mentions):
             return
-        if not is_allowed(self.settings, user_id=message.author.id, role_ids=role_ids(message.author),
-                          guild_id=message.guild.id if message.guild else None,
-                          channel_ids=channel_ids(channel)):
+        if not is_allowed(
+            self.settings,
+            user_id=message.author.id,
+            role_ids=role_ids(message.author),
+            guild_id=message.guild.id if message.guild else None,
+            channel_ids=channel_ids(channel),
+        ):
             log.debug("Discord: ignoring %s in %s (access lists)", message.author.id, channel.id)
             return
         prompt = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
         # A thread opened on a message has that message's id: its key is known before it exists.
-        in_thread = (self.settings.open_threads and not replying_to_us
-                     and isinstance(channel, discord.TextChannel))
-        key = (f"discord:thread:{message.id}" if in_thread
-               else _place_key(channel, message.guild and message.guild.id) or await self._chain_key(message))
+        in_thread = (
+            self.settings.open_threads and not replying_to_us and isinstance(channel, discord.TextChannel)
+        )
+        key = (
+            f"discord:thread:{message.id}"
+            if in_thread
+            else _place_key(channel, message.guild and message.guild.id) or await self._chain_key(message)
+        )
         target = ChannelTarget(self, message.id, key, channel, message, in_thread)
         if not prompt:
             await self.host.notice(target, "Ask me something after the mention, or use `/ask`.")
             return
         self.remember(message.id, key)
-        await self.host.answer(Question(str(message.id), str(message.author.id), str(channel.id),
-                                        key, prompt, message=str(message.id)), target)
+        await self.host.answer(
+            Question(
+                str(message.id), str(message.author.id), str(channel.id), key, prompt, message=str(message.id)
+            ),
+            target,
+        )
 
     async def _ask_command(self, interaction: discord.Interaction, prompt: str) -> None:
         """/ask prompt: - deferred at once ("is thinking…"), then the original response is edited."""
         user = interaction.user
         if interaction.channel is None or not is_allowed(
-                self.settings, user_id=user.id, role_ids=role_ids(user), guild_id=interaction.guild_id,
-                channel_ids=channel_ids(interaction.channel)):
+            self.settings,
+            user_id=user.id,
+            role_ids=role_ids(user),
+            guild_id=interaction.guild_id,
+            channel_ids=channel_ids(interaction.channel),
+        ):
             await interaction.response.send_message("You can't use this bot here.", ephemeral=True)
             return
         # elsewhere the response message starts a reply chain of its own (see `_chain_key`)
-        key = (_place_key(interaction.channel, interaction.guild_id)
-               or f"discord:chain:{interaction.id}")
-        await self.host.answer(Question(str(interaction.id), str(user.id), str(interaction.channel.id),
-                                        key, prompt.strip() or "Hello!"),
-                               InteractionTarget(self, interaction, key))
+        key = _place_key(interaction.channel, interaction.guild_id) or f"discord:chain:{interaction.id}"
+        await self.host.answer(
+            Question(
+                str(interaction.id),
+                str(user.id),
+                str(interaction.channel.id),
+                key,
+                prompt.strip() or "Hello!",
+            ),
+            InteractionTarget(self, interaction, key),
+        )
 
     # --- user actions reported to the host ------------------------------------------------------
 
@@ -195,20 +244,23 @@ class DiscordBot(discord.AutoShardedClient):
 
     async def on_stop_click(self, interaction: discord.Interaction, reply_id: int) -> None:
         perms = getattr(interaction, "permissions", None)
-        result = await self.host.stop(str(reply_id), str(interaction.user.id),
-                                moderator=bool(perms and perms.manage_messages))
+        result = await self.host.stop(
+            str(reply_id), str(interaction.user.id), moderator=bool(perms and perms.manage_messages)
+        )
         if result == "stopped":
             await interaction.response.defer()  # the relay's final edit removes the button
         elif result == "not_yours":
-            await interaction.response.send_message("Only the person who asked can stop this answer.",
-                                                    ephemeral=True)
+            await interaction.response.send_message(
+                "Only the person who asked can stop this answer.", ephemeral=True
+            )
         else:  # finished, or left by an earlier run of the bot: just tidy it
             content = interaction.message.content if interaction.message else ""
             cursor, marker = self.host.config.stream.cursor, self.host.config.stream.stopped_marker
             if content.endswith(cursor):
                 content = f"{content.removesuffix(cursor).rstrip()}\n\n{marker}"
-            await interaction.response.edit_message(content=content or marker, view=None,
-                                                    allowed_mentions=NO_PINGS())
+            await interaction.response.edit_message(
+                content=content or marker, view=None, allowed_mentions=NO_PINGS()
+            )
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -254,8 +306,11 @@ class DiscordBot(discord.AutoShardedClient):
         try:
             return await message.create_thread(name=name, auto_archive_duration=1440)
         except discord.HTTPException as exc:
-            log.warning("Discord: could not open a thread in %s (%s); answering in the channel",
-                        message.channel.id, exc)
+            log.warning(
+                "Discord: could not open a thread in %s (%s); answering in the channel",
+                message.channel.id,
+                exc,
+            )
             return None
 
     async def _finish(self, place: dict[str, Any], content: str) -> None:
@@ -263,11 +318,11 @@ class DiscordBot(discord.AutoShardedClient):
         await self.host.pacer.acquire(budgets(f"discord:channel:{place['channel']}", self.settings))
         if "token" in place:
             webhook = discord.Webhook.partial(place["application"], place["token"], client=self)
-            await webhook.edit_message(place["message"], content=content, view=None,
-                                       allowed_mentions=NO_PINGS())
+            await webhook.edit_message(
+                place["message"], content=content, view=None, allowed_mentions=NO_PINGS()
+            )
         else:
-            message = self.get_partial_messageable(place["channel"]).get_partial_message(
-                place["message"])
+            message = self.get_partial_messageable(place["channel"]).get_partial_message(place["message"])
             await message.edit(content=content, view=None, allowed_mentions=NO_PINGS())
 
     def typing_start(self, channel: Any) -> None:
@@ -318,12 +373,16 @@ async def serve(host: Host, settings: DiscordSettings) -> None:
     try:
         await bot.start(env(TOKEN))
     except discord.LoginFailure:
-        raise SetupError("Discord rejected DISCORD_BOT_TOKEN (401): reset the token in the "
-                         "Developer Portal (Bot → Reset Token) and set it again") from None
+        raise SetupError(
+            "Discord rejected DISCORD_BOT_TOKEN (401): reset the token in the "
+            "Developer Portal (Bot → Reset Token) and set it again"
+        ) from None
     except discord.PrivilegedIntentsRequired:
-        message = ("Discord refused the connection because the Message Content intent is not "
-                   f"enabled: open {portal(bot.application_id)}, turn on Privileged Gateway Intents → "
-                   "Message Content Intent, save, and start streambot again")
+        message = (
+            "Discord refused the connection because the Message Content intent is not "
+            f"enabled: open {portal(bot.application_id)}, turn on Privileged Gateway Intents → "
+            "Message Content Intent, save, and start streambot again"
+        )
         log.error("Discord: %s", message)
         raise SetupError(message) from None
     finally:
@@ -331,5 +390,9 @@ async def serve(host: Host, settings: DiscordSettings) -> None:
 
 
 ADAPTER = Adapter(
-    "discord", DiscordSettings, serve, secrets=(TOKEN,),
-    needs=lambda s: [Need(TOKEN, "discord.enabled", "the Discord adapter needs a bot token")])
+    "discord",
+    DiscordSettings,
+    serve,
+    secrets=(TOKEN,),
+    needs=lambda s: [Need(TOKEN, "discord.enabled", "the Discord adapter needs a bot token")],
+)

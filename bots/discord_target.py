@@ -47,8 +47,7 @@ class _DiscordTarget(Target):
         # quick answer uses every slot on half-written frames and its final text waits ~5 s.
         # The key sorts before the others: the pacer takes budgets in key order, recording a
         # slot in each as it goes, so the one that waits longest must come first.
-        return [(f"discord:burst:{self.reply_id}", Rate(1, WINDOW / self.bot.settings.edits_per_5s)),
-                *shared]
+        return [(f"discord:burst:{self.reply_id}", Rate(1, WINDOW / self.bot.settings.edits_per_5s)), *shared]
 
     def locate(self, handle: Any) -> dict[str, Any]:
         return {"channel": handle.channel.id, "message": handle.id}
@@ -78,8 +77,15 @@ class ChannelTarget(_DiscordTarget):
     continuation replies to the page before it (so pages of concurrent replies stay linked).
     With `in_thread`, the reply moves into a new thread on the question when it starts."""
 
-    def __init__(self, bot: DiscordBot, reply_id: int, key: str, channel: Any,
-                 question: discord.Message | None, in_thread: bool = False) -> None:
+    def __init__(
+        self,
+        bot: DiscordBot,
+        reply_id: int,
+        key: str,
+        channel: Any,
+        question: discord.Message | None,
+        in_thread: bool = False,
+    ) -> None:
         super().__init__(bot, reply_id, key)
         self.channel = channel
         self.question = question
@@ -114,19 +120,24 @@ class ChannelTarget(_DiscordTarget):
         options: dict[str, Any] = {}
         if refers_to is not None:
             options["reference"] = refers_to.to_reference(fail_if_not_exists=False)
-        mentions = discord.AllowedMentions(everyone=False, users=False, roles=False,
-                                           replied_user=ping and frame.index == 0)
+        mentions = discord.AllowedMentions(
+            everyone=False, users=False, roles=False, replied_user=ping and frame.index == 0
+        )
         # Discord may create the message and still answer 5xx or drop the connection; the
         # retried create then carries the same nonce, which Discord (enforce_nonce) answers with
         # the message it already made instead of posting it twice. That message shows the
         # first attempt's frame, so it is brought up to this one.
         nonce = f"{self.reply_id}:{frame.index}"  # at most 25 characters
         async with self._relayed():
-            message = await self.channel.send(frame.text, allowed_mentions=mentions, nonce=nonce,
-                                              view=self._view(frame) or MISSING, **options)
+            message = await self.channel.send(
+                frame.text,
+                allowed_mentions=mentions,
+                nonce=nonce,
+                view=self._view(frame) or MISSING,
+                **options,
+            )
             if message.content.strip() != frame.text.strip():
-                await message.edit(content=frame.text, allowed_mentions=NO_PINGS(),
-                                   view=self._view(frame))
+                await message.edit(content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame))
         return self._posted(message)
 
 
@@ -146,8 +157,11 @@ class InteractionTarget(_DiscordTarget):
 
     def locate(self, handle: Any) -> dict[str, Any]:
         # The response is the interaction's webhook message: only its token may edit it.
-        return {**super().locate(handle), "application": self.interaction.application_id,
-                "token": self.interaction.token}
+        return {
+            **super().locate(handle),
+            "application": self.interaction.application_id,
+            "token": self.interaction.token,
+        }
 
     async def open(self) -> None:
         await self.interaction.response.defer(thinking=True)  # "is thinking…" within 3 s
@@ -163,7 +177,8 @@ class InteractionTarget(_DiscordTarget):
         if frame.index == 0:  # the deferred response: an edit, safe to repeat
             async with self._relayed():
                 message = await self.interaction.edit_original_response(
-                    content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame))
+                    content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame)
+                )
             return self._posted(message)
         unsure = self._unsure == frame.index
         if unsure:  # the lookup is one more request towards the 50/s
@@ -173,8 +188,8 @@ class InteractionTarget(_DiscordTarget):
                 message = await self._posted_before(frame) if unsure else None
                 if message is None:
                     message = await self.interaction.followup.send(
-                        frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame) or MISSING,
-                        wait=True)
+                        frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame) or MISSING, wait=True
+                    )
         except TransientError:
             self._unsure = frame.index  # it may have been posted all the same
             raise
@@ -200,13 +215,17 @@ class InteractionTarget(_DiscordTarget):
                     found = message.id
                     break
         except (discord.Forbidden, discord.NotFound) as exc:
-            log.info("reply %s: cannot look for a follow-up already posted (%s); posting it again",
-                     self.reply_id, exc)
+            log.info(
+                "reply %s: cannot look for a follow-up already posted (%s); posting it again",
+                self.reply_id,
+                exc,
+            )
         if found is None:
             return None
         log.info("reply %s: page %d was posted despite the error; using it", self.reply_id, frame.index)
         return await self.interaction.followup.edit_message(
-            found, content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame))
+            found, content=frame.text, allowed_mentions=NO_PINGS(), view=self._view(frame)
+        )
 
 
 # --- the Stop button -----------------------------------------------------------------------------
@@ -217,13 +236,20 @@ class StopButton(discord.ui.DynamicItem[discord.ui.Button], template=STOP_PREFIX
     any process (a button left by a crashed run is cleaned up instead of doing nothing)."""
 
     def __init__(self, reply_id: int) -> None:
-        super().__init__(discord.ui.Button(style=discord.ButtonStyle.secondary, label="Stop",
-                                           emoji="⏹️", custom_id=f"{STOP_PREFIX}{reply_id}"))
+        super().__init__(
+            discord.ui.Button(
+                style=discord.ButtonStyle.secondary,
+                label="Stop",
+                emoji="⏹️",
+                custom_id=f"{STOP_PREFIX}{reply_id}",
+            )
+        )
         self.reply_id = reply_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: re.Match[str]) -> StopButton:
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> StopButton:
         return cls(int(match["id"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:

@@ -36,9 +36,10 @@ class SlackSettings(AdapterSettings):
     channel_ids: list[str] = []
     user_ids: list[str] = []
     suggested_prompts: list[str] = Field(  # offered when an assistant thread opens (at most 4)
-        ["What can you help me with?", "Explain a concept simply", "Review a piece of code"],
-        max_length=4)
+        ["What can you help me with?", "Explain a concept simply", "Review a piece of code"], max_length=4
+    )
     thinking_status: str = Field("is thinking…", max_length=50)  # assistant threads, while answering
+
 
 # What manifest.yml must grant, and why (tests/test_slack_units.py keeps the two in step).
 BOT_SCOPES = {
@@ -50,8 +51,14 @@ BOT_SCOPES = {
     "im:history": "direct messages and assistant threads",
     "mpim:history": "thread follow-ups in group DMs",
 }
-BOT_EVENTS = {"app_mention", "assistant_thread_started", "message.channels", "message.groups",
-              "message.im", "message.mpim"}
+BOT_EVENTS = {
+    "app_mention",
+    "assistant_thread_started",
+    "message.channels",
+    "message.groups",
+    "message.im",
+    "message.mpim",
+}
 
 STOP_ACTION = "streambot_stop"
 MARKDOWN_LIMIT = 12_000  # markdown blocks, markdown_text
@@ -68,13 +75,26 @@ START_RATE = Rate(18, 60.0)  # chat.startStream: Tier 2, 20+ per minute; rare, s
 APPEND_RATE = Rate(1, 0.7)  # chat.appendStream: Tier 4, 100+ per minute (this is ~86)
 
 GONE_ERRORS = {"message_not_found", "channel_not_found", "thread_not_found", "is_archived"}
-TRANSIENT_ERRORS = {"fatal_error", "internal_error", "service_unavailable", "request_timeout",
-                    "team_added_to_org", "org_login_required"}
+TRANSIENT_ERRORS = {
+    "fatal_error",
+    "internal_error",
+    "service_unavailable",
+    "request_timeout",
+    "team_added_to_org",
+    "org_login_required",
+}
 STREAM_LOST = "message_not_in_streaming_state"
 # startStream refusals that mean "not for this whole workspace/app" rather than "not here".
-NATIVE_OFF_FOR_WORKSPACE = {"unknown_method", "method_deprecated", "deprecated_endpoint",
-                            "missing_scope", "not_allowed_token_type", "feature_not_enabled",
-                            "not_allowed", "access_denied"}
+NATIVE_OFF_FOR_WORKSPACE = {
+    "unknown_method",
+    "method_deprecated",
+    "deprecated_endpoint",
+    "missing_scope",
+    "not_allowed_token_type",
+    "feature_not_enabled",
+    "not_allowed",
+    "access_denied",
+}
 
 ZWJ = "\u200d"
 # Model output must never ping anyone: break @channel/@here/@everyone, <!channel>-style special
@@ -82,7 +102,8 @@ ZWJ = "\u200d"
 # Special mentions in any case (<!HERE>, @Channel): Slack honours those too.
 _PING = re.compile(
     r"<(?=!(?i:channel|here|everyone|subteam\^))|<(?=@[UWB][A-Z0-9])"
-    r"|(?<![\w.])@(?=(?i:channel|here|everyone)\b)")
+    r"|(?<![\w.])@(?=(?i:channel|here|everyone)\b)"
+)
 # The end of a half-streamed text that might still become a mention: held back while streaming
 # natively, because text appended to a stream can never be changed afterwards.
 _PARTIAL_PING = re.compile(r"[<@][^\s<>@]{0,10}\Z")
@@ -119,9 +140,18 @@ def content(text: str, stop_id: str | None = None) -> dict[str, Any]:
 
 
 def stop_block(reply_id: str) -> dict[str, Any]:
-    return {"type": "actions", "elements": [{
-        "type": "button", "action_id": STOP_ACTION, "value": reply_id, "style": "danger",
-        "text": {"type": "plain_text", "text": "Stop", "emoji": True}}]}
+    return {
+        "type": "actions",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": STOP_ACTION,
+                "value": reply_id,
+                "style": "danger",
+                "text": {"type": "plain_text", "text": "Stop", "emoji": True},
+            }
+        ],
+    }
 
 
 class SlackCallError(Exception):

@@ -24,18 +24,29 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.slack_api import (APP_TOKEN, BOT_TOKEN, NATIVE_OFF_FOR_WORKSPACE,
-                            SIGNING_SECRET, STOP_ACTION, UPDATE_RATE,
-                            SlackSettings, api_base_url, call, content,
-                            error_of, neutralize, quiet_token_notice)
+from bots.slack_api import (
+    APP_TOKEN,
+    BOT_TOKEN,
+    NATIVE_OFF_FOR_WORKSPACE,
+    SIGNING_SECRET,
+    STOP_ACTION,
+    UPDATE_RATE,
+    SlackSettings,
+    api_base_url,
+    call,
+    content,
+    error_of,
+    neutralize,
+    quiet_token_notice,
+)
 from bots.slack_http import screen
 from bots.slack_target import Place, SlackTarget
 from core.adapter import Adapter, Need
-from core.errors import SetupError
 from core.config import env
+from core.errors import SetupError
 from core.host import Host, Question
-from core.platform import TransientError
 from core.ops import register_ready
+from core.platform import TransientError
 from core.recent import Recent
 from core.state import LocalStore
 from core.webserver import GuardedSite
@@ -48,9 +59,16 @@ EVENTS_PATH = "/slack/events"
 class SlackBot:
     """The bolt app: turns Slack events into host calls. One per process."""
 
-    def __init__(self, host: Host, settings: SlackSettings, *, bot_token: str,
-                 app_token: str = "", signing_secret: str = "",
-                 session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        host: Host,
+        settings: SlackSettings,
+        *,
+        bot_token: str,
+        app_token: str = "",
+        signing_secret: str = "",
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self.host = host
         self.settings = settings
         # Event de-duplication; shared by replicas with the redis backend.
@@ -59,17 +77,23 @@ class SlackBot:
         self.signing_secret = signing_secret
         base = api_base_url(settings.api_base)
         self.client = AsyncWebClient(
-            token=bot_token, session=session, retry_handlers=[],  # the relay does the retrying
-            **({"base_url": base} if base else {}))
+            token=bot_token,
+            session=session,
+            retry_handlers=[],  # the relay does the retrying
+            **({"base_url": base} if base else {}),
+        )
         bolt_log = logging.getLogger("streambot.slack.bolt")
         if quiet_token_notice not in bolt_log.filters:
             bolt_log.addFilter(quiet_token_notice)
         self.app = AsyncApp(
-            client=self.client, signing_secret=signing_secret,
+            client=self.client,
+            signing_secret=signing_secret,
             request_verification_enabled=settings.mode == "http",
             ignoring_self_events_enabled=False,  # it would also drop "our reply was deleted"
-            process_before_response=False, logger=bolt_log,
-            authorize=lambda: self._authorize())  # from identify's auth.test, not one per event
+            process_before_response=False,
+            logger=bolt_log,
+            authorize=lambda: self._authorize(),
+        )  # from identify's auth.test, not one per event
         self.bot_user_id = ""
         self.bot_id = ""
         self.team_id = ""
@@ -95,13 +119,16 @@ class SlackBot:
         try:
             resp = await self.client.auth_test()
         except SlackApiError as exc:
-            raise SetupError(f"Slack rejected SLACK_BOT_TOKEN ({error_of(exc)[1]}): check the "
-                             "bot token (xoxb-) of the installed app") from None
+            raise SetupError(
+                f"Slack rejected SLACK_BOT_TOKEN ({error_of(exc)[1]}): check the "
+                "bot token (xoxb-) of the installed app"
+            ) from None
         self.bot_user_id = resp.get("user_id", "")
         self.bot_id = resp.get("bot_id", "")
         self.team_id = resp.get("team_id", "")
         self._identity = AuthorizeResult.from_auth_test_response(
-            auth_test_response=resp, bot_token=self.client.token)
+            auth_test_response=resp, bot_token=self.client.token
+        )
 
     async def _authorize(self) -> AuthorizeResult:
         """bolt's authorization of each event: who we are, known since start-up. (bolt's own
@@ -117,8 +144,10 @@ class SlackBot:
             resp = await self.client.apps_connections_open(app_token=self.app_token)
         except SlackApiError as exc:
             await handler.close_async()
-            raise SetupError(f"Slack rejected SLACK_APP_TOKEN ({error_of(exc)[1]}): it must be "
-                             "an app-level token (xapp-) with connections:write") from None
+            raise SetupError(
+                f"Slack rejected SLACK_APP_TOKEN ({error_of(exc)[1]}): it must be "
+                "an app-level token (xapp-) with connections:write"
+            ) from None
         handler.client.wss_uri = resp["url"]
         await handler.connect_async()
         self._socket = handler
@@ -167,11 +196,13 @@ class SlackBot:
     async def _finish(self, place: dict[str, Any], text: str) -> None:
         """Finish a reply a crash or kill left streaming (the host wrote `text`)."""
         if place.get("native"):  # a stream left open: close it (it may have expired already)
-            await self.best_effort("chat.stopStream", self.client.chat_stopStream(
-                channel=place["channel"], ts=place["ts"]))
+            await self.best_effort(
+                "chat.stopStream", self.client.chat_stopStream(channel=place["channel"], ts=place["ts"])
+            )
         await self.host.pacer.acquire([(f"slack:{self.team_id}:chat.update", UPDATE_RATE)])
-        await call("chat.update", self.client.chat_update(
-            channel=place["channel"], ts=place["ts"], **content(text)))
+        await call(
+            "chat.update", self.client.chat_update(channel=place["channel"], ts=place["ts"], **content(text))
+        )
 
     # --- deciding whether to answer --------------------------------------------------------
 
@@ -189,9 +220,12 @@ class SlackBot:
         return True
 
     def _from_bot(self, event: dict[str, Any]) -> bool:
-        return bool(event.get("bot_id") or event.get("subtype") == "bot_message"
-                    or (self.bot_user_id and event.get("user") == self.bot_user_id)
-                    or not event.get("user"))
+        return bool(
+            event.get("bot_id")
+            or event.get("subtype") == "bot_message"
+            or (self.bot_user_id and event.get("user") == self.bot_user_id)
+            or not event.get("user")
+        )
 
     def _allowed(self, channel: str, user: str, *, dm: bool) -> bool:
         s = self.settings
@@ -250,8 +284,7 @@ class SlackBot:
         place = Place(team, channel, thread_ts, user, is_dm=False)
         self.host.spawn(self._follow_up(place, self._prompt(text), ts, event.get("parent_user_id")))
 
-    async def _follow_up(self, place: Place, prompt: str, question_ts: str,
-                         parent_user: str | None) -> None:
+    async def _follow_up(self, place: Place, prompt: str, question_ts: str, parent_user: str | None) -> None:
         if await self._bot_in_thread(place.channel, place.thread_ts, parent_user):
             await self.answer(place, prompt, question_ts)
 
@@ -263,14 +296,14 @@ class SlackBot:
                 self._threads[key] = True
             else:
                 try:
-                    resp = await self.client.conversations_replies(channel=channel, ts=thread_ts,
-                                                                   limit=200)
+                    resp = await self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200)
                 except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
                     log.info("could not check thread %s for earlier replies: %s", thread_ts, exc)
                     return False
                 self._threads[key] = any(
                     m.get("user") == self.bot_user_id or m.get("bot_id") == self.bot_id
-                    for m in resp.get("messages", []))
+                    for m in resp.get("messages", [])
+                )
         return self._threads[key]
 
     async def on_assistant_thread(self, event: dict[str, Any]) -> None:
@@ -279,13 +312,19 @@ class SlackBot:
         self._assistant_threads[(channel, thread_ts)] = True
         prompts = self.settings.suggested_prompts[:4]
         if prompts and self.settings.allow_dms:
-            await self.best_effort("assistant.threads.setSuggestedPrompts",
-                                   self.client.assistant_threads_setSuggestedPrompts(
-                                       channel_id=channel, thread_ts=thread_ts, title="Try asking:",
-                                       prompts=[{"title": p, "message": p} for p in prompts]))
+            await self.best_effort(
+                "assistant.threads.setSuggestedPrompts",
+                self.client.assistant_threads_setSuggestedPrompts(
+                    channel_id=channel,
+                    thread_ts=thread_ts,
+                    title="Try asking:",
+                    prompts=[{"title": p, "message": p} for p in prompts],
+                ),
+            )
 
-    async def on_stop(self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any],
-                      action: dict[str, Any]) -> None:
+    async def on_stop(
+        self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]
+    ) -> None:
         await ack()
         await self.host.stop(action.get("value", ""), body.get("user", {}).get("id", ""))
 
@@ -299,28 +338,46 @@ class SlackBot:
 
     def native_refused(self, place: Place, error: str) -> None:
         """Native streaming was refused: use edits from now on, in the workspace or channel."""
-        self._native_off.add(place.team if error in NATIVE_OFF_FOR_WORKSPACE
-                             else f"{place.team}:{place.channel}")
+        self._native_off.add(
+            place.team if error in NATIVE_OFF_FOR_WORKSPACE else f"{place.team}:{place.channel}"
+        )
 
     async def answer(self, place: Place, prompt: str, question_ts: str, assistant: bool = False) -> None:
         """Stream one reply into `place`'s thread (the host keeps one per conversation at a time)."""
         reply_id = uuid.uuid4().hex[:16]
-        target = SlackTarget(self, place, reply_id=reply_id, question_ts=question_ts,
-                             assistant=prompt if assistant else None)
-        await self.host.answer(Question(
-            reply_id, place.user, place.channel, f"slack:{place.team}:{place.channel}:{place.thread_ts}",
-            prompt, message=f"{place.channel}:{question_ts}"), target)
+        target = SlackTarget(
+            self, place, reply_id=reply_id, question_ts=question_ts, assistant=prompt if assistant else None
+        )
+        await self.host.answer(
+            Question(
+                reply_id,
+                place.user,
+                place.channel,
+                f"slack:{place.team}:{place.channel}:{place.thread_ts}",
+                prompt,
+                message=f"{place.channel}:{question_ts}",
+            ),
+            target,
+        )
 
     async def thinking(self, place: Place, prompt: str) -> None:
         """Assistant threads: show "is thinking…" and name the thread after its first question."""
-        await self.best_effort("assistant.threads.setStatus", self.client.assistant_threads_setStatus(
-            channel_id=place.channel, thread_ts=place.thread_ts, status=self.settings.thinking_status))
+        await self.best_effort(
+            "assistant.threads.setStatus",
+            self.client.assistant_threads_setStatus(
+                channel_id=place.channel, thread_ts=place.thread_ts, status=self.settings.thinking_status
+            ),
+        )
         thread = (place.channel, place.thread_ts)
         if self._assistant_threads.get(thread):
             self._assistant_threads[thread] = False
             title = prompt if len(prompt) <= 60 else prompt[:59] + "…"
-            await self.best_effort("assistant.threads.setTitle", self.client.assistant_threads_setTitle(
-                channel_id=place.channel, thread_ts=place.thread_ts, title=neutralize(title)))
+            await self.best_effort(
+                "assistant.threads.setTitle",
+                self.client.assistant_threads_setTitle(
+                    channel_id=place.channel, thread_ts=place.thread_ts, title=neutralize(title)
+                ),
+            )
 
     async def best_effort(self, method: str, request: Awaitable[Any]) -> None:
         """Nice-to-have calls (status, title, prompts) never hold up or break a reply."""
@@ -337,8 +394,14 @@ async def serve(host: Host, settings: SlackSettings) -> None:
     """
     host.start()
     async with aiohttp.ClientSession() as session:
-        bot = SlackBot(host, settings, bot_token=env(BOT_TOKEN), app_token=env(APP_TOKEN),
-                       signing_secret=env(SIGNING_SECRET), session=session)
+        bot = SlackBot(
+            host,
+            settings,
+            bot_token=env(BOT_TOKEN),
+            app_token=env(APP_TOKEN),
+            signing_secret=env(SIGNING_SECRET),
+            session=session,
+        )
         register_ready("slack", bot.connected)
         await bot.run()
 
@@ -351,5 +414,4 @@ def _needs(settings: SlackSettings) -> list[Need]:
     return [Need(BOT_TOKEN, "slack.enabled", "the Slack adapter needs a bot token (xoxb-)"), mode]
 
 
-ADAPTER = Adapter("slack", SlackSettings, serve, needs=_needs,
-                  secrets=(BOT_TOKEN, APP_TOKEN, SIGNING_SECRET))
+ADAPTER = Adapter("slack", SlackSettings, serve, needs=_needs, secrets=(BOT_TOKEN, APP_TOKEN, SIGNING_SECRET))

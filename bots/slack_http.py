@@ -24,8 +24,9 @@ def screen(body: bytes, headers: Mapping[str, str], secret: str, now: float) -> 
     signature = headers.get("X-Slack-Signature", "")
     if not (ts.isascii() and ts.isdigit() and len(ts) <= 12) or abs(now - int(ts)) > MAX_AGE:
         return 401
-    expected = "v0=" + hmac.new(secret.encode(), b"v0:" + ts.encode() + b":" + body,
-                                hashlib.sha256).hexdigest()
+    expected = (
+        "v0=" + hmac.new(secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
+    )
     if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
         return 401
     content_type = (headers.get("Content-Type") or "").split(";")[0].strip() or None

@@ -18,8 +18,18 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bots.slack_api import (APPEND_RATE, POST_RATE, START_RATE, UPDATE_RATE, SlackCallError,
-                            StreamLost, call, content, neutralize, stable_prefix)
+from bots.slack_api import (
+    APPEND_RATE,
+    POST_RATE,
+    START_RATE,
+    UPDATE_RATE,
+    SlackCallError,
+    StreamLost,
+    call,
+    content,
+    neutralize,
+    stable_prefix,
+)
 from core.platform import Frame, Op, Rate, Target, TransientError
 
 if TYPE_CHECKING:
@@ -57,8 +67,15 @@ class SlackTarget(Target):
 
     platform = "slack"
 
-    def __init__(self, bot: SlackBot, place: Place, *, reply_id: str, question_ts: str = "",
-                 assistant: str | None = None) -> None:
+    def __init__(
+        self,
+        bot: SlackBot,
+        place: Place,
+        *,
+        reply_id: str,
+        question_ts: str = "",
+        assistant: str | None = None,
+    ) -> None:
         self.bot = bot
         self.client = bot.client
         self.place = place
@@ -98,8 +115,12 @@ class SlackTarget(Target):
 
     async def close(self) -> None:
         if self._assistant is not None:
-            await self.bot.best_effort("assistant.threads.setStatus", self.client.assistant_threads_setStatus(
-                channel_id=self.place.channel, thread_ts=self.place.thread_ts, status=""))
+            await self.bot.best_effort(
+                "assistant.threads.setStatus",
+                self.client.assistant_threads_setStatus(
+                    channel_id=self.place.channel, thread_ts=self.place.thread_ts, status=""
+                ),
+            )
 
     async def post(self, frame: Frame) -> SlackMessage:
         if self._unsure:
@@ -121,14 +142,17 @@ class SlackTarget(Target):
         if not (self.bot.bot_user_id and self._question_ts):
             return
         try:
-            resp = await call("conversations.replies", self.client.conversations_replies(
-                channel=self.place.channel, ts=self.place.thread_ts, limit=200))
+            resp = await call(
+                "conversations.replies",
+                self.client.conversations_replies(
+                    channel=self.place.channel, ts=self.place.thread_ts, limit=200
+                ),
+            )
             after = float(self._posted_ts[-1] if self._posted_ts else self._question_ts)
             for m in resp.get("messages", []):
                 if m.get("user") == self.bot.bot_user_id and float(m["ts"]) > after:
                     log.info("removing %s, left by a post that failed yet went through", m["ts"])
-                    await call("chat.delete", self.client.chat_delete(channel=self.place.channel,
-                                                                      ts=m["ts"]))
+                    await call("chat.delete", self.client.chat_delete(channel=self.place.channel, ts=m["ts"]))
         except SlackCallError as exc:  # a refusal must not cost the reply itself
             log.warning("could not check thread %s for a stray message: %s", self.place.thread_ts, exc)
         self._unsure = False
@@ -147,8 +171,12 @@ class SlackTarget(Target):
                 self._posted(handle)
                 return handle
         # A first frame that is already final needs no stream: post it whole.
-        resp = await call("chat.postMessage", self.client.chat_postMessage(
-            channel=self.place.channel, thread_ts=self.place.thread_ts, **self._content(frame)))
+        resp = await call(
+            "chat.postMessage",
+            self.client.chat_postMessage(
+                channel=self.place.channel, thread_ts=self.place.thread_ts, **self._content(frame)
+            ),
+        )
         handle = SlackMessage(self.place.channel, resp["ts"], native=False)
         self._posted(handle)
         return handle
@@ -171,9 +199,15 @@ class SlackTarget(Target):
         kwargs: dict[str, Any] = {}
         if not self.place.is_dm:  # Slack needs the reader's identity to stream into a channel
             kwargs = {"recipient_user_id": self.place.user, "recipient_team_id": self.place.team}
-        resp = await call("chat.startStream", self.client.chat_startStream(
-            channel=self.place.channel, thread_ts=self.place.thread_ts,
-            markdown_text=first or None, **kwargs))
+        resp = await call(
+            "chat.startStream",
+            self.client.chat_startStream(
+                channel=self.place.channel,
+                thread_ts=self.place.thread_ts,
+                markdown_text=first or None,
+                **kwargs,
+            ),
+        )
         return SlackMessage(self.place.channel, resp["ts"], native=True, sent=first)
 
     async def _stream(self, handle: SlackMessage, frame: Frame) -> None:
@@ -181,18 +215,24 @@ class SlackTarget(Target):
         if not want.startswith(handle.sent):
             handle.rewrite = True  # appended text cannot be taken back: fix it when final
             want = handle.sent
-        delta = want[len(handle.sent):]
+        delta = want[len(handle.sent) :]
         if frame.final:
-            await call("chat.stopStream", self.client.chat_stopStream(
-                channel=handle.channel, ts=handle.ts, markdown_text=delta or None))
+            await call(
+                "chat.stopStream",
+                self.client.chat_stopStream(
+                    channel=handle.channel, ts=handle.ts, markdown_text=delta or None
+                ),
+            )
             handle.sent = want
             handle.native = False
             if handle.rewrite:
                 await self._update(handle, frame)
         elif delta:
             try:
-                await call("chat.appendStream", self.client.chat_appendStream(
-                    channel=handle.channel, ts=handle.ts, markdown_text=delta))
+                await call(
+                    "chat.appendStream",
+                    self.client.chat_appendStream(channel=handle.channel, ts=handle.ts, markdown_text=delta),
+                )
             except TransientError:
                 handle.rewrite = True  # it may have been appended after all: fix it when final
                 raise
@@ -209,8 +249,10 @@ class SlackTarget(Target):
         return content(frame.text, self.reply_id if frame.streaming and not frame.final else None)
 
     async def _update(self, handle: SlackMessage, frame: Frame) -> None:
-        await call("chat.update", self.client.chat_update(
-            channel=handle.channel, ts=handle.ts, **self._content(frame)))
+        await call(
+            "chat.update",
+            self.client.chat_update(channel=handle.channel, ts=handle.ts, **self._content(frame)),
+        )
 
     def _posted(self, handle: SlackMessage) -> None:
         self._posted_ts.append(handle.ts)

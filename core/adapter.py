@@ -1,7 +1,8 @@
 """The adapter protocol: what a platform module declares so that the CLI, `check-config` and
 the log scrubber can run it without core naming any platform.
 
-Each adapter module in bots/ (the console's too) defines one `Adapter`: its config section's model, the environment variables it needs, and how it starts.
+Each adapter module in bots/ (the console's too) defines one `Adapter`: its config section's
+model, the environment variables it needs, and how it starts.
 Adding a platform is one new module that does the same, plus a line in the CLI's list.
 """
 

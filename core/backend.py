@@ -37,8 +37,10 @@ def open_store(config: Config) -> StateStore:
     try:
         return LocalStore(config.memory.path)
     except sqlite3.Error as exc:  # check_env looked, but the file may have changed since
-        raise SetupError(f"memory.path: cannot open {config.memory.path} ({exc}): point it at a "
-                         "file SQLite can create or open read-write") from None
+        raise SetupError(
+            f"memory.path: cannot open {config.memory.path} ({exc}): point it at a "
+            "file SQLite can create or open read-write"
+        ) from None
 
 
 def open_backend(config: Config) -> Backend:
@@ -48,5 +50,6 @@ def open_backend(config: Config) -> Backend:
     from core.redis_state import RedisGate, RedisStore, RedisWindows
 
     assert isinstance(store, RedisStore)
-    return Backend(store, Pacer(shared=RedisWindows(store.redis)),
-                   RedisGate(config.limits, store.redis), store.redis)
+    return Backend(
+        store, Pacer(shared=RedisWindows(store.redis)), RedisGate(config.limits, store.redis), store.redis
+    )

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -49,8 +49,9 @@ class StreamConfig(Section):
     stall_timeout: float = Field(60.0, gt=0)  # silence mid-answer this long: give up
     max_reply_chars: int = Field(30000, ge=0)  # the answer is cut there, with a note; 0: no cap
     shutdown_grace: float = Field(20.0, ge=0)  # on SIGTERM, let replies finish this long
-    interrupted_marker: str = Field("⚠️ interrupted — please ask again", min_length=1,
-                                    max_length=100)  # replies cut by a shutdown or crash
+    interrupted_marker: str = Field(
+        "⚠️ interrupted — please ask again", min_length=1, max_length=100
+    )  # replies cut by a shutdown or crash
 
 
 class MemoryConfig(Section):
@@ -159,16 +160,17 @@ def parse(data: dict[str, Any], file: str, sections: Mapping[str, type[BaseModel
             except ValidationError as exc:
                 problems += _problems(exc, file, (name,))
             except RecursionError:
-                problems.append(Problem(file, name, "nested too deeply",
-                                        "a streambot config has at most three levels"))
+                problems.append(
+                    Problem(file, name, "nested too deeply", "a streambot config has at most three levels")
+                )
     unknown = [k for k in core if k not in Config.model_fields]
-    problems += [Problem(file, k, "unknown key", _fix_for({"type": "extra_forbidden"}))
-                 for k in unknown]
+    problems += [Problem(file, k, "unknown key", _fix_for({"type": "extra_forbidden"})) for k in unknown]
     try:
         config = Config.model_validate({k: v for k, v in core.items() if k not in unknown})
     except RecursionError:
-        raise ConfigError([Problem(file, "(syntax)", "nested too deeply",
-                                   "a streambot config has at most three levels")]) from None
+        raise ConfigError(
+            [Problem(file, "(syntax)", "nested too deeply", "a streambot config has at most three levels")]
+        ) from None
     except ValidationError as exc:
         problems = _problems(exc, file) + problems
     if problems:
@@ -178,8 +180,9 @@ def parse(data: dict[str, Any], file: str, sections: Mapping[str, type[BaseModel
     return config
 
 
-def load(path: str | Path | None = None,
-         sections: Mapping[str, type[BaseModel]] | None = None) -> tuple[Config, str]:
+def load(
+    path: str | Path | None = None, sections: Mapping[str, type[BaseModel]] | None = None
+) -> tuple[Config, str]:
     """Load a config file; with no path, `config.toml` if present, else built-in defaults.
     `sections` are the adapters' section models, as for `parse`.
 
@@ -189,25 +192,44 @@ def load(path: str | Path | None = None,
     p = Path(path) if path is not None else DEFAULT_PATH
     if not p.exists():
         if explicit:
-            raise ConfigError([Problem(str(p), "(file)", "file not found",
-                                       "check the path, or copy config.example.toml there")])
+            raise ConfigError(
+                [
+                    Problem(
+                        str(p),
+                        "(file)",
+                        "file not found",
+                        "check the path, or copy config.example.toml there",
+                    )
+                ]
+            )
         return Config(), "built-in defaults"
     try:
         with p.open("rb") as f:  # bounded: `check-config /dev/zero` must end
             raw = f.read(MAX_BYTES + 1)
         if len(raw) > MAX_BYTES:
-            raise ConfigError([Problem(str(p), "(file)", "larger than 1 MiB",
-                                       "point --config at the bot's TOML file")])
+            raise ConfigError(
+                [Problem(str(p), "(file)", "larger than 1 MiB", "point --config at the bot's TOML file")]
+            )
         data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([Problem(str(p), "(syntax)", f"not valid TOML ({exc})",
-                                   "fix the TOML syntax at that line")]) from None
+        raise ConfigError(
+            [Problem(str(p), "(syntax)", f"not valid TOML ({exc})", "fix the TOML syntax at that line")]
+        ) from None
     except RecursionError:
-        raise ConfigError([Problem(str(p), "(syntax)", "nested too deeply",
-                                   "a streambot config has at most three levels")]) from None
+        raise ConfigError(
+            [Problem(str(p), "(syntax)", "nested too deeply", "a streambot config has at most three levels")]
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(str(p), "(file)", f"cannot read it ({exc.__class__.__name__})",
-                                   "check the file's permissions and that it is UTF-8 text")]) from None
+        raise ConfigError(
+            [
+                Problem(
+                    str(p),
+                    "(file)",
+                    f"cannot read it ({exc.__class__.__name__})",
+                    "check the file's permissions and that it is UTF-8 text",
+                )
+            ]
+        ) from None
     return parse(data, str(p), sections), str(p)
 
 
@@ -218,8 +240,11 @@ def env(name: str) -> str:
 
 def missing_env(file: str, needs: Iterable[tuple[str, str, str]]) -> list[Problem]:
     """A problem for each (variable, config key, why) whose variable is not set."""
-    return [Problem(file, key, f"{var} is not set ({why})", f"export {var}=... in the bot's environment")
-            for var, key, why in needs if not env(var)]
+    return [
+        Problem(file, key, f"{var} is not set ({why})", f"export {var}=... in the bot's environment")
+        for var, key, why in needs
+        if not env(var)
+    ]
 
 
 def check_env(config: Config, file: str) -> list[Problem]:
@@ -227,19 +252,43 @@ def check_env(config: Config, file: str) -> list[Problem]:
     adapter adds its own needs: see core/adapter.py)."""
     missing: list[Problem] = []
     if config.memory.backend == "sqlite" and (why := sqlite_unopenable(config.memory.path)):
-        missing.append(Problem(file, "memory.path", f"cannot open it ({why})",
-                               "point it at a file SQLite can create or open read-write"))
+        missing.append(
+            Problem(
+                file,
+                "memory.path",
+                f"cannot open it ({why})",
+                "point it at a file SQLite can create or open read-write",
+            )
+        )
     if config.memory.backend == "redis":
         url = redis_url(config)
         if not url:
-            missing.append(Problem(file, "memory.url", "the redis backend needs a Redis URL",
-                                   'set [memory] url = "redis://host:6379/0" or export REDIS_URL=...'))
+            missing.append(
+                Problem(
+                    file,
+                    "memory.url",
+                    "the redis backend needs a Redis URL",
+                    'set [memory] url = "redis://host:6379/0" or export REDIS_URL=...',
+                )
+            )
         elif urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            missing.append(Problem(file, "memory.url", "not a Redis URL",
-                                   "use redis://[:password@]host:port/db, rediss://... or unix://..."))
+            missing.append(
+                Problem(
+                    file,
+                    "memory.url",
+                    "not a Redis URL",
+                    "use redis://[:password@]host:port/db, rediss://... or unix://...",
+                )
+            )
         if urlsplit(config.memory.url).password:
-            missing.append(Problem(file, "memory.url", "holds a password, and secrets never go in the file",
-                                   "export the whole URL as REDIS_URL and remove memory.url"))
+            missing.append(
+                Problem(
+                    file,
+                    "memory.url",
+                    "holds a password, and secrets never go in the file",
+                    "export the whole URL as REDIS_URL and remove memory.url",
+                )
+            )
     return missing
 
 

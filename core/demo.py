@@ -76,47 +76,88 @@ class DemoModel(Model):
 
     @staticmethod
     def _response(text: str, status: str = "completed") -> Response:
-        output = [ResponseOutputMessage(
-            id="demo-msg", type="message", role="assistant", status="completed",
-            content=[ResponseOutputText(type="output_text", text=text, annotations=[])],
-        )] if text else []
+        output = (
+            [
+                ResponseOutputMessage(
+                    id="demo-msg",
+                    type="message",
+                    role="assistant",
+                    status="completed",
+                    content=[ResponseOutputText(type="output_text", text=text, annotations=[])],
+                )
+            ]
+            if text
+            else []
+        )
         return Response(
-            id="demo-response", created_at=0, model="streambot-demo", object="response",
-            output=output, tool_choice="none", tools=[], parallel_tool_calls=False, status=status,
+            id="demo-response",
+            created_at=0,
+            model="streambot-demo",
+            object="response",
+            output=output,
+            tool_choice="none",
+            tools=[],
+            parallel_tool_calls=False,
+            status=status,
         )
 
-    async def get_response(self, system_instructions: Any, input: Any, model_settings: Any,
-                           tools: Any, output_schema: Any, handoffs: Any, tracing: Any,
-                           **kwargs: Any) -> ModelResponse:
+    async def get_response(
+        self,
+        system_instructions: Any,
+        input: Any,
+        model_settings: Any,
+        tools: Any,
+        output_schema: Any,
+        handoffs: Any,
+        tracing: Any,
+        **kwargs: Any,
+    ) -> ModelResponse:
         text = demo_reply(self._prompt(input))
         return ModelResponse(output=self._response(text).output, usage=Usage(), response_id=None)
 
-    async def stream_response(self, system_instructions: Any, input: Any, model_settings: Any,
-                              tools: Any, output_schema: Any, handoffs: Any, tracing: Any,
-                              **kwargs: Any) -> AsyncIterator[Any]:
+    async def stream_response(
+        self,
+        system_instructions: Any,
+        input: Any,
+        model_settings: Any,
+        tools: Any,
+        output_schema: Any,
+        handoffs: Any,
+        tracing: Any,
+        **kwargs: Any,
+    ) -> AsyncIterator[Any]:
         text = demo_reply(self._prompt(input))
         seq = iter(range(1_000_000))
         ids = dict(item_id="demo-msg", output_index=0, content_index=0)
-        yield ResponseCreatedEvent(type="response.created", sequence_number=next(seq),
-                                   response=self._response("", "in_progress"))
+        yield ResponseCreatedEvent(
+            type="response.created", sequence_number=next(seq), response=self._response("", "in_progress")
+        )
         yield ResponseOutputItemAddedEvent(
-            type="response.output_item.added", output_index=0, sequence_number=next(seq),
-            item=ResponseOutputMessage(id="demo-msg", type="message", role="assistant",
-                                       status="in_progress", content=[]))
+            type="response.output_item.added",
+            output_index=0,
+            sequence_number=next(seq),
+            item=ResponseOutputMessage(
+                id="demo-msg", type="message", role="assistant", status="in_progress", content=[]
+            ),
+        )
         part = ResponseOutputText(type="output_text", text="", annotations=[])
-        yield ResponseContentPartAddedEvent(type="response.content_part.added", part=part,
-                                            sequence_number=next(seq), **ids)
+        yield ResponseContentPartAddedEvent(
+            type="response.content_part.added", part=part, sequence_number=next(seq), **ids
+        )
         for chunk in _chunks(text):
             await asyncio.sleep(self.delay)
-            yield ResponseTextDeltaEvent(type="response.output_text.delta", delta=chunk,
-                                         logprobs=[], sequence_number=next(seq), **ids)
+            yield ResponseTextDeltaEvent(
+                type="response.output_text.delta", delta=chunk, logprobs=[], sequence_number=next(seq), **ids
+            )
         done_part = ResponseOutputText(type="output_text", text=text, annotations=[])
-        yield ResponseTextDoneEvent(type="response.output_text.done", text=text, logprobs=[],
-                                    sequence_number=next(seq), **ids)
-        yield ResponseContentPartDoneEvent(type="response.content_part.done", part=done_part,
-                                           sequence_number=next(seq), **ids)
+        yield ResponseTextDoneEvent(
+            type="response.output_text.done", text=text, logprobs=[], sequence_number=next(seq), **ids
+        )
+        yield ResponseContentPartDoneEvent(
+            type="response.content_part.done", part=done_part, sequence_number=next(seq), **ids
+        )
         final = self._response(text)
-        yield ResponseOutputItemDoneEvent(type="response.output_item.done", output_index=0,
-                                          item=final.output[0], sequence_number=next(seq))
-        yield ResponseCompletedEvent(type="response.completed", response=final,
-                                     sequence_number=next(seq))
+        yield ResponseOutputItemDoneEvent(
+            type="response.output_item.done", output_index=0, item=final.output[0], sequence_number=next(seq)
+        )
+        yield ResponseCompletedEvent(type="response.completed", response=final, sequence_number=next(seq))

@@ -80,8 +80,14 @@ class _Running:
 class Host:
     """One per process, shared by every adapter."""
 
-    def __init__(self, config: Config, brain: Brain, pacer: Pacer | None = None,
-                 store: StateStore | None = None, gate: Gate | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        brain: Brain,
+        pacer: Pacer | None = None,
+        store: StateStore | None = None,
+        gate: Gate | None = None,
+    ) -> None:
         self.config = config
         self.brain = brain
         self.pacer = pacer or Pacer()
@@ -156,17 +162,34 @@ class Host:
             if key := target.message_key(handle):
                 self._track(running, key, index)
 
-        reply = Reply(self.brain.start(q.prompt, q.conversation), target, self.pacer,
-                      self.config.stream, self.store, reply_id=q.reply_id, on_post=posted)
+        reply = Reply(
+            self.brain.start(q.prompt, q.conversation),
+            target,
+            self.pacer,
+            self.config.stream,
+            self.store,
+            reply_id=q.reply_id,
+            on_post=posted,
+        )
         running.reply = reply
         outcome = await reply.run()
-        log.info("reply %s %s in %d message(s) (%d posts, %d edits, %d rate limited)",
-                 q.reply_id, outcome.status, len(outcome.pages), outcome.posts, outcome.edits,
-                 outcome.rate_limited,
-                 extra={"reply_id": q.reply_id, "conversation": q.conversation,
-                        "platform": target.platform, "status": outcome.status,
-                        "placeholder_after": outcome.placeholder_after,
-                        "first_text_after": outcome.first_text_after})
+        log.info(
+            "reply %s %s in %d message(s) (%d posts, %d edits, %d rate limited)",
+            q.reply_id,
+            outcome.status,
+            len(outcome.pages),
+            outcome.posts,
+            outcome.edits,
+            outcome.rate_limited,
+            extra={
+                "reply_id": q.reply_id,
+                "conversation": q.conversation,
+                "platform": target.platform,
+                "status": outcome.status,
+                "placeholder_after": outcome.placeholder_after,
+                "first_text_after": outcome.first_text_after,
+            },
+        )
         for hook in self.on_finished:
             hook(Finished(q, target.platform, outcome))
         return outcome
@@ -259,8 +282,7 @@ class Host:
         running = self._running.get(found[0]) if found else None
         if found is None or running is None:
             return False
-        log.info("message %s deleted; stopping reply %s", message, found[0],
-                 extra={"reply_id": found[0]})
+        log.info("message %s deleted; stopping reply %s", message, found[0], extra={"reply_id": found[0]})
         if running.reply is not None and found[1] is not None:
             running.reply.forget(found[1])
         running.stop()
@@ -289,8 +311,7 @@ class Host:
             try:
                 await finish(record.place, with_marker(record.text, marker, page_limit))
             except Exception as exc:
-                log.warning("%s: could not finish interrupted reply %s: %s", platform,
-                            record.reply_id, exc)
+                log.warning("%s: could not finish interrupted reply %s: %s", platform, record.reply_id, exc)
 
         self._repairs.append(asyncio.create_task(repair_orphans(self.store, platform, one)))
 
@@ -308,8 +329,9 @@ class Host:
             if task is not None:
                 task.cancel()
         stream = self.config.stream
-        waiting: set[asyncio.Future[Any]] = {asyncio.ensure_future(r.done.wait())
-                                             for r in self._running.values()}
+        waiting: set[asyncio.Future[Any]] = {
+            asyncio.ensure_future(r.done.wait()) for r in self._running.values()
+        }
         waiting |= self._tasks
         if waiting:
             log.info("shutting down; waiting for %d reply(s)", len(self._running))

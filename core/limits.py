@@ -31,13 +31,13 @@ class Refused(Exception):
 
 
 def too_long(length: int, limit: int) -> Refused:
-    return Refused(f"That question is too long ({length:,} characters; the limit is {limit:,}). "
-                   "Please shorten it.")
+    return Refused(
+        f"That question is too long ({length:,} characters; the limit is {limit:,}). Please shorten it."
+    )
 
 
 def too_many_running(count: int) -> Refused:
-    return Refused(f"You already have {count} answer(s) being written. Please wait for one to "
-                   "finish.")
+    return Refused(f"You already have {count} answer(s) being written. Please wait for one to finish.")
 
 
 def channel_busy() -> Refused:
@@ -45,8 +45,10 @@ def channel_busy() -> Refused:
 
 
 def too_many_asked(count: int, wait: float) -> Refused:
-    return Refused(f"You've asked {count} questions in the last minute. Please wait "
-                   f"{math.ceil(wait)} s before asking again.")
+    return Refused(
+        f"You've asked {count} questions in the last minute. Please wait "
+        f"{math.ceil(wait)} s before asking again."
+    )
 
 
 class Gate:

@@ -1,8 +1,8 @@
 """Log set-up: readable text or one JSON object per line, with secrets scrubbed either way.
 
 JSON lines carry `reply_id`, `conversation`, `platform`, `status` and the reply's latencies when
-a log call passes them in `extra=`, or when the adapter tagged the running reply with `tag_reply` (so the relay's and
-the model source's lines about a reply carry its ids too). Message content (prompts, model
+a log call passes them in `extra=`, or when the host tagged the running reply with `tag_reply`
+(so the relay's and the model source's lines about a reply carry its ids too). Message content (prompts, model
 text) is only ever logged at DEBUG.
 """
 
@@ -25,8 +25,9 @@ FIELDS = ("reply_id", "conversation", "platform", "status", "placeholder_after",
 # and, as a safety net, any variable whose name says it holds a secret.
 SECRET_VARS = {"OPENAI_API_KEY", "REDIS_URL"}
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|API_KEY|PASSWORD)$")
-_reply: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("streambot_reply",
-                                                                              default=None)
+_reply: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "streambot_reply", default=None
+)
 
 
 def register_secrets(*names: str) -> None:
@@ -77,7 +78,10 @@ class JsonFormatter(TextFormatter):
     def render(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         for name in FIELDS:
             if (value := getattr(record, name, None)) is not None:
                 entry[name] = value

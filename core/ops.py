@@ -93,9 +93,13 @@ class OpsServer:
         lag = max(self.lag, overdue)
         checks = {name: await _passes(check) for name, check in list(ready_checks.items())}
         live = lag < self.max_lag
-        return {"live": live, "ready": live and all(checks.values()),
-                "event_loop_lag": round(lag, 3), "checks": checks,
-                "failed": [n for n, ok in checks.items() if not ok] + ([] if live else ["event_loop"])}
+        return {
+            "live": live,
+            "ready": live and all(checks.values()),
+            "event_loop_lag": round(lag, 3),
+            "checks": checks,
+            "failed": [n for n, ok in checks.items() if not ok] + ([] if live else ["event_loop"]),
+        }
 
     async def _health(self, request: web.Request) -> web.Response:
         state = await self.health()

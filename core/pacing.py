@@ -55,8 +55,7 @@ class Budget:
     With `shared`, a grant also needs a slot in the window every process shares under `key`.
     """
 
-    def __init__(self, rate: Rate, clock: Clock, key: str = "",
-                 shared: SharedBudgets | None = None) -> None:
+    def __init__(self, rate: Rate, clock: Clock, key: str = "", shared: SharedBudgets | None = None) -> None:
         self.rate = rate
         self.clock = clock
         self.key = key

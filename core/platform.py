@@ -27,8 +27,8 @@ class Frame:
     """What one message of a reply should show now.
 
     `text` is rendered for display: fences temporarily closed, a cursor and status line while
-    streaming, never longer than the target's `page_limit` as its `measure` counts. `raw` is the page's own source text
-    so far (no cursor, no temporary closers): while the page streams it only grows, so
+    streaming, never longer than the target's `page_limit` as its `measure` counts. `raw` is the
+    page's own source text so far (no cursor, no temporary closers): while the page streams it only grows, so
     append-only transports (a pipe, a platform's native text streams) can send `raw[len(already_sent):]`.
     One exception: when a full page is cut, its final frame's `raw` ends at the cut and the text
     after it moves to the next message, so `raw` may be shorter than what was streamed; an

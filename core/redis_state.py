@@ -25,9 +25,8 @@ from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
 from core.config import LimitsConfig, redis_where
-from core.limits import (Gate, Slot, channel_busy, too_long, too_many_asked,
-                         too_many_running)
 from core.errors import SetupError
+from core.limits import Gate, Slot, channel_busy, too_long, too_many_asked, too_many_running
 from core.platform import Rate
 from core.state import DEDUP_TTL, ReplyRecord, StateStore
 
@@ -85,17 +84,21 @@ class RedisStore(StateStore):
         try:
             await asyncio.wait_for(self.redis.ping(), CHECK_TIMEOUT)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise SetupError(f"memory.url: cannot reach Redis at {_where(self.redis)} "
-                             f"({exc or 'timed out'}): "
-                             "start Redis, or fix [memory] url / REDIS_URL") from None
+            raise SetupError(
+                f"memory.url: cannot reach Redis at {_where(self.redis)} "
+                f"({exc or 'timed out'}): "
+                "start Redis, or fix [memory] url / REDIS_URL"
+            ) from None
 
     async def reachable(self) -> bool:
         """Readiness: Redis answers a PING (what failed is in the log)."""
         try:
             await asyncio.wait_for(self.redis.ping(), CHECK_TIMEOUT)
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("Redis is unreachable (%s): memory, de-duplication and reply records "
-                        "fail until it is back", exc or "timed out")
+            log.warning(
+                "Redis is unreachable (%s): memory, de-duplication and reply records fail until it is back",
+                exc or "timed out",
+            )
             return False
         return True
 
@@ -134,13 +137,16 @@ class RedisStore(StateStore):
             await asyncio.sleep(tick)
             if time.monotonic() - self._renewed >= self.lease_ttl / 3 and not self._lost:
                 self._lost = True
-                log.error("cannot refresh this process's lease in Redis: ending its live replies "
-                          "before another replica takes them for orphans")
+                log.error(
+                    "cannot refresh this process's lease in Redis: ending its live replies "
+                    "before another replica takes them for orphans"
+                )
                 if self.on_lease_lost is not None:
                     self.on_lease_lost()
             try:
-                await asyncio.wait_for(self.redis.set(
-                    self._alive_key(self.owner), 1, px=int(self.lease_ttl * 1000)), tick)
+                await asyncio.wait_for(
+                    self.redis.set(self._alive_key(self.owner), 1, px=int(self.lease_ttl * 1000)), tick
+                )
             except (RedisError, TimeoutError) as exc:
                 log.warning("could not refresh this process's lease in Redis: %s", exc or "timeout")
                 continue
@@ -194,8 +200,9 @@ class RedisStore(StateStore):
     @contextlib.asynccontextmanager
     async def turn(self, conversation: str) -> AsyncIterator[None]:
         """A lock with a lease: a holder that dies releases it within `lease_ttl`."""
-        lock = self.redis.lock(f"{PREFIX}turn:{conversation}", timeout=self.lease_ttl, sleep=0.05,
-                               thread_local=False)
+        lock = self.redis.lock(
+            f"{PREFIX}turn:{conversation}", timeout=self.lease_ttl, sleep=0.05, thread_local=False
+        )
         renew: asyncio.Task[None] | None = None
         try:
             await lock.acquire()
@@ -283,7 +290,8 @@ class RedisWindows:
         try:
             wait_ms = await self._reserve(
                 keys=[f"{PREFIX}pace:{key}", f"{PREFIX}pause:{key}"],
-                args=[rate.count, max(1, round(rate.per * 1000)), uuid.uuid4().hex])
+                args=[rate.count, max(1, round(rate.per * 1000)), uuid.uuid4().hex],
+            )
         except RedisError as exc:
             self._lost(exc)
             return 0.0
@@ -302,8 +310,9 @@ class RedisWindows:
 
     def _lost(self, exc: RedisError) -> None:
         if not self._degraded:
-            log.warning("Redis is unreachable for shared pacing (%s): each process paces alone "
-                        "until it is back", exc)
+            log.warning(
+                "Redis is unreachable for shared pacing (%s): each process paces alone until it is back", exc
+            )
         self._degraded = True
 
     def _found(self) -> None:
@@ -324,7 +333,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60000)
-local mine, here, asked = redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[3])
+local mine = redis.call('ZCARD', KEYS[1])
+local here = redis.call('ZCARD', KEYS[2])
+local asked = redis.call('ZCARD', KEYS[3])
 if tonumber(ARGV[1]) > 0 and mine >= tonumber(ARGV[1]) then return {1, mine} end
 if tonumber(ARGV[2]) > 0 and here >= tonumber(ARGV[2]) then return {2, here} end
 if tonumber(ARGV[3]) > 0 and asked >= tonumber(ARGV[3]) then
@@ -369,8 +380,14 @@ class RedisGate(Gate):
         try:
             result = await self._admit(
                 keys=[*self._keys(slot), f"{PREFIX}limit:asked:{user}"],
-                args=[lim.user_concurrent, lim.channel_concurrent, lim.user_per_minute,
-                      max(1, round(self.lease_ttl * 1000)), slot.id])
+                args=[
+                    lim.user_concurrent,
+                    lim.channel_concurrent,
+                    lim.user_per_minute,
+                    max(1, round(self.lease_ttl * 1000)),
+                    slot.id,
+                ],
+            )
         except RedisError as exc:
             log.warning("Redis is unreachable for [limits] (%s): counting in this process", exc)
             local = self.admit_here(user, channel, prompt)

@@ -58,10 +58,17 @@ class _Gone(Exception):
 class Reply:
     """One model run streamed into one destination through the shared pacer."""
 
-    def __init__(self, run: ModelRun, target: Target, pacer: Pacer,
-                 settings: StreamConfig | None = None, store: StateStore | None = None, *,
-                 reply_id: str | None = None,
-                 on_post: Callable[[int, Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        run: ModelRun,
+        target: Target,
+        pacer: Pacer,
+        settings: StreamConfig | None = None,
+        store: StateStore | None = None,
+        *,
+        reply_id: str | None = None,
+        on_post: Callable[[int, Any], None] | None = None,
+    ) -> None:
         self.id = reply_id or uuid.uuid4().hex[:16]
         self._on_post = on_post  # (message index, handle) of every message posted
         self.model = run
@@ -216,8 +223,10 @@ class Reply:
             quiet = clock.now() - self._last_event
             if not self._heard:
                 if quiet >= s.first_token_timeout:
-                    note = (f"⚠️ The model did not answer within {s.first_token_timeout:g} s: it "
-                            "may be slow or unavailable. Please try again.")
+                    note = (
+                        f"⚠️ The model did not answer within {s.first_token_timeout:g} s: it "
+                        "may be slow or unavailable. Please try again."
+                    )
                     break
                 if quiet >= s.slow_notice and not self.status_line:
                     self.status_line = SLOW_STATUS
@@ -225,8 +234,9 @@ class Reply:
                 wait = (s.slow_notice if quiet < s.slow_notice else s.first_token_timeout) - quiet
             else:
                 if quiet >= s.stall_timeout:
-                    note = (f"⚠️ The model stopped responding for {s.stall_timeout:g} s; the answer "
-                            "is incomplete.")
+                    note = (
+                        f"⚠️ The model stopped responding for {s.stall_timeout:g} s; the answer is incomplete."
+                    )
                     break
                 wait = s.stall_timeout - quiet
             await clock.sleep(wait)
@@ -276,8 +286,13 @@ class Reply:
 
     def _maybe_roll_page(self, k: int) -> None:
         age = self.target.page_max_age
-        if (age and self._end is None and k == len(self.pager.pages) and k < len(self.handles)
-                and self.pacer.clock.now() - self._page_started >= age):
+        if (
+            age
+            and self._end is None
+            and k == len(self.pager.pages)
+            and k < len(self.handles)
+            and self.pacer.clock.now() - self._page_started >= age
+        ):
             self.pager.break_page()
 
     async def _send(self, k: int) -> None:
@@ -338,8 +353,7 @@ class Reply:
                 transient = isinstance(exc, _TRANSIENT)
                 if frame.final:
                     deadline = deadline or clock.now() + self.settings.final_deadline
-                    give_up = clock.now() >= deadline or (
-                        not transient and attempt >= _PERMANENT_FINAL_TRIES)
+                    give_up = clock.now() >= deadline or (not transient and attempt >= _PERMANENT_FINAL_TRIES)
                 else:
                     give_up = not transient or attempt > self.settings.max_retries
                 if give_up:

@@ -16,8 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import openai
-from agents import (Agent, MaxTurnsExceeded, Model, ModelBehaviorError, ModelSettings, RunConfig,
-                    Runner, Tool)
+from agents import Agent, MaxTurnsExceeded, Model, ModelBehaviorError, ModelSettings, RunConfig, Runner, Tool
 from agents.memory import Session, SQLiteSession
 from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
 from agents.models.openai_responses import OpenAIResponsesModel
@@ -116,9 +115,11 @@ async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
         # Some OpenAI-compatible servers, and agents with an output_type, send no text deltas.
         yield TextDelta(final if isinstance(final, str) else str(final))
     elif not wrote:
-        log.warning("the model returned no text: check that [model] model exists on the server, "
-                    "that [model] api matches it (responses or chat_completions), and that the "
-                    "agent's instructions ask for an answer")
+        log.warning(
+            "the model returned no text: check that [model] model exists on the server, "
+            "that [model] api matches it (responses or chat_completions), and that the "
+            "agent's instructions ask for an answer"
+        )
     yield Done()
 
 
@@ -141,8 +142,11 @@ class AgentRun:
             return
         try:
             self._result = Runner.run_streamed(
-                self._brain.agent, self._prompt, session=self._session,
-                max_turns=self._brain.max_turns, run_config=self._brain.run_config,
+                self._brain.agent,
+                self._prompt,
+                session=self._session,
+                max_turns=self._brain.max_turns,
+                run_config=self._brain.run_config,
             )
         except Exception as exc:
             log.warning("model run failed to start: %s: %s", type(exc).__name__, exc, exc_info=exc)
@@ -173,9 +177,17 @@ class Brain:
     every replica of the bot sees the same conversations.
     """
 
-    def __init__(self, agent: Agent[Any], *, max_turns: int = 10, memory_path: str | None = None,
-                 history_limit: int = 0, tracing: bool = False, demo: bool = False,
-                 redis: Redis | None = None) -> None:
+    def __init__(
+        self,
+        agent: Agent[Any],
+        *,
+        max_turns: int = 10,
+        memory_path: str | None = None,
+        history_limit: int = 0,
+        tracing: bool = False,
+        demo: bool = False,
+        redis: Redis | None = None,
+    ) -> None:
         self.agent = agent
         self.max_turns = max_turns
         self.memory_path = memory_path
@@ -189,8 +201,12 @@ class Brain:
         if self.redis is not None:
             from agents.extensions.memory.redis_session import RedisSession
 
-            return RedisSession(conversation, redis_client=self.redis,
-                                key_prefix="streambot:session", session_settings=settings)
+            return RedisSession(
+                conversation,
+                redis_client=self.redis,
+                key_prefix="streambot:session",
+                session_settings=settings,
+            )
         return SQLiteSession(conversation, self.memory_path or ":memory:", session_settings=settings)
 
     def start(self, prompt: str, conversation: str | None = None) -> AgentRun:
@@ -215,8 +231,9 @@ def build_model(config: Config) -> Model:
     return OpenAIResponsesModel(model=config.model.model, openai_client=client)
 
 
-def build_brain(config: Config, tools: Sequence[Tool] = (), model: Model | None = None,
-                redis: Redis | None = None) -> Brain:
+def build_brain(
+    config: Config, tools: Sequence[Tool] = (), model: Model | None = None, redis: Redis | None = None
+) -> Brain:
     """A Brain for `config`: its model, instructions, tools and memory.
 
     With the redis backend, pass the client the process already has (`RedisStore.redis`) to

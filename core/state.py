@@ -30,7 +30,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-
 log = logging.getLogger("streambot.state")
 
 FLUSH_EVERY = 1.0  # seconds between batched writes of edited records
@@ -158,8 +157,12 @@ class StateStore(ABC):
             await self._write(batch)
         except Exception as exc:
             if not self._failing:  # once per outage, not once per edit
-                log.warning("could not write %d reply record(s) (%s); retrying every %g s",
-                            len(batch), exc, FLUSH_EVERY)
+                log.warning(
+                    "could not write %d reply record(s) (%s); retrying every %g s",
+                    len(batch),
+                    exc,
+                    FLUSH_EVERY,
+                )
             self._failing = True
             self._dirty = {**batch, **self._dirty}
             return
@@ -212,9 +215,11 @@ class LocalStore(StateStore):
             # a record is written before each edit: in WAL mode NORMAL still survives kill -9
             # (only a power cut can lose the last commits), without an fsync per write
             self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS streambot_replies ("
-                         "reply_id TEXT PRIMARY KEY, platform TEXT NOT NULL, owner TEXT NOT NULL, "
-                         "record TEXT NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS streambot_replies ("
+            "reply_id TEXT PRIMARY KEY, platform TEXT NOT NULL, owner TEXT NOT NULL, "
+            "record TEXT NOT NULL)"
+        )
         self._seen: dict[str, float] = {}
 
     async def first_time(self, key: str, ttl: float = DEDUP_TTL) -> bool:
@@ -232,16 +237,20 @@ class LocalStore(StateStore):
                 if record is None:
                     self._db.execute("DELETE FROM streambot_replies WHERE reply_id = ?", (reply_id,))
                 else:
-                    self._db.execute("INSERT OR REPLACE INTO streambot_replies VALUES (?, ?, ?, ?)",
-                                     (reply_id, record.platform, record.owner, record.to_json()))
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO streambot_replies VALUES (?, ?, ?, ?)",
+                        (reply_id, record.platform, record.owner, record.to_json()),
+                    )
 
     async def claim_orphans(self, platform: str) -> list[ReplyRecord]:
         with self._db:
             rows = self._db.execute(
                 "SELECT record FROM streambot_replies WHERE platform = ? AND owner != ?",
-                (platform, self.owner)).fetchall()
-            self._db.execute("DELETE FROM streambot_replies WHERE platform = ? AND owner != ?",
-                             (platform, self.owner))
+                (platform, self.owner),
+            ).fetchall()
+            self._db.execute(
+                "DELETE FROM streambot_replies WHERE platform = ? AND owner != ?", (platform, self.owner)
+            )
         return [ReplyRecord.from_json(r[0]) for r in rows]
 
     async def close(self) -> None:
@@ -249,8 +258,9 @@ class LocalStore(StateStore):
         self._db.close()
 
 
-async def repair_orphans(store: StateStore, platform: str,
-                         repair: Callable[[ReplyRecord], Awaitable[None]]) -> None:
+async def repair_orphans(
+    store: StateStore, platform: str, repair: Callable[[ReplyRecord], Awaitable[None]]
+) -> None:
     """Finish the replies dead processes left streaming: at start-up, then every
     `ORPHAN_CHECK_EVERY` seconds (a replica killed later is found once its lease expires)."""
     while True:
@@ -263,4 +273,3 @@ async def repair_orphans(store: StateStore, platform: str,
             log.info("%s: finishing %d reply(s) interrupted by a dead process", platform, len(records))
             await asyncio.gather(*(repair(r) for r in records))
         await asyncio.sleep(ORPHAN_CHECK_EVERY)
-

@@ -1,4 +1,5 @@
-"""HTTP servers that hostile or broken clients cannot starve: the ops endpoint and adapters' webhook endpoints.
+"""HTTP servers that hostile or broken clients cannot starve: the ops endpoint and the adapters'
+webhook endpoints.
 
 aiohttp's own server never closes a connection that sends nothing, or half a request, so ~1,100
 idle sockets used up the usual 1,024 descriptors: questions were lost ("Too many open files",
@@ -102,8 +103,10 @@ class AcceptErrorFilter(logging.Filter):
             return True
         if not self.every():
             return False
-        record.msg = ("cannot accept connections: out of file descriptors; new connections wait "
-                      "until some close (said at most once a minute)")
+        record.msg = (
+            "cannot accept connections: out of file descriptors; new connections wait "
+            "until some close (said at most once a minute)"
+        )
         record.args, record.exc_info, record.exc_text = (), None, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
@@ -178,12 +181,22 @@ class _Connection(asyncio.Protocol):
 class GuardedSite:
     """Serve `app` on host:port with deadlines and the process-wide connection cap."""
 
-    def __init__(self, app: web.Application, host: str, port: int, *,
-                 header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        *,
+        header_timeout: float = HEADER_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
         self.app, self.host, self.port = app, host, port
         self.header_timeout, self.body_timeout, self.idle_timeout = (
-            header_timeout, body_timeout, idle_timeout)
+            header_timeout,
+            body_timeout,
+            idle_timeout,
+        )
         self.cap = 0
         self.handler_factory: Callable[[], Any] = lambda: None
         self._runner: web.AppRunner | None = None
@@ -201,8 +214,8 @@ class GuardedSite:
         self.handler_factory = server
         try:
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: _Connection(self), self.host, self.port, backlog=BACKLOG,
-                reuse_address=True)
+                lambda: _Connection(self), self.host, self.port, backlog=BACKLOG, reuse_address=True
+            )
         except BaseException:
             await self._runner.cleanup()
             raise
@@ -225,8 +238,11 @@ class GuardedSite:
             return True
         idle = next((c for c in _conns.values() if not c.busy), None)
         if _over_cap():
-            log.warning("%d connections open, the most this process allows (descriptor limit); "
-                        "closing the longest idle ones (said at most once a minute)", len(_conns))
+            log.warning(
+                "%d connections open, the most this process allows (descriptor limit); "
+                "closing the longest idle ones (said at most once a minute)",
+                len(_conns),
+            )
         if idle is None:
             return False
         idle.close()
@@ -234,9 +250,9 @@ class GuardedSite:
         return True
 
     @web.middleware
-    async def _deadlines(self, request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
+    async def _deadlines(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         conn = _conns.get(request.transport)
         if conn is None:  # not ours (e.g. a test client): just serve it
             return await handler(request)

@@ -41,8 +41,9 @@ GUARD = 90.0  # generous: ten Discord replies at the real 5-per-5-s take ~30 s
 # --- waiting -----------------------------------------------------------------------------------
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "the condition",
-                   *, poll: float = 0.01) -> Any:
+async def wait_for(
+    predicate: Callable[[], Any], timeout: float = 30.0, what: str = "the condition", *, poll: float = 0.01
+) -> Any:
     """Wait until `predicate()` (a plain or an async function) returns something truthy, and
     return it. After `timeout` seconds, also when a check itself hangs, fail saying `what` did
     not happen."""
@@ -130,7 +131,7 @@ def assert_pages_are(pages: list[str], text: str, limit: int) -> None:
         page, opener = pages[i], _reopener(fence)
         if not page.startswith(opener):
             return f"page {i} does not start by reopening the code block with {opener!r}: {page[:60]!r}"
-        rest = page[len(opener):]
+        rest = page[len(opener) :]
         trailing = len(rest) - len(rest.rstrip("`~"))
         why = f"page {i} is not the next part of the text: {rest[:80]!r}"
         for size in sorted({len(rest), len(rest) - trailing, len(rest) - trailing - 1}, reverse=True):
@@ -188,8 +189,10 @@ def long_markdown() -> str:
     """A 6,000-character answer with headings, a long code block and lists: several pages."""
     code = "\n".join(f"    result_{i} = compute({i}, factor={i * 3})  # step {i}" for i in range(70))
     prose = " ".join(f"Sentence {i} explains **one more** detail of the design." for i in range(45))
-    text = (f"# A long answer\n\n{prose}\n\n```python\ndef main() -> None:\n{code}\n```\n\n"
-            f"## After the code\n\n{prose}\n\n- item one\n- item two\n")
+    text = (
+        f"# A long answer\n\n{prose}\n\n```python\ndef main() -> None:\n{code}\n```\n\n"
+        f"## After the code\n\n{prose}\n\n- item one\n- item two\n"
+    )
     while len(text) < 6000:
         text += f"\nMore text to reach the size: {len(text)}."
     return text
@@ -233,8 +236,9 @@ class Bot:
         return question, await self.outcome(question.id)
 
 
-def make_discord_config(fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path,
-                        **discord_options: Any) -> Config:
+def make_discord_config(
+    fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path, **discord_options: Any
+) -> Config:
     return Config(
         model=ModelConfig(base_url=model.base_url),
         memory=MemoryConfig(path=str(tmp_path / "memory.db")),
@@ -243,9 +247,13 @@ def make_discord_config(fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path,
 
 
 @contextlib.asynccontextmanager
-async def running_discord_bot(fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path,
-                              monkeypatch: pytest.MonkeyPatch,
-                              **discord_options: Any) -> AsyncIterator[Bot]:
+async def running_discord_bot(
+    fake: FakeDiscord,
+    model: FakeOpenAI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    **discord_options: Any,
+) -> AsyncIterator[Bot]:
     """`serve()` exactly as the CLI runs it, against the fakes; cancelled at the end."""
     from bots.discord_bot import serve
 
@@ -295,11 +303,17 @@ def final(message: FakeMessage) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_slack_bot(slack: FakeSlack, *, model_base_url: str, memory_path: str,
-                            stream: dict[str, Any] | None = None,
-                            limits: dict[str, Any] | None = None, store: Any = None,
-                            backend: Any = None,
-                            **slack_settings: Any) -> AsyncIterator[asyncio.Task[None]]:
+async def running_slack_bot(
+    slack: FakeSlack,
+    *,
+    model_base_url: str,
+    memory_path: str,
+    stream: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    store: Any = None,
+    backend: Any = None,
+    **slack_settings: Any,
+) -> AsyncIterator[asyncio.Task[None]]:
     """Run `bots.slack_bot.serve` (the real adapter, bolt and slack_sdk) against `slack`.
 
     The model is an OpenAI-compatible server at `model_base_url` (the fake OpenAI). Socket Mode
@@ -307,28 +321,43 @@ async def running_slack_bot(slack: FakeSlack, *, model_base_url: str, memory_pat
     could not listen there) and points the fake at it. A `backend` (core.backend.Backend) shares
     store, pacer, limits and memory as a replica on the redis backend would.
     """
+    from bots.slack_api import SlackSettings
+    from bots.slack_bot import EVENTS_PATH, serve
+    from core.config import LimitsConfig, StreamConfig
     from fakes.slack_server import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET
 
-    from bots.slack_bot import EVENTS_PATH, serve
-    from bots.slack_api import SlackSettings
-    from core.config import LimitsConfig, StreamConfig
-
-    saved = {k: os.environ.get(k) for k in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN",
-                                             "SLACK_SIGNING_SECRET", "OPENAI_API_KEY")}
-    os.environ.update({"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN,
-                       "SLACK_SIGNING_SECRET": SIGNING_SECRET, "OPENAI_API_KEY": "test"})
+    saved = {
+        k: os.environ.get(k)
+        for k in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "OPENAI_API_KEY")
+    }
+    os.environ.update(
+        {
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_APP_TOKEN": APP_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "OPENAI_API_KEY": "test",
+        }
+    )
 
     def start(**extra: Any) -> asyncio.Task[None]:
-        settings = {"enabled": True, "api_base": slack.base_url, "mode": slack.mode,
-                    **slack_settings, **extra}
-        config = Config(model=ModelConfig(base_url=model_base_url),
-                        memory=MemoryConfig(path=memory_path),
-                        stream=StreamConfig(**(stream or {})),
-                        limits=LimitsConfig(**(limits or {})),
-                        slack=SlackSettings(**settings))
+        settings = {
+            "enabled": True,
+            "api_base": slack.base_url,
+            "mode": slack.mode,
+            **slack_settings,
+            **extra,
+        }
+        config = Config(
+            model=ModelConfig(base_url=model_base_url),
+            memory=MemoryConfig(path=memory_path),
+            stream=StreamConfig(**(stream or {})),
+            limits=LimitsConfig(**(limits or {})),
+            slack=SlackSettings(**settings),
+        )
         if backend is not None:
-            host = Host(config, build_brain(config, redis=backend.redis), backend.pacer,
-                        backend.store, backend.gate)
+            host = Host(
+                config, build_brain(config, redis=backend.redis), backend.pacer, backend.store, backend.gate
+            )
         else:
             host = Host(config, build_brain(config), Pacer(), store)
         return asyncio.create_task(serve(host, config.slack))
@@ -345,8 +374,9 @@ async def running_slack_bot(slack: FakeSlack, *, model_base_url: str, memory_pat
             await connected
         elif "port" in slack_settings:
             task = start()
-            await _listening(slack, task, slack_settings.get("host", "127.0.0.1"),
-                             slack_settings["port"], EVENTS_PATH)
+            await _listening(
+                slack, task, slack_settings.get("host", "127.0.0.1"), slack_settings["port"], EVENTS_PATH
+            )
         else:
             for attempt in range(3):
                 with reserved_port() as port:
@@ -369,10 +399,10 @@ async def running_slack_bot(slack: FakeSlack, *, model_base_url: str, memory_pat
                 os.environ[k] = v
 
 
-async def _listening(slack: FakeSlack, task: asyncio.Task[None], host: str, port: int,
-                     path: str) -> None:
+async def _listening(slack: FakeSlack, task: asyncio.Task[None], host: str, port: int, path: str) -> None:
     """Wait until the bot's HTTP endpoint accepts connections (raising what the bot raised if it
     stopped first), then point the fake at it."""
+
     async def up() -> bool:
         if task.done():
             task.result()
@@ -392,5 +422,6 @@ async def _listening(slack: FakeSlack, task: asyncio.Task[None], host: str, port
 def slack_bot_for(slack: FakeSlack, fake_openai: Any, tmp_path: Any, **settings: Any) -> Any:
     """`running_slack_bot` on the fake OpenAI server, with its memory file in the test's
     tmp_path."""
-    return running_slack_bot(slack, model_base_url=fake_openai.base_url,
-                             memory_path=str(tmp_path / "memory.db"), **settings)
+    return running_slack_bot(
+        slack, model_base_url=fake_openai.base_url, memory_path=str(tmp_path / "memory.db"), **settings
+    )

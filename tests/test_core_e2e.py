@@ -9,25 +9,32 @@ from pathlib import Path
 
 import pytest
 from agents import function_tool
+from harness import wait_for
 from rich.console import Console
 
 from bots.console import ConsoleSettings, ConsoleTarget, ask
 from core.config import Config, MemoryConfig, ModelConfig
-from core.host import Host
 from core.events import Done, Failed, TextDelta, ToolFinished, ToolStarted
+from core.host import Host
 from core.pacing import Pacer
 from core.relay import EMPTY_NOTE, Reply
 from core.sources import build_brain
 from fakes.openai_server import FakeOpenAI
-from harness import wait_for
 
-LONG = ("Here is a list:\n\n" + "".join(f"- item {i}\n" for i in range(40))
-        + "\n```python\n" + "".join(f"print({i})\n" for i in range(60)) + "```\n\nDone.")
+LONG = (
+    "Here is a list:\n\n"
+    + "".join(f"- item {i}\n" for i in range(40))
+    + "\n```python\n"
+    + "".join(f"print({i})\n" for i in range(60))
+    + "```\n\nDone."
+)
 
 
 def config_for(fake: FakeOpenAI, tmp_path: Path, api: str = "responses") -> Config:
-    return Config(model=ModelConfig(base_url=fake.base_url, api=api),
-                  memory=MemoryConfig(path=str(tmp_path / "memory.db")))
+    return Config(
+        model=ModelConfig(base_url=fake.base_url, api=api),
+        memory=MemoryConfig(path=str(tmp_path / "memory.db")),
+    )
 
 
 @pytest.fixture
@@ -137,8 +144,14 @@ async def test_cli_ask_pipes_plain_text(fake_openai, tmp_path, key) -> None:
     fake_openai.reply("**Plain** answer\n\n```sh\necho hi\n```")
     (tmp_path / "config.toml").write_text(f'[model]\nbase_url = "{fake_openai.base_url}"\n')
     proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "streambot"), "ask", "say", "hi", cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        str(Path(sys.executable).parent / "streambot"),
+        "ask",
+        "say",
+        "hi",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert out.decode() == "**Plain** answer\n\n```sh\necho hi\n```\n"
@@ -159,16 +172,21 @@ def test_answer_sync_works_without_a_loop(tmp_path) -> None:
     from core.demo import DemoModel
     from core.sources import answer_sync
 
-    brain = build_brain(Config(memory=MemoryConfig(path=str(tmp_path / "m.db"))),
-                        model=DemoModel(chars_per_second=0))
+    brain = build_brain(
+        Config(memory=MemoryConfig(path=str(tmp_path / "m.db"))), model=DemoModel(chars_per_second=0)
+    )
     assert "offline demo model" in answer_sync(brain, "hello")
 
 
 async def test_streambot_with_no_keys_chats_on_the_demo_model(tmp_path) -> None:
     """The README's first command: no config, no keys -> console chat on the offline demo."""
     proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "streambot"), cwd=tmp_path,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        str(Path(sys.executable).parent / "streambot"),
+        cwd=tmp_path,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(b"hello bot\n/quit\n"), 60)
     text = out.decode()
     assert proc.returncode == 0, err.decode()
@@ -190,5 +208,7 @@ async def test_handoff_to_another_agent_is_reported(fake_openai, tmp_path, key) 
     fake_openai.reply("Billing here: your invoice is paid.")
     events = await collect(brain.start("is my invoice paid?"))
     assert Handoff("billing") in events
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Billing here: your invoice is paid."
+    assert (
+        "".join(e.text for e in events if isinstance(e, TextDelta)) == "Billing here: your invoice is paid."
+    )
     assert isinstance(events[-1], Done)

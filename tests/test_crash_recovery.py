@@ -23,16 +23,27 @@ INTERRUPTED = "⚠️ interrupted — please ask again"
 
 async def start_bot(fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path) -> asyncio.subprocess.Process:
     config = tmp_path / "config.toml"
-    config.write_text(f'[model]\nbase_url = "{model.base_url}"\n'
-                      f'[memory]\npath = "{tmp_path / "bot.db"}"\n'
-                      f'[stream]\nshutdown_grace = 0.5\n'
-                      f'[discord]\nenabled = true\napi_base = "{fake.api_base}"\n')
+    config.write_text(
+        f'[model]\nbase_url = "{model.base_url}"\n'
+        f'[memory]\npath = "{tmp_path / "bot.db"}"\n'
+        f"[stream]\nshutdown_grace = 0.5\n"
+        f'[discord]\nenabled = true\napi_base = "{fake.api_base}"\n'
+    )
     env = {**os.environ, "DISCORD_BOT_TOKEN": fake.token, "OPENAI_API_KEY": "test"}
     fake.identifies.clear()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bots.cli", "run", "--config", str(config), cwd=ROOT, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=open(tmp_path / "bot.log", "a"))
+        sys.executable,
+        "-m",
+        "bots.cli",
+        "run",
+        "--config",
+        str(config),
+        cwd=ROOT,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=open(tmp_path / "bot.log", "a"),
+    )
     await fake.wait_for(lambda: fake.identifies or None, GUARD)
     await fake.wait_ready(GUARD)
     return proc
@@ -54,11 +65,13 @@ async def streaming_page(fake: FakeDiscord, question: FakeMessage, shows: str) -
     def ready() -> FakeMessage | None:
         pages = fake.reply_pages(question)
         return pages[0] if pages and shows in pages[0].content else None
+
     return await fake.wait_for(ready, GUARD)
 
 
 async def test_a_reply_cut_off_by_kill_9_is_finished_at_the_next_start(
-        fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     fake = fake_discord
     fake_openai.reply(["Halfway ", "there"], hold_after=1)
     proc = await start_bot(fake, fake_openai, tmp_path)
@@ -84,7 +97,8 @@ async def test_a_reply_cut_off_by_kill_9_is_finished_at_the_next_start(
 
 
 async def test_sigterm_interrupts_a_long_reply_and_exits(
-        fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     fake = fake_discord
     script = fake_openai.reply(["Still ", "going"], hold_after=1)
     proc = await start_bot(fake, fake_openai, tmp_path)

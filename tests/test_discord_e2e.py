@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage
-from fakes.openai_server import FakeOpenAI
 from harness import GUARD, Bot, assert_pages_are, final, long_markdown
 from harness import make_discord_config as make_config
 from harness import running_discord_bot as running_bot
@@ -25,6 +23,8 @@ from core.errors import SetupError
 from core.host import Host
 from core.relay import EMPTY_NOTE
 from core.sources import build_brain
+from fakes.discord_server import FakeDiscord, FakeInteraction, FakeMessage
+from fakes.openai_server import FakeOpenAI
 
 EDIT = "PATCH /channels/{channel_id}/messages/{message_id}"
 POST = "POST /channels/{channel_id}/messages"
@@ -37,8 +37,9 @@ INTERRUPTED = "⚠️ interrupted — please ask again"
 
 
 @pytest.fixture
-async def bot(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path,
-              monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Bot]:
+async def bot(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Bot]:
     async with running_bot(fake_discord, fake_openai, tmp_path, monkeypatch) as running:
         yield running
 
@@ -124,8 +125,8 @@ async def test_mentions_in_model_output_never_ping(bot: Bot) -> None:
 
 
 async def test_reply_ping_option_pings_only_the_asker(
-        fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with running_bot(fake_discord, fake_openai, tmp_path, monkeypatch, reply_ping=True) as bot:
         fake_openai.reply("ping @everyone please")
         question, _ = await bot.ask("hi")
@@ -161,9 +162,11 @@ async def test_empty_model_reply_says_so(bot: Bot) -> None:
 
 async def _streaming_page(bot: Bot, question: FakeMessage, shows: str) -> FakeMessage:
     """The reply's page once it shows `shows` (the model is held after that)."""
+
     def ready() -> FakeMessage | None:
         pages = bot.fake.reply_pages(question)
         return pages[0] if pages and shows in pages[0].content else None
+
     return await bot.fake.wait_for(ready, GUARD)
 
 
@@ -204,8 +207,10 @@ async def test_stop_button_is_for_the_asker(bot: Bot) -> None:
 async def test_stale_stop_button_is_tidied(bot: Bot) -> None:
     """A button left by an earlier run of the bot (no such reply now) is removed on click."""
     fake = bot.fake
-    row = {"type": 1, "components": [{"type": 2, "style": 2, "label": "Stop",
-                                      "custom_id": "streambot:stop:12345"}]}
+    row = {
+        "type": 1,
+        "components": [{"type": 2, "style": 2, "label": "Stop", "custom_id": "streambot:stop:12345"}],
+    }
     old = fake.seed_bot_message("half an answer" + CURSOR, [row])
     click = await fake.click(old)
     await fake.wait_for(lambda: click.callbacks, GUARD)
@@ -344,11 +349,19 @@ async def test_dms_and_ignored_authors(bot: Bot) -> None:
     assert len(bot.model.requests) == 1
 
 
-async def test_access_lists(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_access_lists(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake = fake_discord
-    async with running_bot(fake, fake_openai, tmp_path, monkeypatch, role_ids=[fake.member_role],
-                           allow_dms=False, blocked_channel_ids=[fake.random.id]) as bot:
+    async with running_bot(
+        fake,
+        fake_openai,
+        tmp_path,
+        monkeypatch,
+        role_ids=[fake.member_role],
+        allow_dms=False,
+        blocked_channel_ids=[fake.random.id],
+    ) as bot:
         await fake.send(f"<@{fake.bot.id}> no role", author=fake.bob)
         await fake.dm("dms are off")
         await fake.send(f"<@{fake.bot.id}> blocked channel", channel=fake.random)
@@ -359,8 +372,9 @@ async def test_access_lists(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, 
         assert len(fake_openai.requests) == 1
 
 
-async def test_open_threads(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_open_threads(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake = fake_discord
     async with running_bot(fake, fake_openai, tmp_path, monkeypatch, open_threads=True) as bot:
         fake_openai.reply("Threaded answer about Oslo.")
@@ -377,7 +391,8 @@ async def test_open_threads(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, 
 
 
 async def test_message_content_intent_missing_is_a_clear_error(
-        fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with FakeDiscord(message_content_intent=False) as fake:
         monkeypatch.setenv("DISCORD_BOT_TOKEN", fake.token)
         config = make_config(fake, fake_openai, tmp_path)
@@ -386,8 +401,9 @@ async def test_message_content_intent_missing_is_a_clear_error(
         assert fake.gateway_closes == [4014]
 
 
-async def test_bad_token_is_a_clear_error(fake_discord: FakeDiscord, fake_openai: FakeOpenAI,
-                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_bad_token_is_a_clear_error(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DISCORD_BOT_TOKEN", "wrong")
     config = make_config(fake_discord, fake_openai, tmp_path)
     with pytest.raises(SetupError, match="rejected DISCORD_BOT_TOKEN") as err:
@@ -395,9 +411,13 @@ async def test_bad_token_is_a_clear_error(fake_discord: FakeDiscord, fake_openai
     assert "wrong" not in str(err.value)
 
 
-async def test_startup_logs_invite_url(fake_discord: FakeDiscord, fake_openai: FakeOpenAI,
-                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_startup_logs_invite_url(
+    fake_discord: FakeDiscord,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO, "streambot.discord")
     async with running_bot(fake_discord, fake_openai, tmp_path, monkeypatch):
         pass
@@ -420,12 +440,14 @@ async def test_sharding(fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: py
             assert final(fake.reply_pages(question)[0]) == "sharded hello"
 
 
-async def test_explicit_shard_ids(fake_openai: FakeOpenAI, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_explicit_shard_ids(
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with FakeDiscord() as fake:
         mine = (fake.guild_id >> 22) % 3
-        async with running_bot(fake, fake_openai, tmp_path, monkeypatch, shard_count=3,
-                               shard_ids=[mine]) as bot:
+        async with running_bot(
+            fake, fake_openai, tmp_path, monkeypatch, shard_count=3, shard_ids=[mine]
+        ) as bot:
             assert [tuple(i["shard"]) for i in fake.identifies] == [(mine, 3)]
             fake_openai.reply("from one shard of three")
             question, _ = await bot.ask("hi")

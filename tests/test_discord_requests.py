@@ -14,25 +14,26 @@ from pathlib import Path
 
 import discord
 import pytest
+from harness import assert_pages_are, final, long_markdown
+from harness import running_discord_bot as running_bot
 
 import bots.discord_api
 from bots.discord_api import DiscordSettings, RebasedHTTP
 from bots.discord_bot import DiscordBot
-from fakes.discord_server import FakeDiscord, FakeInteraction
-from fakes.faults import Fault, Faults
-from fakes.openai_server import FakeOpenAI
-from harness import assert_pages_are, final, long_markdown
-from harness import running_discord_bot as running_bot
-
 from core.config import Config
 from core.host import Host
 from core.relay import Outcome
+from fakes.discord_server import FakeDiscord, FakeInteraction
+from fakes.faults import Fault, Faults
+from fakes.openai_server import FakeOpenAI
 
 CURSOR = "▌"
-MESSAGE_ROUTES = ("POST /channels/{channel_id}/messages",
-                  "PATCH /channels/{channel_id}/messages/{message_id}",
-                  "POST /webhooks/{app_id}/{token}",
-                  "PATCH /webhooks/{app_id}/{token}/messages/{message_id}")
+MESSAGE_ROUTES = (
+    "POST /channels/{channel_id}/messages",
+    "PATCH /channels/{channel_id}/messages/{message_id}",
+    "POST /webhooks/{app_id}/{token}",
+    "PATCH /webhooks/{app_id}/{token}/messages/{message_id}",
+)
 HISTORY = "GET /channels/{channel_id}/messages"
 
 
@@ -65,15 +66,17 @@ class FollowUpFaults(Faults):
 
 
 async def test_each_failed_request_reaches_the_relay_once(
-        fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """5xx (retried by discord.py when 500/502/504), 429s (slept on and re-sent by discord.py)
     and a reset: each is one request at the fake and one failure the relay retried."""
     text = answer()
     fake_openai.reply(text, delay=0.02)
     async with FakeDiscord() as fake:
         async with running_bot(fake, fake_openai, tmp_path, monkeypatch) as bot:
-            fake.faults = Faults(upcoming=["error", "rate_limit", "error", "reset", "rate_limit",
-                                           "error"], seed=2)
+            fake.faults = Faults(
+                upcoming=["error", "rate_limit", "error", "reset", "rate_limit", "error"], seed=2
+            )
             question, outcome = await bot.ask("hello")
     assert outcome.status == "done" and outcome.delivered
     pages = fake.reply_pages(question)
@@ -86,14 +89,19 @@ async def test_each_failed_request_reaches_the_relay_once(
 
 
 async def test_ask_follow_up_failures_reach_the_relay_once(
-        fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same through the interaction webhook, which discord.py retries on every 5xx."""
     text = long_markdown()
     fake_openai.reply(text, delay=0.001)
     async with FakeDiscord() as fake:
         async with running_bot(fake, fake_openai, tmp_path, monkeypatch) as bot:
-            fake.faults = Faults(upcoming=["error", "rate_limit", "error", "rate_limit"],
-                                 error_rate=0.1, rate_limit_rate=0.05, seed=4)
+            fake.faults = Faults(
+                upcoming=["error", "rate_limit", "error", "rate_limit"],
+                error_rate=0.1,
+                rate_limit_rate=0.05,
+                seed=4,
+            )
             inter: FakeInteraction = await fake.slash("ask", {"prompt": "write a lot"})
             outcome = await bot.outcome(inter.id)
     assert outcome.status == "done" and outcome.delivered
@@ -107,7 +115,8 @@ async def test_ask_follow_up_failures_reach_the_relay_once(
 
 
 async def test_a_hung_request_is_cut_off_and_retried(
-        fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The placeholder's create never gets an answer: the reply goes on without it (the retry
     carries the same nonce) while that request is still hanging at the fake."""
     monkeypatch.setattr(bots.discord_api, "REQUEST_TIMEOUT", 0.5)
@@ -125,8 +134,8 @@ async def test_a_hung_request_is_cut_off_and_retried(
 
 @pytest.mark.parametrize("fault", ["applied_error", "reset"])
 async def test_an_ask_follow_up_is_posted_once(
-        fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        fault: Fault) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: Fault
+) -> None:
     """The first follow-up page is created and then answered 5xx (applied_error), or is lost
     with the connection (reset): the retry finds it in the channel's history instead of
     posting it again (or, not finding it, posts it once)."""
@@ -148,7 +157,8 @@ async def test_an_ask_follow_up_is_posted_once(
 
 
 async def test_follow_ups_are_posted_again_where_history_cannot_be_read(
-        fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An app used where the bot cannot read the channel: the lookup is refused, the page is
     posted again (a lost page would be worse than a possible duplicate) and the reply ends."""
     text = long_markdown()

@@ -15,4 +15,6 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_readme_install_command_starts_the_bot() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert "```sh\npython3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/streambot\n```" in readme
+    assert (
+        "```sh\npython3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/streambot\n```" in readme
+    )

@@ -19,10 +19,11 @@ from agents import Agent, ModelBehaviorError, RunConfig, Runner, function_tool
 from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
 from agents.models.openai_responses import OpenAIResponsesModel
 from agents.result import RunResultStreaming
-from fakes.openai_server import CHAT_PATH, RESPONSES_PATH, FakeOpenAI, split_text
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel
+
+from fakes.openai_server import CHAT_PATH, RESPONSES_PATH, FakeOpenAI, split_text
 
 Api = Literal["responses", "chat_completions"]
 
@@ -65,9 +66,7 @@ async def collect_deltas(result: RunResultStreaming, into: list[str]) -> None:
             into.append(event.data.delta)
 
 
-async def run_streamed(
-    agent: Agent[Any], input: Any = "hi"
-) -> tuple[list[str], RunResultStreaming]:
+async def run_streamed(agent: Agent[Any], input: Any = "hi") -> tuple[list[str], RunResultStreaming]:
     result = Runner.run_streamed(agent, input, run_config=RUN_CONFIG)
     deltas: list[str] = []
     await collect_deltas(result, deltas)
@@ -90,9 +89,7 @@ RESPONSE_EVENT_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-async def raw_sse(
-    fake: FakeOpenAI, path: str, body: dict[str, Any]
-) -> list[tuple[str | None, str]]:
+async def raw_sse(fake: FakeOpenAI, path: str, body: dict[str, Any]) -> list[tuple[str | None, str]]:
     """POST without the openai client and split the body into (event, data) pairs, so the
     framing itself is checked rather than the client's tolerance of it."""
     url = fake.base_url + path.removeprefix("/v1")
@@ -159,9 +156,7 @@ async def test_raw_responses_stream_matches_the_real_event_sequence(
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-async def test_responses_events_validate_against_the_sdk_models(
-    fake_openai: FakeOpenAI, script: str
-) -> None:
+async def test_responses_events_validate_against_the_sdk_models(fake_openai: FakeOpenAI, script: str) -> None:
     SCRIPTS[script](fake_openai)
     body = {"model": "gpt-test", "input": "hi", "stream": True}
 
@@ -180,9 +175,7 @@ async def test_responses_events_validate_against_the_sdk_models(
 
 
 @pytest.mark.parametrize("script", ["text", "tool_call", "empty", "failed"])
-async def test_chat_chunks_validate_against_the_sdk_models(
-    fake_openai: FakeOpenAI, script: str
-) -> None:
+async def test_chat_chunks_validate_against_the_sdk_models(fake_openai: FakeOpenAI, script: str) -> None:
     SCRIPTS[script](fake_openai)
     body = {
         "model": "gpt-test",
@@ -292,7 +285,7 @@ async def test_requests_are_recorded_with_body_and_headers(
 ) -> None:
     await client.responses.create(model="gpt-test", input="first", stream=True)
 
-    (path, body, headers), = fake_openai.requests
+    ((path, body, headers),) = fake_openai.requests
     assert path == RESPONSES_PATH
     assert body["input"] == "first" and body["stream"] is True
     assert headers["authorization"] == "Bearer test"
@@ -475,9 +468,7 @@ async def test_sdk_runs_a_scripted_tool_call_then_streams_the_follow_up(
     else:
         assert [t["function"]["name"] for t in first["tools"]] == ["get_weather"]
         outputs = [m for m in second["messages"] if m["role"] == "tool"]
-        assert [(o["tool_call_id"], o["content"]) for o in outputs] == [
-            ("call_w1", "Sunny in Oslo, 21C")
-        ]
+        assert [(o["tool_call_id"], o["content"]) for o in outputs] == [("call_w1", "Sunny in Oslo, 21C")]
 
 
 async def test_sdk_raises_a_meaningful_error_after_partial_output(
@@ -499,9 +490,7 @@ async def test_sdk_raises_a_meaningful_error_after_partial_output(
 async def test_sdk_raises_on_a_bare_responses_error_event(
     fake_openai: FakeOpenAI, client: openai.AsyncOpenAI
 ) -> None:
-    fake_openai.error_mid_stream(
-        "Part", "quota gone", code="rate_limit_exceeded", responses_event="error"
-    )
+    fake_openai.error_mid_stream("Part", "quota gone", code="rate_limit_exceeded", responses_event="error")
     result = Runner.run_streamed(make_agent("responses", client), "hi", run_config=RUN_CONFIG)
     deltas: list[str] = []
 

@@ -12,21 +12,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from harness import Bot, final, running_discord_bot
+from harness import running_slack_bot as running_bot
 
 import bots.discord_api
+from core.config import StreamConfig
+from core.pacing import Pacer
+from core.platform import Rate, RateLimited
+from core.relay import Reply
 from fakes.clock import FakeClock
 from fakes.discord_server import FakeDiscord, FakeMessage
 from fakes.faults import Faults
 from fakes.openai_server import FakeOpenAI
 from fakes.scripted import RecordingTarget, ScriptRun, deltas
 from fakes.slack_server import FakeSlack, settled
-from harness import Bot, final, running_discord_bot
-from harness import running_slack_bot as running_bot
-
-from core.config import StreamConfig
-from core.pacing import Pacer
-from core.platform import Rate, RateLimited
-from core.relay import Reply
 
 CURSOR = "▌"
 WAIT = 60.0
@@ -56,9 +55,14 @@ def discord_replies(fake: FakeDiscord, questions: list[FakeMessage]) -> list[str
 
 async def ask_everywhere(bot: Bot, channels: list, per_channel: int) -> list[FakeMessage]:
     fake = bot.fake
-    questions = [await fake.send(f"<@{fake.bot.id}> question {i}", channel=channels[i % len(channels)],
-                                 author=fake.person(f"person{i}"))
-                 for i in range(len(channels) * per_channel)]
+    questions = [
+        await fake.send(
+            f"<@{fake.bot.id}> question {i}",
+            channel=channels[i % len(channels)],
+            author=fake.person(f"person{i}"),
+        )
+        for i in range(len(channels) * per_channel)
+    ]
     for q in questions:
         outcome = await bot.outcome(q.id)
         assert outcome.status == "done" and outcome.delivered
@@ -66,23 +70,32 @@ async def ask_everywhere(bot: Bot, channels: list, per_channel: int) -> list[Fak
 
 
 async def test_discord_replies_survive_5xx_429s_and_resets(
-        fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     texts = [answer(i) for i in range(12)]
     for text in texts:
         fake_openai.reply(text, delay=0.01)
     async with FakeDiscord() as fake:
         channels = [fake.general, fake.random, fake.add_text_channel("third")]
         async with running_discord_bot(fake, fake_openai, tmp_path, monkeypatch) as bot:
-            fake.faults = Faults(error_rate=0.1, rate_limit_rate=0.05, reset_rate=0.03,
-                                 timeout_rate=0.03, timeout_after=1.0, applied_error_rate=0.05,
-                                 seed=7, upcoming=list(SURELY))
+            fake.faults = Faults(
+                error_rate=0.1,
+                rate_limit_rate=0.05,
+                reset_rate=0.03,
+                timeout_rate=0.03,
+                timeout_after=1.0,
+                applied_error_rate=0.05,
+                seed=7,
+                upcoming=list(SURELY),
+            )
             questions = await ask_everywhere(bot, channels, 4)
     assert Counter(discord_replies(fake, questions)) == Counter(texts)
     assert fake.faults.total >= len(SURELY)
 
 
 async def test_discord_post_applied_before_a_5xx_is_not_duplicated(
-        fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Discord sometimes creates the message and still answers 500; the retried create must
     not post it twice (the adapter sends a nonce Discord de-duplicates on)."""
     fake_openai.reply(answer(0), delay=0.01)
@@ -95,7 +108,8 @@ async def test_discord_post_applied_before_a_5xx_is_not_duplicated(
 
 
 async def test_discord_gateway_drop_mid_stream(
-        fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The reply streaming across the drop finishes once; a question asked while the gateway is
     down (replayed on RESUME) and one asked after it are each answered once."""
     script = fake_openai.reply(["Streaming ", "across ", "a gateway ", "drop."], hold_after=2)
@@ -119,7 +133,8 @@ async def test_discord_gateway_drop_mid_stream(
 
 
 async def test_discord_typing_shares_the_global_budget(
-        fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Typing indicators count towards Discord's global limit: with many busy channels they
     must not push message requests over it (scaled down here: 10 requests/s, of which the bot
     plans 6 per 1.1 s, leaving room for the few unpaced start-up requests)."""
@@ -149,36 +164,50 @@ def slack_replies(slack: FakeSlack, threads: list[tuple[str, str]]) -> list[str]
 
 @pytest.mark.parametrize("mode", ["edit", "native"])
 async def test_slack_replies_survive_5xx_429s_and_resets(
-        fake_openai: FakeOpenAI, tmp_path: Path, mode: str) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     texts = [answer(i) for i in range(9)]
     for text in texts:
         fake_openai.reply(text, delay=0.01)
-    async with FakeSlack() as slack, running_bot(slack, model_base_url=fake_openai.base_url,
-                                                 memory_path=str(tmp_path / "m.db"),
-                                                 streaming=mode):
-        slack.faults = Faults(error_rate=0.1, rate_limit_rate=0.05, reset_rate=0.03,
-                              timeout_rate=0.03, timeout_after=1.0, applied_error_rate=0.05,
-                              seed=3, upcoming=list(SURELY))
+    async with (
+        FakeSlack() as slack,
+        running_bot(
+            slack, model_base_url=fake_openai.base_url, memory_path=str(tmp_path / "m.db"), streaming=mode
+        ),
+    ):
+        slack.faults = Faults(
+            error_rate=0.1,
+            rate_limit_rate=0.05,
+            reset_rate=0.03,
+            timeout_rate=0.03,
+            timeout_after=1.0,
+            applied_error_rate=0.05,
+            seed=3,
+            upcoming=list(SURELY),
+        )
         channels = ["C0ONE", "C0TWO", "C0THREE"]
         threads = []
         for i in range(len(texts)):
             channel = channels[i % 3]
             threads.append((channel, await slack.mention(channel, f"question {i}", user=f"U0P{i}")))
-        await slack.wait_for(lambda: all(settled(slack, c, ts) for c, ts in threads), 2 * WAIT,
-                             "every reply")
+        await slack.wait_for(lambda: all(settled(slack, c, ts) for c, ts in threads), 2 * WAIT, "every reply")
     assert Counter(slack_replies(slack, threads)) == Counter(texts)
     assert slack.faults.total >= len(SURELY)
 
 
 @pytest.mark.parametrize("mode", ["edit", "native"])
 async def test_slack_post_applied_before_a_5xx_is_not_shown_twice(
-        fake_openai: FakeOpenAI, tmp_path: Path, mode: str) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     """Slack has no idempotency key for posts: when one went through despite a 5xx or a reset,
     the adapter removes it before posting again, so the reply is shown once and finished."""
     fake_openai.reply(answer(0), delay=0.01)
-    async with FakeSlack() as slack, running_bot(slack, model_base_url=fake_openai.base_url,
-                                                 memory_path=str(tmp_path / "m.db"),
-                                                 streaming=mode):
+    async with (
+        FakeSlack() as slack,
+        running_bot(
+            slack, model_base_url=fake_openai.base_url, memory_path=str(tmp_path / "m.db"), streaming=mode
+        ),
+    ):
         slack.faults = Faults(upcoming=["applied_error", "reset"], applied_error_posts=True)
         ts = await slack.mention("C0ONCE", "question")
         await slack.wait_for(lambda: settled(slack, "C0ONCE", ts), WAIT, "the reply")
@@ -193,9 +222,12 @@ async def test_slack_socket_mode_drop_mid_stream(fake_openai: FakeOpenAI, tmp_pa
     fake_openai.reply("asked while down")
     fake_openai.reply("asked after")
     channel = "C0DROP"
-    async with FakeSlack() as slack, running_bot(slack, model_base_url=fake_openai.base_url,
-                                                 memory_path=str(tmp_path / "m.db"),
-                                                 streaming="edit"):
+    async with (
+        FakeSlack() as slack,
+        running_bot(
+            slack, model_base_url=fake_openai.base_url, memory_path=str(tmp_path / "m.db"), streaming="edit"
+        ),
+    ):
         first = await slack.mention(channel, "one")
         await script.wait_held()
         connections = slack.connections
@@ -205,8 +237,7 @@ async def test_slack_socket_mode_drop_mid_stream(fake_openai: FakeOpenAI, tmp_pa
         script.release()
         after = await slack.mention(channel, "three", user="U0THREE")
         threads = [(channel, first), (channel, during), (channel, after)]
-        await slack.wait_for(lambda: all(settled(slack, c, ts) for c, ts in threads), WAIT,
-                             "every reply")
+        await slack.wait_for(lambda: all(settled(slack, c, ts) for c, ts in threads), WAIT, "every reply")
     shown = slack_replies(slack, threads)
     assert shown[0] == "Streaming across a socket drop."
     assert sorted(shown[1:]) == ["asked after", "asked while down"]
@@ -217,14 +248,19 @@ async def test_slack_socket_mode_drop_mid_stream(fake_openai: FakeOpenAI, tmp_pa
 
 
 async def test_a_429_storm_gives_up_on_the_final_text_at_the_deadline(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Endless 429s on the final edit end the reply as undelivered at `final_deadline`, with a
     warning, instead of retrying forever."""
     clock = FakeClock()
     target = RecordingTarget(clock, limit=500)
     target.errors = [None] + [RateLimited(5.0)] * 10_000  # the placeholder, then only 429s
-    reply = Reply(ScriptRun(clock, deltas("never shown", 20, 0.1)), target, Pacer(clock),
-                  StreamConfig(final_deadline=60))
+    reply = Reply(
+        ScriptRun(clock, deltas("never shown", 20, 0.1)),
+        target,
+        Pacer(clock),
+        StreamConfig(final_deadline=60),
+    )
     with caplog.at_level(logging.WARNING, "streambot.relay"):
         outcome = await clock.run(reply.run())
     assert not outcome.delivered

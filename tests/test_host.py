@@ -42,19 +42,24 @@ def make(script: dict[str, list[tuple[float, Event]]], **limits: int) -> tuple[H
     return Host(config, brain, Pacer(clock)), brain, clock
 
 
-def question(n: int, *, user: str = "ann", conversation: str = "c1", prompt: str | None = None,
-             channel: str = "room") -> Question:
+def question(
+    n: int, *, user: str = "ann", conversation: str = "c1", prompt: str | None = None, channel: str = "room"
+) -> Question:
     return Question(f"r{n}", user, channel, conversation, prompt or f"q{n}", message=f"m{n}")
 
 
 async def test_turns_of_one_conversation_run_in_order_and_others_in_parallel() -> None:
-    host, brain, clock = make({p: deltas("answer " * 10, every=1.0) for p in ("a", "b", "c")},
-                              user_concurrent=0)
+    host, brain, clock = make(
+        {p: deltas("answer " * 10, every=1.0) for p in ("a", "b", "c")}, user_concurrent=0
+    )
     targets = [RecordingTarget(clock, limit=2000, rate=Rate(100, 1.0), key=f"t{i}") for i in range(3)]
-    outcomes = await clock.run(asyncio.gather(
-        host.answer(question(1, prompt="a", conversation="same"), targets[0]),
-        host.answer(question(2, prompt="b", conversation="same"), targets[1]),
-        host.answer(question(3, prompt="c", conversation="other"), targets[2])))
+    outcomes = await clock.run(
+        asyncio.gather(
+            host.answer(question(1, prompt="a", conversation="same"), targets[0]),
+            host.answer(question(2, prompt="b", conversation="same"), targets[1]),
+            host.answer(question(3, prompt="c", conversation="other"), targets[2]),
+        )
+    )
     assert [o.status for o in outcomes if o] == ["done"] * 3
     started = {prompt: t for t, prompt, _ in brain.starts}
     first_done = max(t for t, _, _ in targets[0].log)
@@ -80,8 +85,9 @@ async def test_a_refused_question_gets_a_notice_and_never_runs_the_model() -> No
 async def test_slots_are_released_when_a_reply_ends() -> None:
     host, _, clock = make({"q1": deltas("one"), "q2": deltas("two")}, user_concurrent=1)
     first = await clock.run(host.answer(question(1, prompt="q1"), RecordingTarget(clock, limit=2000)))
-    second = await clock.run(host.answer(question(2, prompt="q2", conversation="c2"),
-                                         RecordingTarget(clock, limit=2000)))
+    second = await clock.run(
+        host.answer(question(2, prompt="q2", conversation="c2"), RecordingTarget(clock, limit=2000))
+    )
     assert first and second and (first.status, second.status) == ("done", "done")
 
 
@@ -175,8 +181,9 @@ async def test_a_reply_stopped_while_waiting_for_its_turn_never_runs() -> None:
 
 
 async def test_shutdown_lets_quick_replies_finish_and_interrupts_the_rest() -> None:
-    host, _, clock = make({"quick": deltas("done soon", every=0.5),
-                           "slow": deltas("word " * 400, every=0.5)}, user_concurrent=0)
+    host, _, clock = make(
+        {"quick": deltas("done soon", every=0.5), "slow": deltas("word " * 400, every=0.5)}, user_concurrent=0
+    )
     quick_target, slow_target = RecordingTarget(clock, limit=4000), RecordingTarget(clock, limit=4000)
     quick = asyncio.ensure_future(host.answer(question(1, prompt="quick", conversation="a"), quick_target))
     slow = asyncio.ensure_future(host.answer(question(2, prompt="slow", conversation="b"), slow_target))
@@ -246,8 +253,9 @@ async def test_a_failing_acknowledgement_does_not_cost_the_answer() -> None:
 @pytest.mark.parametrize("conversation", ["", "c1"])
 async def test_a_reply_is_forgotten_after_it_ends(conversation: str) -> None:
     host, _, clock = make({"q1": deltas("bye")})
-    await clock.run(host.answer(question(1, prompt="q1", conversation=conversation),
-                                RecordingTarget(clock, limit=2000)))
+    await clock.run(
+        host.answer(question(1, prompt="q1", conversation=conversation), RecordingTarget(clock, limit=2000))
+    )
     assert host.running() == 0 and not host._messages and not host._turns
     assert not await host.deleted("m1")
 
@@ -255,7 +263,10 @@ async def test_a_reply_is_forgotten_after_it_ends(conversation: str) -> None:
 async def test_the_same_question_delivered_twice_is_answered_once() -> None:
     host, brain, clock = make({"q1": deltas("once " * 20, every=0.5)})
     first, again = RecordingTarget(clock, limit=4000), RecordingTarget(clock, limit=4000)
-    outcomes = await clock.run(asyncio.gather(host.answer(question(1, prompt="q1"), first),
-                                              host.answer(question(1, prompt="q1"), again)))
+    outcomes = await clock.run(
+        asyncio.gather(
+            host.answer(question(1, prompt="q1"), first), host.answer(question(1, prompt="q1"), again)
+        )
+    )
     assert outcomes[0] is not None and outcomes[0].status == "done" and outcomes[1] is None
     assert len(brain.starts) == 1 and again.messages == []

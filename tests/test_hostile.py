@@ -19,13 +19,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-
 import pytest
-from fakes.discord_server import FakeDiscord
-from fakes.flood import flood
-from fakes.openai_server import FakeOpenAI
-from fakes.scripted import ScriptRun, deltas
-from fakes.slack_server import DEFAULT_LIMITS, SIGNING_SECRET, FakeSlack, Limit, settled
 from harness import final
 from harness import running_discord_bot as running_bot
 from harness import slack_bot_for as slack_bot
@@ -38,6 +32,11 @@ from core.paging import Pager
 from core.platform import Frame, Op, Rate, Target
 from core.relay import Reply
 from core.state import LocalStore, ReplyRecord
+from fakes.discord_server import FakeDiscord
+from fakes.flood import flood
+from fakes.openai_server import FakeOpenAI
+from fakes.scripted import ScriptRun, deltas
+from fakes.slack_server import DEFAULT_LIMITS, SIGNING_SECRET, FakeSlack, Limit, settled
 
 CHANNEL = "C0GENERAL"
 WAIT = 60.0
@@ -46,10 +45,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- 4. special mentions in any case ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", [
-    "<!HERE>", "<!Channel>", "<!EVERYONE>", "<!HeRe|x>", "<!SUBTEAM^S1|@devs>",
-    "@HERE", "@Channel!", "hey @EveryOne,",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<!HERE>",
+        "<!Channel>",
+        "<!EVERYONE>",
+        "<!HeRe|x>",
+        "<!SUBTEAM^S1|@devs>",
+        "@HERE",
+        "@Channel!",
+        "hey @EveryOne,",
+    ],
+)
 def test_special_mentions_are_neutralized_in_any_case(text: str) -> None:
     out = neutralize(text)
     assert out != text and out.replace(ZWJ, "") == text
@@ -67,14 +75,15 @@ MENTIONS = "".join(f"<@U{i:05d}> " for i in range(3000))  # 3,000 mentions, 30,0
 
 
 @pytest.mark.parametrize("mode", ["native", "edit"])
-async def test_a_reply_of_3000_mentions_loses_no_text(slack: FakeSlack, fake_openai: FakeOpenAI,
-                                                     tmp_path: Path, mode: str) -> None:
+async def test_a_reply_of_3000_mentions_loses_no_text(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     fake_openai.reply(MENTIONS)
-    async with slack_bot(slack, fake_openai, tmp_path, streaming=mode,
-                         stream={"max_reply_chars": 0}):
+    async with slack_bot(slack, fake_openai, tmp_path, streaming=mode, stream={"max_reply_chars": 0}):
         ts = await slack.mention(CHANNEL, "mention everyone you know")
-        await slack.wait_for(lambda: settled(slack, CHANNEL, ts, pages=3)
-                             and "U02999" in slack.reply_text(CHANNEL, ts), WAIT)
+        await slack.wait_for(
+            lambda: settled(slack, CHANNEL, ts, pages=3) and "U02999" in slack.reply_text(CHANNEL, ts), WAIT
+        )
     msgs = slack.bot_messages(CHANNEL, ts)
     assert [c for c in slack.errors() if c.error != "ratelimited"] == []
     assert all(len(m.text) <= 12_000 for m in msgs)
@@ -106,10 +115,14 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize(("text", "line"), BAD_CONFIGS, ids=[
-    "path-missing-dir", "path-is-dir", "max-items", "inf", "nan", "deep-array", "deep-table", "huge"])
-def test_a_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                  text: str, line: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "line"),
+    BAD_CONFIGS,
+    ids=["path-missing-dir", "path-is-dir", "max-items", "inf", "nan", "deep-array", "deep-table", "huge"],
+)
+def test_a_bad_config_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, line: str
+) -> None:
     path = tmp_path / "config.toml"
     path.write_text(text.replace("{tmp}", str(tmp_path)))
     assert cli.main(["check-config", str(path)]) == 1
@@ -124,7 +137,8 @@ def test_check_config_of_an_endless_file_stops(capsys: pytest.CaptureFixture[str
 
 
 def test_run_with_a_memory_path_that_cannot_be_opened_is_one_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "config.toml"
     path.write_text('[memory]\npath = "/nonexistent/streambot/memory.db"\n')
     assert cli.main(["run", "-c", str(path)]) == 1
@@ -132,8 +146,9 @@ def test_run_with_a_memory_path_that_cannot_be_opened_is_one_line(
     assert out == "" and err.count("\n") == 1 and "memory.path: cannot open it" in err
 
 
-@pytest.mark.parametrize("argv", [["--log-level", "FOO", "check-config"],
-                                  ["--log-format", "xml", "check-config"]])
+@pytest.mark.parametrize(
+    "argv", [["--log-level", "FOO", "check-config"], ["--log-format", "xml", "check-config"]]
+)
 def test_a_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
@@ -149,14 +164,26 @@ def test_log_level_takes_any_case(capsys: pytest.CaptureFixture[str]) -> None:
 async def _run_cli(tmp_path: Path, config: str, env: dict[str, str], *flags: str) -> tuple[int, str]:
     path = tmp_path / "config.toml"
     memory = 'backend = "redis"\n' if "REDIS_URL" in env else f'path = "{tmp_path / "bot.db"}"\n'
-    path.write_text(config + "[memory]\n" + memory
-                    + '[model]\nbase_url = "http://127.0.0.1:9/v1"\n')  # never called
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("SLACK_", "DISCORD_", "OPENAI_", "REDIS_"))}
+    path.write_text(
+        config + "[memory]\n" + memory + '[model]\nbase_url = "http://127.0.0.1:9/v1"\n'
+    )  # never called
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "OPENAI_", "REDIS_"))
+    }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bots.cli", *flags, "run", "--config", str(path), cwd=ROOT,
-        env={**clean, "OPENAI_API_KEY": "test", **env}, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "bots.cli",
+        *flags,
+        "run",
+        "--config",
+        str(path),
+        cwd=ROOT,
+        env={**clean, "OPENAI_API_KEY": "test", **env},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), WAIT)
     return proc.returncode or 0, err.decode()
 
@@ -164,9 +191,12 @@ async def _run_cli(tmp_path: Path, config: str, env: dict[str, str], *flags: str
 @pytest.mark.parametrize("fmt", ["text", "json"])
 async def test_a_wrong_slack_token_is_one_line(slack: FakeSlack, tmp_path: Path, fmt: str) -> None:
     rc, err = await _run_cli(
-        tmp_path, f'[slack]\nenabled = true\napi_base = "{slack.base_url}"\n',
+        tmp_path,
+        f'[slack]\nenabled = true\napi_base = "{slack.base_url}"\n',
         {"SLACK_BOT_TOKEN": "xoxb-wrong-token-value", "SLACK_APP_TOKEN": "xapp-x"},
-        "--log-format", fmt)
+        "--log-format",
+        fmt,
+    )
     assert rc == 1
     lines = err.splitlines()
     assert len(lines) == 1, err
@@ -176,11 +206,14 @@ async def test_a_wrong_slack_token_is_one_line(slack: FakeSlack, tmp_path: Path,
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
-async def test_a_wrong_discord_token_is_one_line(fake_discord: FakeDiscord, tmp_path: Path,
-                                                 fmt: str) -> None:
+async def test_a_wrong_discord_token_is_one_line(fake_discord: FakeDiscord, tmp_path: Path, fmt: str) -> None:
     rc, err = await _run_cli(
-        tmp_path, f'[discord]\nenabled = true\napi_base = "{fake_discord.api_base}"\n',
-        {"DISCORD_BOT_TOKEN": "wrong.discord.token-value"}, "--log-format", fmt)
+        tmp_path,
+        f'[discord]\nenabled = true\napi_base = "{fake_discord.api_base}"\n',
+        {"DISCORD_BOT_TOKEN": "wrong.discord.token-value"},
+        "--log-format",
+        fmt,
+    )
     assert rc == 1
     lines = err.splitlines()
     assert len(lines) == 1, err
@@ -192,8 +225,11 @@ async def test_a_wrong_discord_token_is_one_line(fake_discord: FakeDiscord, tmp_
 def _signed(body: bytes, content_type: str = "application/json") -> dict[str, str]:
     ts = str(int(time.time()))
     mac = hmac.new(SIGNING_SECRET.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256)
-    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={mac.hexdigest()}",
-            "Content-Type": content_type}
+    return {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": f"v0={mac.hexdigest()}",
+        "Content-Type": content_type,
+    }
 
 
 JSON = {"Content-Type": "application/json"}
@@ -210,14 +246,14 @@ MALFORMED = [
     (b"[1]", _signed(b"[1]"), 400),
     (b"{", _signed(b"{"), 400),
     (b"payload=%7B", _signed(b"payload=%7B", "application/x-www-form-urlencoded"), 400),
-    (b'{"type":"event_callback","event":"x"}',
-     _signed(b'{"type":"event_callback","event":"x"}'), 400),
+    (b'{"type":"event_callback","event":"x"}', _signed(b'{"type":"event_callback","event":"x"}'), 400),
     (b'{"a":' * 5000 + b"1" + b"}" * 5000, _signed(b'{"a":' * 5000 + b"1" + b"}" * 5000), 400),
 ]
 
 
 async def test_malformed_bodies_to_the_http_endpoint_get_400_or_401(
-        fake_openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fake_openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     fake_openai.reply("still here")
     async with FakeSlack(mode="http") as slack, slack_bot(slack, fake_openai, tmp_path):
         assert slack.http_url
@@ -236,28 +272,33 @@ async def test_malformed_bodies_to_the_http_endpoint_get_400_or_401(
 NO_LIMITS = {"user_concurrent": 0, "user_per_minute": 0, "channel_concurrent": 0}
 
 
-async def test_50_mentions_in_the_first_second_are_all_answered(fake_openai: FakeOpenAI,
-                                                                tmp_path: Path) -> None:
+async def test_50_mentions_in_the_first_second_are_all_answered(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     # auth.test at tier 2 with a burst of 3, so that an auth.test per event is refused
     limits = {**DEFAULT_LIMITS, "auth.test": Limit(20.0, 3.0)}
     for _ in range(50):
         fake_openai.reply("answered")
-    async with FakeSlack(limits=limits) as slack, slack_bot(slack, fake_openai, tmp_path,
-                                                             streaming="edit", limits=NO_LIMITS):
-        asks = [slack.mention(f"C0BURST{i:02d}", "a question", user=f"U0ASKER{i:02d}")
-                for i in range(50)]
+    async with (
+        FakeSlack(limits=limits) as slack,
+        slack_bot(slack, fake_openai, tmp_path, streaming="edit", limits=NO_LIMITS),
+    ):
+        asks = [slack.mention(f"C0BURST{i:02d}", "a question", user=f"U0ASKER{i:02d}") for i in range(50)]
         questions = await asyncio.gather(*asks)
-        await slack.wait_for(lambda: all(settled(slack, f"C0BURST{i:02d}", ts)
-                                         for i, ts in enumerate(questions)), 300.0)
+        await slack.wait_for(
+            lambda: all(settled(slack, f"C0BURST{i:02d}", ts) for i, ts in enumerate(questions)), 300.0
+        )
         # (chat.update is one budget per workspace, ~43 a minute: 50 final edits take a while)
-        answered = sum(slack.reply_text(f"C0BURST{i:02d}", ts) == "answered"
-                       for i, ts in enumerate(questions))
+        answered = sum(
+            slack.reply_text(f"C0BURST{i:02d}", ts) == "answered" for i, ts in enumerate(questions)
+        )
     assert answered == 50
     assert slack.count("auth.test") == 1  # the one at start-up
 
 
 async def test_an_event_that_cannot_be_authorized_is_not_acknowledged(
-        slack: FakeSlack, fake_openai: FakeOpenAI) -> None:
+    slack: FakeSlack, fake_openai: FakeOpenAI
+) -> None:
     """Should authorization fail after all, bolt must not answer 200: that acknowledges the
     event, and Slack would never redeliver a question nobody answered."""
     from slack_bolt.request.async_request import AsyncBoltRequest
@@ -270,14 +311,28 @@ async def test_an_event_that_cannot_be_authorized_is_not_acknowledged(
     from fakes.slack_server import BOT_TOKEN, BOT_USER_ID, TEAM_ID
 
     config = Config()
-    bot = SlackBot(Host(config, build_brain(config)), SlackSettings(enabled=True, api_base=slack.base_url),
-                   bot_token=BOT_TOKEN)
+    bot = SlackBot(
+        Host(config, build_brain(config)),
+        SlackSettings(enabled=True, api_base=slack.base_url),
+        bot_token=BOT_TOKEN,
+    )
     slack.fail_next["auth.test"] = ["ratelimited"]
-    event = {"type": "app_mention", "channel": CHANNEL, "user": "U0HUMAN", "ts": "1.000001",
-             "text": f"<@{BOT_USER_ID}> hi"}
-    body = {"team_id": TEAM_ID, "api_app_id": "A0APP", "type": "event_callback", "event": event,
-            "event_id": "Ev0001", "event_time": 1,
-            "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID, "is_bot": True}]}
+    event = {
+        "type": "app_mention",
+        "channel": CHANNEL,
+        "user": "U0HUMAN",
+        "ts": "1.000001",
+        "text": f"<@{BOT_USER_ID}> hi",
+    }
+    body = {
+        "team_id": TEAM_ID,
+        "api_app_id": "A0APP",
+        "type": "event_callback",
+        "event": event,
+        "event_id": "Ev0001",
+        "event_time": 1,
+        "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID, "is_bot": True}],
+    }
     resp = await bot.app.async_dispatch(AsyncBoltRequest(body=body, mode="socket_mode"))
     assert resp.status != 200
     await bot.client.session.close() if bot.client.session else None
@@ -286,8 +341,7 @@ async def test_an_event_that_cannot_be_authorized_is_not_acknowledged(
 # --- 1. idle and half-open connections under a low descriptor limit ------------------------------
 
 
-async def test_a_flood_of_idle_connections_loses_no_question(fake_openai: FakeOpenAI,
-                                                             tmp_path: Path) -> None:
+async def test_a_flood_of_idle_connections_loses_no_question(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     """1,200 sockets held open (silent or half a request) to a bot allowed 256 descriptors."""
     fake_openai.reply("yes, still here")
     async with FakeSlack(mode="http") as slack:
@@ -303,9 +357,11 @@ def test_accept_errors_are_one_line_a_minute() -> None:
     from core.webserver import AcceptErrorFilter
 
     flt = AcceptErrorFilter()
-    records = [logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, (), None) for msg in
-               ["socket.accept() out of system resource\nsocket: <socket>"] * 500
-               + ["Exception in callback BaseSelectorEventLoop._start_serving(...)"] * 500]
+    records = [
+        logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, (), None)
+        for msg in ["socket.accept() out of system resource\nsocket: <socket>"] * 500
+        + ["Exception in callback BaseSelectorEventLoop._start_serving(...)"] * 500
+    ]
     passed = [r for r in records if flt.filter(r)]
     assert len(passed) == 1 and passed[0].levelno == logging.WARNING and passed[0].exc_info is None
     other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task was destroyed", (), None)
@@ -387,8 +443,9 @@ async def test_a_reply_record_never_has_less_text_than_the_screen(tmp_path: Path
     assert target.behind == []
 
 
-async def test_a_webhook_message_is_not_answered(fake_discord: FakeDiscord, fake_openai: FakeOpenAI,
-                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_webhook_message_is_not_answered(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Webhooks (relays, bridges, other bots posting through one) are not people, even when the
     webhook's author is not flagged as a bot: answering them can loop two bots forever."""
     from fakes.discord_server import User
@@ -406,14 +463,20 @@ async def test_a_webhook_message_is_not_answered(fake_discord: FakeDiscord, fake
 
 
 async def test_a_slack_event_without_ts_is_not_answered_at_the_top_level(
-        slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     from fakes.slack_server import BOT_USER_ID, TEAM_ID
 
     fake_openai.reply("threaded")
     async with slack_bot(slack, fake_openai, tmp_path, streaming="edit"):
         for kind, channel in (("app_mention", CHANNEL), ("message", "D0DIRECT")):
-            event = {"type": kind, "channel": channel, "user": "U0HUMAN", "team": TEAM_ID,
-                     "text": f"<@{BOT_USER_ID}> no ts here"}
+            event = {
+                "type": kind,
+                "channel": channel,
+                "user": "U0HUMAN",
+                "team": TEAM_ID,
+                "text": f"<@{BOT_USER_ID}> no ts here",
+            }
             if kind == "message":
                 event["channel_type"] = "im"
             await slack.send_event(event)
@@ -430,19 +493,21 @@ UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 
 
 async def test_an_unreachable_memory_store_is_a_short_note_for_users(
-        fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
     from core.config import Config, MemoryConfig, ModelConfig
     from core.sources import build_brain
     from fakes.clock import FakeClock
     from fakes.scripted import RecordingTarget
 
-    config = Config(model=ModelConfig(base_url=fake_openai.base_url),
-                    memory=MemoryConfig(backend="redis", url=UNREACHABLE_REDIS))
+    config = Config(
+        model=ModelConfig(base_url=fake_openai.base_url),
+        memory=MemoryConfig(backend="redis", url=UNREACHABLE_REDIS),
+    )
     brain = build_brain(config)
     target = RecordingTarget(FakeClock(), limit=2000)
     try:
-        outcome = await Reply(brain.start("hello", "slack:T:C:1"), target, Pacer(),
-                              StreamConfig()).run()
+        outcome = await Reply(brain.start("hello", "slack:T:C:1"), target, Pacer(), StreamConfig()).run()
     finally:
         await brain.redis.aclose()
     shown = target.shown[-1]
@@ -453,8 +518,7 @@ async def test_an_unreachable_memory_store_is_a_short_note_for_users(
 
 
 async def test_run_refuses_to_start_without_its_redis(tmp_path: Path) -> None:
-    rc, err = await _run_cli(tmp_path, "", {"REDIS_URL": UNREACHABLE_REDIS},
-                             "--log-format", "json")
+    rc, err = await _run_cli(tmp_path, "", {"REDIS_URL": UNREACHABLE_REDIS}, "--log-format", "json")
     assert rc == 1
     [line] = err.splitlines()
     message = json.loads(line)["message"]

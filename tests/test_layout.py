@@ -18,8 +18,13 @@ CORE = sorted((ROOT / "core").glob("*.py"))
 def test_core_imports_no_adapter_module() -> None:
     for path in CORE:
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not [n for n in names if n.split(".")[0] == "bots"], f"{path.name} imports {names}"
 
 

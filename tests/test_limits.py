@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from fakes.clock import FakeClock
 
 from core.config import LimitsConfig
 from core.limits import Gate, Refused
+from fakes.clock import FakeClock
 
 
 def gate(**limits: int) -> tuple[Gate, FakeClock]:

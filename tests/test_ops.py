@@ -18,24 +18,24 @@ from typing import Any
 
 import aiohttp
 import pytest
-from fakes.clock import FakeClock
-from fakes.discord_server import FakeDiscord
-from fakes.openai_server import FakeOpenAI
-from fakes.scripted import RecordingTarget, ScriptRun, deltas
-from fakes.slack_server import FakeSlack
 from harness import reserved_port, running_discord_bot
 from harness import running_slack_bot as running_bot
 from prometheus_client import REGISTRY
 
 import core.relay
-from core import ops
 from bots.cli import SECTIONS
+from core import ops
 from core.config import parse
 from core.events import Done, Failed, TextDelta
 from core.logs import JsonFormatter, TextFormatter, add_reply_fields, tag_reply
 from core.pacing import Pacer
 from core.platform import Rate, RateLimited, TransientError
 from core.relay import Reply
+from fakes.clock import FakeClock
+from fakes.discord_server import FakeDiscord
+from fakes.openai_server import FakeOpenAI
+from fakes.scripted import RecordingTarget, ScriptRun, deltas
+from fakes.slack_server import FakeSlack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,13 +72,18 @@ async def get(url: str) -> tuple[int, str]:
 async def test_metrics_endpoint_serves_prometheus_text(server: str) -> None:
     status, body = await get(f"{server}/metrics")
     assert status == 200
-    for name in ("streambot_replies_started_total", "streambot_replies_active",
-                 "streambot_time_to_first_text_seconds", "streambot_event_loop_lag_seconds"):
+    for name in (
+        "streambot_replies_started_total",
+        "streambot_replies_active",
+        "streambot_time_to_first_text_seconds",
+        "streambot_event_loop_lag_seconds",
+    ):
         assert f"# TYPE {name.removesuffix('_total')}" in body
 
 
 async def test_healthz_is_live_and_ready_until_a_registered_check_fails(
-        server: str, checks: dict[str, ops.ReadyCheck]) -> None:
+    server: str, checks: dict[str, ops.ReadyCheck]
+) -> None:
     status, body = await get(f"{server}/healthz")
     assert status == 200 and json.loads(body)["live"] and json.loads(body)["ready"]
 
@@ -179,8 +184,9 @@ def record(message: str, level: int = logging.INFO, **extra: Any) -> logging.Log
 
 
 def test_json_lines_carry_the_reply_ids_passed_in_extra() -> None:
-    line = JsonFormatter().format(record("reply done", reply_id="r1", conversation="c1",
-                                         status="done", outcome=object()))
+    line = JsonFormatter().format(
+        record("reply done", reply_id="r1", conversation="c1", status="done", outcome=object())
+    )
     entry = json.loads(line)
     assert "\n" not in line
     assert entry["message"] == "reply done" and entry["level"] == "INFO"
@@ -219,30 +225,36 @@ def test_secret_values_never_reach_the_output(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.parametrize("mode", ["socket", "http"])
 async def test_slack_reply_logs_ids_at_info_and_never_the_prompt(
-        fake_openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-        checks: dict[str, ops.ReadyCheck], mode: str) -> None:
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    checks: dict[str, ops.ReadyCheck],
+    mode: str,
+) -> None:
     prompt = "Which zebra-quartz-4711 mountain is tallest?"
     answer = "Mount quokka-jade-0815 is the tallest."
     script = fake_openai.reply(answer, delay=0.01, hold_after=0)  # held before its first text
     caplog.set_level(logging.INFO)
     caplog.handler.addFilter(add_reply_fields)  # as logs.setup() does
     async with FakeSlack(mode=mode) as slack:
-        async with running_bot(slack, model_base_url=fake_openai.base_url,
-                               memory_path=str(tmp_path / "memory.db")):
+        async with running_bot(
+            slack, model_base_url=fake_openai.base_url, memory_path=str(tmp_path / "memory.db")
+        ):
             assert await ops._passes(checks["slack"])  # registered by serve(); connected/listening
             asked = time.monotonic()
             ts = await slack.mention("C0GENERAL", prompt)
             await script.wait_held()  # the reply has started: it asked the model
             held = time.monotonic()
-            await slack.wait_for(lambda: slack.bot_messages("C0GENERAL", ts), 30.0,
-                                 "the placeholder")  # out before the model says anything
+            await slack.wait_for(
+                lambda: slack.bot_messages("C0GENERAL", ts), 30.0, "the placeholder"
+            )  # out before the model says anything
             await asyncio.sleep(0.2)  # the model keeps the bot waiting
             released = time.monotonic()
             script.release()
-            await slack.wait_for(lambda: answer in slack.reply_text("C0GENERAL", ts), 30.0,
-                                 "the reply")
-            await slack.wait_for(lambda: any(getattr(r, "status", None) for r in caplog.records),
-                                 30.0, "the reply's log line")
+            await slack.wait_for(lambda: answer in slack.reply_text("C0GENERAL", ts), 30.0, "the reply")
+            await slack.wait_for(
+                lambda: any(getattr(r, "status", None) for r in caplog.records), 30.0, "the reply's log line"
+            )
             logged = time.monotonic()
         assert not await ops._passes(checks["slack"])  # disconnected or stopped: not ready
 
@@ -260,8 +272,12 @@ async def test_slack_reply_logs_ids_at_info_and_never_the_prompt(
 
 
 async def test_discord_reply_is_counted_and_logged_with_ids_but_not_its_prompt(
-        fake_openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch, checks: dict[str, ops.ReadyCheck]) -> None:
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    checks: dict[str, ops.ReadyCheck],
+) -> None:
     script = fake_openai.reply("Mount quokka-jade-0815 is the tallest.", delay=0.01, hold_after=0)
     caplog.set_level(logging.INFO)
     caplog.handler.addFilter(add_reply_fields)
@@ -290,7 +306,9 @@ async def test_discord_reply_is_counted_and_logged_with_ids_but_not_its_prompt(
     done = [json.loads(line) for line in lines if '"status": "done"' in line]
     assert done and done[0]["conversation"].startswith("discord:") and done[0]["platform"] == "discord"
     assert (done[0]["placeholder_after"], done[0]["first_text_after"]) == (
-        outcome.placeholder_after, outcome.first_text_after)
+        outcome.placeholder_after,
+        outcome.first_text_after,
+    )
 
 
 async def _start_cli_with_ops(tmp_path: Path) -> tuple[asyncio.subprocess.Process, int, list[str]]:
@@ -299,10 +317,22 @@ async def _start_cli_with_ops(tmp_path: Path) -> tuple[asyncio.subprocess.Proces
     for _ in range(3):
         with reserved_port() as port:  # held until the process listens on it
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bots.cli", "--log-format", "json", "--log-level", "INFO",
-                "run", "--ops", f"127.0.0.1:{port}", cwd=tmp_path, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                sys.executable,
+                "-m",
+                "bots.cli",
+                "--log-format",
+                "json",
+                "--log-level",
+                "INFO",
+                "run",
+                "--ops",
+                f"127.0.0.1:{port}",
+                cwd=tmp_path,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
             assert proc.stderr is not None
             lines: list[str] = []
             try:

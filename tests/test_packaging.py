@@ -38,15 +38,17 @@ def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """`python -m bots ARGS` in a child process that imports this checkout."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
-    return subprocess.run([sys.executable, "-m", "bots", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "bots", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 # --- python -m bots --------------------------------------------------------------------------
 
 
-def test_python_m_bots_is_the_streambot_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_python_m_bots_is_the_streambot_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "config.toml").write_text(BAD_CONFIG)
     child = run_module("check-config", "config.toml", cwd=tmp_path)
 
@@ -69,11 +71,19 @@ def test_python_m_bots_matches_the_installed_script(tmp_path: Path) -> None:
     if not script.exists():
         pytest.skip("the streambot script is not installed next to this Python (pip install -e .)")
     (tmp_path / "config.toml").write_text(BAD_CONFIG)
-    by_script = subprocess.run([str(script), "check-config", "config.toml"], cwd=tmp_path,
-                               capture_output=True, text=True, timeout=120)
+    by_script = subprocess.run(
+        [str(script), "check-config", "config.toml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     by_module = run_module("check-config", "config.toml", cwd=tmp_path)
     assert (by_module.returncode, by_module.stdout, by_module.stderr) == (
-        by_script.returncode, by_script.stdout, by_script.stderr)
+        by_script.returncode,
+        by_script.stdout,
+        by_script.stderr,
+    )
 
 
 # --- constraints.txt: the Docker image's locked dependencies ----------------------------------
@@ -92,22 +102,29 @@ def locked() -> dict[str, str]:
 
 def test_constraints_pin_every_dependency_within_pyproject() -> None:
     pins = locked()
-    assert not {"streambot", "pip", "setuptools"} & set(pins), "constraints.txt pins the project or pip itself"
+    assert not {"streambot", "pip", "setuptools"} & set(pins), (
+        "constraints.txt pins the project or pip itself"
+    )
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     for dependency in map(Requirement, dependencies):
         name = canonicalize_name(dependency.name)
         assert name in pins, f"constraints.txt lacks {dependency.name}: regenerate it (README, Docker)"
         assert dependency.specifier.contains(pins[name], prereleases=True), (
             f"constraints.txt pins {dependency.name}=={pins[name]}, outside pyproject.toml's "
-            f"{dependency}: regenerate it (README, Docker)")
+            f"{dependency}: regenerate it (README, Docker)"
+        )
 
 
 def test_docker_image_installs_with_the_constraints() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     copied = [line.split()[1:-1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
-    assert any("constraints.txt" in sources for sources in copied), "the Dockerfile does not COPY constraints.txt"
+    assert any("constraints.txt" in sources for sources in copied), (
+        "the Dockerfile does not COPY constraints.txt"
+    )
     assert re.search(r"^RUN pip install -c constraints\.txt \.(\s|$)", dockerfile, re.M), (
-        "the Dockerfile installs streambot without -c constraints.txt")
+        "the Dockerfile installs streambot without -c constraints.txt"
+    )
+
 
 # --- private internals of third-party libraries ------------------------------------------------
 # Each test names the internal, the code that relies on it and what to do when it moves, so a
@@ -120,14 +137,18 @@ def internal(package: str, what: str, user: str, remedy: str) -> Iterator[None]:
     try:
         yield
     except (AssertionError, AttributeError, TypeError, KeyError, OSError) as exc:
-        message = (f"{package} {version(package)} changed an internal: {what}. {user} relies on "
-                   f"it. {remedy}\n({type(exc).__name__}: {exc})")
+        message = (
+            f"{package} {version(package)} changed an internal: {what}. {user} relies on "
+            f"it. {remedy}\n({type(exc).__name__}: {exc})"
+        )
         raise pytest.fail.Exception(message, pytrace=False) from None
 
 
-DISCORD_REMEDY = ("Adapt bots/discord_api.py and bots/discord_bot.py to this discord.py, then move the discord.py pin in "
-                  "pyproject.toml to its minor version and regenerate constraints.txt (README, "
-                  "Docker); or install a discord.py that pyproject.toml allows.")
+DISCORD_REMEDY = (
+    "Adapt bots/discord_api.py and bots/discord_bot.py to this discord.py, then move the discord.py pin in "
+    "pyproject.toml to its minor version and regenerate constraints.txt (README, "
+    "Docker); or install a discord.py that pyproject.toml allows."
+)
 SESSION = "discord.http.HTTPClient keeps its aiohttp session in `self.__session` (`_HTTPClient__session`)"
 REBASED = "bots/discord_api.py's RebasedHTTP (`[discord] api_base`: REST, interactions, gateway via a proxy)"
 
@@ -138,10 +159,12 @@ def test_discord_http_client_keeps_its_session_in_the_mangled_attribute() -> Non
             source = inspect.getsource(getattr(HTTPClient, method))
             assert "self.__session" in source, f"HTTPClient.{method} no longer uses self.__session"
         assert "_HTTPClient__session" in vars(HTTPClient(None)), (  # type: ignore[arg-type]
-            "a new HTTPClient has no _HTTPClient__session attribute")
+            "a new HTTPClient has no _HTTPClient__session attribute"
+        )
         # Interaction responses (/ask, the Stop button) take the session straight from state.http.
         assert "http._HTTPClient__session" in inspect.getsource(discord.interactions), (
-            "discord.interactions no longer reads state.http._HTTPClient__session")
+            "discord.interactions no longer reads state.http._HTTPClient__session"
+        )
 
 
 async def test_discord_http_client_reads_the_session_through_the_rebased_property() -> None:
@@ -163,14 +186,28 @@ async def test_discord_http_client_reads_the_session_through_the_rebased_propert
 
 
 def test_discord_http_client_settings_rebased_http_copies() -> None:
-    what = ("HTTPClient's constructor arguments (loop, connector, proxy, proxy_auth, unsync_clock, "
-            "http_trace, max_ratelimit_timeout), the attributes that hold them, Route.BASE, or "
-            "get_bot_gateway's (shards, url, limits) result")
+    what = (
+        "HTTPClient's constructor arguments (loop, connector, proxy, proxy_auth, unsync_clock, "
+        "http_trace, max_ratelimit_timeout), the attributes that hold them, Route.BASE, or "
+        "get_bot_gateway's (shards, url, limits) result"
+    )
     with internal("discord.py", what, REBASED, DISCORD_REMEDY):
-        original = HTTPClient(None, proxy="http://proxy:3128", unsync_clock=False,  # type: ignore[arg-type]
-                              max_ratelimit_timeout=45.0)
+        original = HTTPClient(
+            None,
+            proxy="http://proxy:3128",
+            unsync_clock=False,  # type: ignore[arg-type]
+            max_ratelimit_timeout=45.0,
+        )
         http = RebasedHTTP("http://127.0.0.1:9/api/v10", original)
-        copied = ("loop", "connector", "proxy", "proxy_auth", "use_clock", "http_trace", "max_ratelimit_timeout")
+        copied = (
+            "loop",
+            "connector",
+            "proxy",
+            "proxy_auth",
+            "use_clock",
+            "http_trace",
+            "max_ratelimit_timeout",
+        )
         assert {a: getattr(http, a) for a in copied} == {a: getattr(original, a) for a in copied}
         assert (http.proxy, http.use_clock, http.max_ratelimit_timeout) == ("http://proxy:3128", True, 45.0)
         assert Route.BASE.startswith("https://discord.com/api/v"), f"Route.BASE is {Route.BASE!r}"
@@ -179,10 +216,14 @@ def test_discord_http_client_settings_rebased_http_copies() -> None:
 
 
 def test_discord_sends_each_attempt_through_session_request() -> None:
-    what = ("HTTPClient.request and the webhook adapter send each attempt as "
-            "`async with <session>.request(...) as response`, and discord.http.json_or_text exists")
-    user = ("bots/discord_api.py's FirstAnswer (a relay request's 429 or 5xx is raised from "
-            "`session.request`, so discord.py's retry loops never re-send it)")
+    what = (
+        "HTTPClient.request and the webhook adapter send each attempt as "
+        "`async with <session>.request(...) as response`, and discord.http.json_or_text exists"
+    )
+    user = (
+        "bots/discord_api.py's FirstAnswer (a relay request's 429 or 5xx is raised from "
+        "`session.request`, so discord.py's retry loops never re-send it)"
+    )
     with internal("discord.py", what, user, DISCORD_REMEDY):
         assert "async with self.__session.request(" in inspect.getsource(HTTPClient.request)
         webhook = inspect.getsource(discord.webhook.async_.AsyncWebhookAdapter.request)
@@ -191,9 +232,13 @@ def test_discord_sends_each_attempt_through_session_request() -> None:
 
 
 def test_discord_client_keeps_its_state_in_connection() -> None:
-    what = "discord.Client keeps its ConnectionState in `client._connection` (with `.http` and `._get_message`)"
-    user = ("bots/discord_bot.py (DiscordBot.__init__ swaps `_connection.http` for RebasedHTTP; "
-            "DiscordBot._message looks cached messages up with `_connection._get_message`)")
+    what = (
+        "discord.Client keeps its ConnectionState in `client._connection` (with `.http` and `._get_message`)"
+    )
+    user = (
+        "bots/discord_bot.py (DiscordBot.__init__ swaps `_connection.http` for RebasedHTTP; "
+        "DiscordBot._message looks cached messages up with `_connection._get_message`)"
+    )
     with internal("discord.py", what, user, DISCORD_REMEDY):
         client = discord.Client(intents=discord.Intents.none())
         state = client._connection
@@ -202,14 +247,21 @@ def test_discord_client_keeps_its_state_in_connection() -> None:
 
 
 def test_slack_socket_mode_connects_to_a_preset_url() -> None:
-    what = ("slack_sdk's aiohttp SocketModeClient.connect() uses a `wss_uri` set beforehand and "
-            "only calls apps.connections.open when it is None")
-    user = ("bots/slack_bot.py (SlackBot._socket_mode opens the connection URL itself, to fail once "
-            "on a bad SLACK_APP_TOKEN instead of retrying forever, and presets handler.client.wss_uri)")
-    remedy = ("Adapt SlackBot._socket_mode to this slack_sdk; or install a slack-sdk release before "
-              "this one and bound slack-sdk below it in pyproject.toml.")
+    what = (
+        "slack_sdk's aiohttp SocketModeClient.connect() uses a `wss_uri` set beforehand and "
+        "only calls apps.connections.open when it is None"
+    )
+    user = (
+        "bots/slack_bot.py (SlackBot._socket_mode opens the connection URL itself, to fail once "
+        "on a bad SLACK_APP_TOKEN instead of retrying forever, and presets handler.client.wss_uri)"
+    )
+    remedy = (
+        "Adapt SlackBot._socket_mode to this slack_sdk; or install a slack-sdk release before "
+        "this one and bound slack-sdk below it in pyproject.toml."
+    )
     with internal("slack_sdk", what, user, remedy):
         assert bolt_socket_mode.SocketModeClient is sdk_socket_mode.SocketModeClient, (
-            "slack_bolt's aiohttp AsyncSocketModeHandler no longer uses slack_sdk.socket_mode.aiohttp")
+            "slack_bolt's aiohttp AsyncSocketModeHandler no longer uses slack_sdk.socket_mode.aiohttp"
+        )
         source = inspect.getsource(sdk_socket_mode.SocketModeClient.connect)
         assert "if self.wss_uri is None:" in source, "connect() no longer checks for a preset wss_uri"

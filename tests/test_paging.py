@@ -10,19 +10,43 @@ from core.markdown import Fence, scan_fences, tidy_tail
 from core.paging import Pager, is_grapheme_boundary
 
 # Text that looks like model output: prose, Markdown, code fences, links, emoji, combining marks.
-PIECES = st.sampled_from([
-    "word ", "other ", "\n", "\n\n", "```", "```python\n", "~~~\n", "````\n", "`", "**", "~~",
-    "[link](https://example.com/a_b) ", "| a | b |\n", "- item\n", "é", "e\u0301", "👍🏽",
-    "👨‍👩‍👧", "🇫🇷", "中文字符", "x" * 40, "    code line\n", " ", "\t", "*",
-])
+PIECES = st.sampled_from(
+    [
+        "word ",
+        "other ",
+        "\n",
+        "\n\n",
+        "```",
+        "```python\n",
+        "~~~\n",
+        "````\n",
+        "`",
+        "**",
+        "~~",
+        "[link](https://example.com/a_b) ",
+        "| a | b |\n",
+        "- item\n",
+        "é",
+        "e\u0301",
+        "👍🏽",
+        "👨‍👩‍👧",
+        "🇫🇷",
+        "中文字符",
+        "x" * 40,
+        "    code line\n",
+        " ",
+        "\t",
+        "*",
+    ]
+)
 # Whole code blocks, long enough to span pages: any fence, any info string.
 CODE_LINE = st.text(st.sampled_from("abc xyz=()[]:;,.'\"_019é👍`~\t"), max_size=30).map(lambda t: t + "\n")
 CODE_BLOCK = st.builds(
     lambda marker, info, lines: f"{marker}{info}\n{''.join(lines)}{marker}\n",
     st.sampled_from(["```", "~~~", "````", "~~~~~"]),
-    st.sampled_from(["", "python", "js", "c++", " rust", 'ts title="a b.ts"', "py {linenos=true}",
-                     "x" * 40]),
-    st.lists(CODE_LINE, min_size=3, max_size=60))
+    st.sampled_from(["", "python", "js", "c++", " rust", 'ts title="a b.ts"', "py {linenos=true}", "x" * 40]),
+    st.lists(CODE_LINE, min_size=3, max_size=60),
+)
 MARKDOWN = st.lists(st.one_of(PIECES, st.text(max_size=12), CODE_BLOCK), max_size=120).map("".join)
 
 
@@ -74,7 +98,7 @@ def longest_cluster(text: str) -> int:
 @settings(max_examples=300, deadline=None)
 @given(MARKDOWN, st.integers(64, 400), st.lists(st.integers(1, 50), min_size=1, max_size=8))
 @example("Intro.\n\n```python\n" + "x = 1\n" * 40 + "```\nDone.", 100, [7])
-@example("~~~~ ts title=\"a.ts\"\n" + "let a = 1;\n" * 30, 64, [50, 3])
+@example('~~~~ ts title="a.ts"\n' + "let a = 1;\n" * 30, 64, [50, 3])
 def test_pages_fit_balance_and_rejoin(text: str, limit: int, chunks: list[int]) -> None:
     assume(longest_cluster(text) <= 16)
     pager, pages = stream(text, limit, chunks)
@@ -101,8 +125,12 @@ def test_pages_fit_balance_and_rejoin(text: str, limit: int, chunks: list[int]) 
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(["alpha ", "beta\n", "\n\n", "[a link](http://x.y/z) "]),
-                max_size=200).map("".join), st.integers(64, 300))
+@given(
+    st.lists(st.sampled_from(["alpha ", "beta\n", "\n\n", "[a link](http://x.y/z) "]), max_size=200).map(
+        "".join
+    ),
+    st.integers(64, 300),
+)
 def test_cuts_never_split_a_link(text: str, limit: int) -> None:
     pager, _ = stream(text, limit, [7])
     pos = 0

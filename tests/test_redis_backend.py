@@ -15,21 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import wait_for
 from redis.asyncio import Redis
 
 from bots.slack_api import SlackSettings
 from bots.slack_bot import SlackBot
-from core.host import Host
+from core.backend import open_store
 from core.config import Config, MemoryConfig, ModelConfig, check_env
+from core.host import Host
 from core.pacing import Pacer
 from core.platform import Rate
 from core.redis_state import REPLIES, RedisStore, RedisWindows, connect
 from core.sources import answer, build_brain
-from core.backend import open_store
 from core.state import ReplyRecord
 from fakes.openai_server import FakeOpenAI
 from fakes.redis_server import redis_executable, redis_url  # noqa: F401  (the fixture)
-from harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,8 +67,9 @@ def test_redis_backend_needs_a_url_and_keeps_passwords_out_of_the_file(monkeypat
     monkeypatch.delenv("REDIS_URL", raising=False)
     config = Config(memory=MemoryConfig(backend="redis"))
     assert [str(p) for p in check_env(config, "config.toml")] == [
-        'config.toml: memory.url: the redis backend needs a Redis URL: set [memory] url = '
-        '"redis://host:6379/0" or export REDIS_URL=...']
+        "config.toml: memory.url: the redis backend needs a Redis URL: set [memory] url = "
+        '"redis://host:6379/0" or export REDIS_URL=...'
+    ]
     monkeypatch.setenv("REDIS_URL", "redis://:s3cret@127.0.0.1:6379/0")
     assert check_env(config, "config.toml") == []
     in_file = Config(memory=MemoryConfig(backend="redis", url="redis://:s3cret@127.0.0.1:6379/0"))
@@ -76,8 +77,7 @@ def test_redis_backend_needs_a_url_and_keeps_passwords_out_of_the_file(monkeypat
     assert len(problems) == 1 and "REDIS_URL" in problems[0] and "s3cret" not in problems[0]
 
 
-def test_check_config_shows_where_redis_is_but_never_the_password(tmp_path, monkeypatch,
-                                                                   capsys) -> None:
+def test_check_config_shows_where_redis_is_but_never_the_password(tmp_path, monkeypatch, capsys) -> None:
     from bots.cli import check_config
 
     monkeypatch.setenv("REDIS_URL", "redis://user:s3cret@10.1.2.3:6380/2")
@@ -130,16 +130,29 @@ async def test_slack_replicas_answer_a_redelivered_event_once(redis_url: str) ->
         bot.answer = record  # type: ignore[method-assign]
         bots.append(bot)
         stores.append(store)
-    event = {"type": "app_mention", "channel": "C1", "user": "U1", "ts": "1700000000.000100",
-             "text": "<@UBOT> hello"}
+    event = {
+        "type": "app_mention",
+        "channel": "C1",
+        "user": "U1",
+        "ts": "1700000000.000100",
+        "text": "<@UBOT> hello",
+    }
     body = {"event_id": "Ev1", "team_id": "T1"}
-    dm = {"type": "message", "channel": "D1", "channel_type": "im", "user": "U1",
-          "ts": "1700000002.000100", "text": "in private"}
+    dm = {
+        "type": "message",
+        "channel": "D1",
+        "channel_type": "im",
+        "user": "U1",
+        "ts": "1700000002.000100",
+        "text": "in private",
+    }
     try:
         await asyncio.gather(*(bot.on_mention(body, event) for bot in bots * 3))
         # one message under two event ids (each replica gets one): still one answer
-        await asyncio.gather(bots[0].on_message({**body, "event_id": "Ev2"}, dm),
-                             bots[1].on_message({**body, "event_id": "Ev3"}, dm))
+        await asyncio.gather(
+            bots[0].on_message({**body, "event_id": "Ev2"}, dm),
+            bots[1].on_message({**body, "event_id": "Ev3"}, dm),
+        )
         # a new message is answered
         await bots[1].on_mention({**body, "event_id": "Ev4"}, {**event, "ts": "1700000003.000100"})
         for bot in bots:
@@ -171,8 +184,14 @@ asyncio.run(main())
 
 async def test_orphans_of_a_killed_owner_are_claimed_once_and_live_ones_never(redis_url: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", DEAD_OWNER, redis_url, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        sys.executable,
+        "-c",
+        DEAD_OWNER,
+        redis_url,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"saved\n"
     live = RedisStore.from_url(redis_url)
     a, b = RedisStore.from_url(redis_url), RedisStore.from_url(redis_url)
@@ -227,11 +246,14 @@ async def test_a_cleanly_closed_owner_leaves_nothing_behind(redis_url: str) -> N
 # --- conversation memory -----------------------------------------------------------------------
 
 
-async def test_conversation_memory_is_shared_through_redis(fake_openai: FakeOpenAI, redis_url: str,
-                                                           monkeypatch) -> None:
+async def test_conversation_memory_is_shared_through_redis(
+    fake_openai: FakeOpenAI, redis_url: str, monkeypatch
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-123456")
-    config = Config(model=ModelConfig(base_url=fake_openai.base_url),
-                    memory=MemoryConfig(backend="redis", url=redis_url, max_items=2))
+    config = Config(
+        model=ModelConfig(base_url=fake_openai.base_url),
+        memory=MemoryConfig(backend="redis", url=redis_url, max_items=2),
+    )
     first, second = build_brain(config), build_brain(config)  # two replicas, two clients
     try:
         fake_openai.reply("Paris is the capital of France.")
@@ -293,8 +315,11 @@ async def test_a_pause_in_one_process_holds_the_other(redis_url: str) -> None:
         await second.acquire(budget)
         start = time.monotonic()
         first.pause(budget, 0.5)  # a 429 with Retry-After 0.5 s seen by the first process
-        await wait_for(lambda: _present(clients[1], "streambot:pause:discord:channel:42"), 20.0,
-                       "the pause to reach Redis")
+        await wait_for(
+            lambda: _present(clients[1], "streambot:pause:discord:channel:42"),
+            20.0,
+            "the pause to reach Redis",
+        )
         await second.acquire(budget)
         assert time.monotonic() - start >= 0.49  # it waited for the pause (ms rounding aside)
     finally:
@@ -313,9 +338,15 @@ async def test_streambot_runs_on_the_redis_backend(redis_url: str, tmp_path: Pat
     """`streambot` with backend = "redis": the console's turns are remembered in Redis."""
     (tmp_path / "config.toml").write_text('[memory]\nbackend = "redis"\n')
     proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "streambot"), "--log-level", "INFO", cwd=tmp_path,
+        str(Path(sys.executable).parent / "streambot"),
+        "--log-level",
+        "INFO",
+        cwd=tmp_path,
         env={**os.environ, "REDIS_URL": redis_url.replace("redis://", "redis://:hunter2@")},
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(b"hello bot\n/quit\n"), 60)
     assert proc.returncode == 0, err.decode()
     assert "offline demo model" in out.decode()

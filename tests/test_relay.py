@@ -8,7 +8,7 @@ from core.config import StreamConfig
 from core.events import Done, Failed, TextDelta, ToolFinished, ToolStarted
 from core.markdown import scan_fences
 from core.pacing import Pacer
-from core.platform import MessageGone, RateLimited, Rate, TransientError
+from core.platform import MessageGone, Rate, RateLimited, TransientError
 from core.relay import EMPTY_NOTE, Reply
 from fakes.clock import FakeClock
 from fakes.scripted import RecordingTarget, ScriptRun, deltas
@@ -158,9 +158,13 @@ async def test_whitespace_only_stream_counts_as_empty() -> None:
 
 
 async def test_tool_status_line_shows_while_the_tool_runs() -> None:
-    steps = [(0.1, TextDelta("Let me check.")), (0.1, ToolStarted("search_docs", "c1")),
-             (5.0, ToolFinished("search_docs", "c1")), (0.1, TextDelta(" Found it.")),
-             (0.1, Done())]
+    steps = [
+        (0.1, TextDelta("Let me check.")),
+        (0.1, ToolStarted("search_docs", "c1")),
+        (5.0, ToolFinished("search_docs", "c1")),
+        (0.1, TextDelta(" Found it.")),
+        (0.1, Done()),
+    ]
     clock, run, target, reply = setup(steps, limit=500, rate=Rate(100, 1.0))
     await clock.run(reply.run())
     texts = [f.text for f in target.messages[0]]

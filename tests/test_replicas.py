@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import slack_bot_for as bot_for
 
 import core.state
 from bots.slack_api import STOP_ACTION
@@ -32,7 +33,6 @@ from fakes.openai_server import FakeOpenAI
 from fakes.redis_server import redis_url  # noqa: F401  (the fixture)
 from fakes.scripted import RecordingTarget, ScriptRun, deltas
 from fakes.slack_server import FakeSlack, settled
-from harness import slack_bot_for as bot_for
 from fakes.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +42,25 @@ INTERRUPTED = StreamConfig().interrupted_marker
 
 
 @contextlib.asynccontextmanager
-async def replica(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, url: str,
-                  **settings: Any) -> AsyncIterator[Backend]:
+async def replica(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, url: str, **settings: Any
+) -> AsyncIterator[Backend]:
     """One Slack replica on the redis backend, connected after the ones before it."""
-    backend = open_backend(Config(memory=MemoryConfig(backend="redis", url=url),
-                                  limits=LimitsConfig(**settings.pop("limits", {}))))
+    backend = open_backend(
+        Config(
+            memory=MemoryConfig(backend="redis", url=url), limits=LimitsConfig(**settings.pop("limits", {}))
+        )
+    )
     try:
-        async with bot_for(slack, fake_openai, tmp_path, backend=backend, streaming="edit",
-                           limits=backend.gate.limits.model_dump(), **settings):
+        async with bot_for(
+            slack,
+            fake_openai,
+            tmp_path,
+            backend=backend,
+            streaming="edit",
+            limits=backend.gate.limits.model_dump(),
+            **settings,
+        ):
             yield backend
     finally:
         await backend.store.close()
@@ -57,10 +68,13 @@ async def replica(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, url
 
 
 @contextlib.asynccontextmanager
-async def two_replicas(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, url: str,
-                       **settings: Any) -> AsyncIterator[None]:
-    async with replica(slack, fake_openai, tmp_path, url, **settings), \
-            replica(slack, fake_openai, tmp_path, url, **settings):
+async def two_replicas(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, url: str, **settings: Any
+) -> AsyncIterator[None]:
+    async with (
+        replica(slack, fake_openai, tmp_path, url, **settings),
+        replica(slack, fake_openai, tmp_path, url, **settings),
+    ):
         assert len(slack._open_sockets()) == 2
         yield
 
@@ -83,7 +97,8 @@ async def stop_on_the_other_replica(slack: FakeSlack, script: Any) -> str:
 
 
 async def test_a_stop_click_on_the_other_replica_stops_the_reply(
-        slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str) -> None:
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str
+) -> None:
     first = fake_openai.reply("beta " * 40, delay=0.005, hold_after=10)
     script = fake_openai.reply("alpha " * 300, delay=0.005, hold_after=10)
     async with two_replicas(slack, fake_openai, tmp_path, redis_url):
@@ -108,7 +123,8 @@ async def test_a_stop_click_on_the_other_replica_stops_the_reply(
 
 
 async def test_deleting_the_question_on_the_other_replica_stops_the_reply(
-        slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str) -> None:
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str
+) -> None:
     script = fake_openai.reply("gamma " * 300, delay=0.005, hold_after=10)
     async with two_replicas(slack, fake_openai, tmp_path, redis_url):
         slack.route = 0
@@ -122,7 +138,8 @@ async def test_deleting_the_question_on_the_other_replica_stops_the_reply(
 
 
 async def test_two_questions_in_one_thread_on_two_replicas_answer_in_order(
-        slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str) -> None:
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str
+) -> None:
     first = fake_openai.reply("The capital of Norway is Oslo.", delay=0.01, hold_after=2)
     fake_openai.reply("It has about 700,000 people.")
     async with two_replicas(slack, fake_openai, tmp_path, redis_url):
@@ -137,17 +154,21 @@ async def test_two_questions_in_one_thread_on_two_replicas_answer_in_order(
         first.release()
         await slack.wait_for(lambda: settled(slack, CHANNEL, ts, pages=2), WAIT, "both replies")
     assert [m.text for m in slack.bot_messages(CHANNEL, ts)] == [
-        "The capital of Norway is Oslo.", "It has about 700,000 people."]
+        "The capital of Norway is Oslo.",
+        "It has about 700,000 people.",
+    ]
     second = str(fake_openai.requests[1].body)
     assert "The capital of Norway is Oslo." in second  # B saw A's answer in the shared memory
 
 
 async def test_one_persons_per_minute_limit_holds_across_replicas(
-        slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str) -> None:
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str
+) -> None:
     for n in range(2):
         fake_openai.reply(f"answer {n}")
-    async with two_replicas(slack, fake_openai, tmp_path, redis_url,
-                            limits={"user_per_minute": 2, "user_concurrent": 0}):
+    async with two_replicas(
+        slack, fake_openai, tmp_path, redis_url, limits={"user_per_minute": 2, "user_concurrent": 0}
+    ):
         threads = []
         for n, route in enumerate((0, 1, 0)):
             slack.route = route
@@ -202,7 +223,8 @@ class Recorded(RecordingTarget):
 
 
 async def test_a_replica_cut_off_from_redis_ends_its_replies_before_another_repairs_them(
-        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(core.state, "ORPHAN_CHECK_EVERY", 0.2)
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     proxy = await TcpProxy(port).start()
@@ -221,8 +243,9 @@ async def test_a_replica_cut_off_from_redis_ends_its_replies_before_another_repa
     try:
         host_a.start()
         host_b.start()
-        answering = asyncio.create_task(host_a.answer(
-            Question("r1", "ann", "c1", "", "tell me everything"), target))
+        answering = asyncio.create_task(
+            host_a.answer(Question("r1", "ann", "c1", "", "tell me everything"), target)
+        )
         deadline = time.monotonic() + WAIT
         while not (await raw.hexists(REPLIES, "r1") and await raw.hexists(LIVE, "r1")):
             assert time.monotonic() < deadline, "the reply was never recorded"
@@ -246,32 +269,45 @@ async def test_a_replica_cut_off_from_redis_ends_its_replies_before_another_repa
         await proxy.close()
     assert outcome is not None and outcome.status == "stopped" and outcome.text.endswith(INTERRUPTED)
     last_frame_at = max(t for t, _, _ in target.log)
-    (repaired_at, text), = repaired
+    ((repaired_at, text),) = repaired
     assert last_frame_at < repaired_at, "the reply was still streaming when it was repaired"
     assert text.endswith(INTERRUPTED) and text.startswith("word word")
 
 
 async def test_two_streambot_processes_share_stop_and_limits(
-        slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str) -> None:
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str
+) -> None:
     """The same, as production runs it: two `streambot run` processes on one Redis."""
     from fakes.slack_server import APP_TOKEN, BOT_TOKEN
 
     config = tmp_path / "config.toml"
-    config.write_text(f'[model]\nbase_url = "{fake_openai.base_url}"\n'
-                      f'[memory]\nbackend = "redis"\nurl = "{redis_url}"\n'
-                      '[limits]\nuser_per_minute = 2\n'
-                      f'[slack]\nenabled = true\napi_base = "{slack.base_url}"\nstreaming = "edit"\n')
-    env = {**os.environ, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN,
-           "OPENAI_API_KEY": "test"}
+    config.write_text(
+        f'[model]\nbase_url = "{fake_openai.base_url}"\n'
+        f'[memory]\nbackend = "redis"\nurl = "{redis_url}"\n'
+        "[limits]\nuser_per_minute = 2\n"
+        f'[slack]\nenabled = true\napi_base = "{slack.base_url}"\nstreaming = "edit"\n'
+    )
+    env = {**os.environ, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN, "OPENAI_API_KEY": "test"}
     script = fake_openai.reply("alpha " * 300, delay=0.005, hold_after=10)
     fake_openai.reply("second answer")
     procs = []
     try:
         for n in range(2):
-            procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bots", "run", "--config", str(config), cwd=ROOT, env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=open(tmp_path / f"replica{n}.log", "a")))
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bots",
+                    "run",
+                    "--config",
+                    str(config),
+                    cwd=ROOT,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=open(tmp_path / f"replica{n}.log", "a"),
+                )
+            )
             await slack.wait_connected(WAIT, more_than=n)
         ts = await stop_on_the_other_replica(slack, script)
         assert slack.reply_text(CHANNEL, ts).endswith("⏹ stopped")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import FakeSlack, settled
 from harness import slack_bot_for as bot
 
 from core.state import LocalStore
+from fakes.openai_server import FakeOpenAI
+from fakes.slack_server import FakeSlack, settled
 
 CHANNEL = "C0GENERAL"
 WAIT = 30.0
@@ -17,13 +17,15 @@ INTERRUPTED = "⚠️ interrupted — please ask again"
 
 
 async def held_message(slack: FakeSlack, ts: str, shows: str):
-    return await slack.wait_for(lambda: next((m for m in slack.bot_messages(CHANNEL, ts)
-                                              if shows in m.text), None), WAIT)
+    return await slack.wait_for(
+        lambda: next((m for m in slack.bot_messages(CHANNEL, ts) if shows in m.text), None), WAIT
+    )
 
 
 @pytest.mark.parametrize("mode", ["native", "edit"])
 async def test_shutdown_interrupts_replies_that_outlast_the_grace_period(
-        slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str) -> None:
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     script = fake_openai.reply("delta " * 100, delay=0.005, hold_after=10)
     async with bot(slack, fake_openai, tmp_path, streaming=mode, stream={"shutdown_grace": 0.3}) as task:
         ts = await slack.mention(CHANNEL, "a long one")
@@ -38,7 +40,8 @@ async def test_shutdown_interrupts_replies_that_outlast_the_grace_period(
 
 @pytest.mark.parametrize("mode", ["native", "edit"])
 async def test_a_reply_left_by_a_dead_process_is_finished_by_the_next(
-        slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str) -> None:
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     db = str(tmp_path / "memory.db")
     script = fake_openai.reply("epsilon " * 100, delay=0.005, hold_after=10)
     first_store = LocalStore(db)
@@ -58,7 +61,8 @@ async def test_a_reply_left_by_a_dead_process_is_finished_by_the_next(
 
 
 async def test_questions_past_the_rate_limit_get_a_note_not_an_answer(
-        slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     fake_openai.reply("one answer")
     async with bot(slack, fake_openai, tmp_path, streaming="edit", limits={"user_per_minute": 1}):
         first = await slack.mention(CHANNEL, "first")

@@ -12,12 +12,12 @@ import re
 from pathlib import Path
 
 import pytest
-from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import BOT_USER_ID, FakeSlack, settled
 from harness import assert_grew, assert_pages_are
 from harness import slack_bot_for as bot
 
 from bots.slack_api import STOP_ACTION, ZWJ
+from fakes.openai_server import FakeOpenAI
+from fakes.slack_server import BOT_USER_ID, FakeSlack, settled
 
 CHANNEL = "C0GENERAL"
 WAIT = 30.0
@@ -42,8 +42,9 @@ MODES = ["native", "edit"]
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_mention_gets_a_threaded_streamed_reply(slack: FakeSlack, fake_openai: FakeOpenAI,
-                                                      tmp_path: Path, mode: str) -> None:
+async def test_mention_gets_a_threaded_streamed_reply(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     answer = "Paris is the capital of **France**. It has about two million inhabitants."
     fake_openai.reply(answer, delay=0.02)
     async with bot(slack, fake_openai, tmp_path, streaming=mode):
@@ -71,8 +72,7 @@ async def test_mention_gets_a_threaded_streamed_reply(slack: FakeSlack, fake_ope
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_dm_is_answered(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path,
-                              mode: str) -> None:
+async def test_dm_is_answered(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str) -> None:
     fake_openai.reply("Hi! How can I help?", delay=0.01)
     async with bot(slack, fake_openai, tmp_path, streaming=mode):
         ts = await slack.user_message("D0DIRECT", "hello bot")
@@ -80,8 +80,9 @@ async def test_dm_is_answered(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_pat
     assert slack.errors() == []
 
 
-async def test_thread_follow_up_uses_the_thread_as_memory(slack: FakeSlack, fake_openai: FakeOpenAI,
-                                                          tmp_path: Path) -> None:
+async def test_thread_follow_up_uses_the_thread_as_memory(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     fake_openai.reply("Your favourite colour is noted: teal.", delay=0.01)
     fake_openai.reply("You told me it is teal.", delay=0.01)
     async with bot(slack, fake_openai, tmp_path):
@@ -89,8 +90,9 @@ async def test_thread_follow_up_uses_the_thread_as_memory(slack: FakeSlack, fake
         await reply_in(slack, CHANNEL, ts)
         # No mention needed in a thread the bot is part of.
         await slack.user_message(CHANNEL, "What is my favourite colour?", thread_ts=ts)
-        await slack.wait_for(lambda: len(slack.bot_messages(CHANNEL, ts)) == 2
-                             and settled(slack, CHANNEL, ts, pages=2), WAIT)
+        await slack.wait_for(
+            lambda: len(slack.bot_messages(CHANNEL, ts)) == 2 and settled(slack, CHANNEL, ts, pages=2), WAIT
+        )
         # A thread the bot is not part of is left alone.
         other = await slack.user_message(CHANNEL, "people talking")
         await slack.user_message(CHANNEL, "still just people", thread_ts=other)
@@ -103,8 +105,9 @@ async def test_thread_follow_up_uses_the_thread_as_memory(slack: FakeSlack, fake
     assert len(fake_openai.requests) == 2
 
 
-async def test_follow_up_after_a_restart_finds_the_thread(slack: FakeSlack, fake_openai: FakeOpenAI,
-                                                          tmp_path: Path) -> None:
+async def test_follow_up_after_a_restart_finds_the_thread(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     fake_openai.reply("First answer.", delay=0.01)
     fake_openai.reply("Second answer, remembering the first.", delay=0.01)
     async with bot(slack, fake_openai, tmp_path, streaming="edit"):
@@ -123,8 +126,10 @@ async def test_assistant_thread(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_p
         channel, thread_ts = await slack.start_assistant_thread()
         await slack.wait_for(lambda: slack.suggested_prompts, WAIT, "suggested prompts")
         await slack.user_message(channel, "Write me a haiku about rain", thread_ts=thread_ts)
-        await slack.wait_for(lambda: settled(slack, channel, thread_ts)
-                             and slack.statuses and slack.statuses[-1][2] == "", WAIT)
+        await slack.wait_for(
+            lambda: settled(slack, channel, thread_ts) and slack.statuses and slack.statuses[-1][2] == "",
+            WAIT,
+        )
 
     assert slack.reply_text(channel, thread_ts) == "Here is a haiku:\n\nsoft rain on the roof\n"
     [prompts] = slack.suggested_prompts
@@ -135,19 +140,23 @@ async def test_assistant_thread(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_p
 
 LONG_MARKDOWN = (
     "# Sorting in Python\n\n"
-    + "Sorting is *stable* and uses **Timsort**. " * 20 + "\n\n"
+    + "Sorting is *stable* and uses **Timsort**. " * 20
+    + "\n\n"
     + "```python\n"
-    + "".join(f"def step_{i}(items: list[int]) -> list[int]:\n    return sorted(items)[{i}:]\n\n"
-              for i in range(60))
+    + "".join(
+        f"def step_{i}(items: list[int]) -> list[int]:\n    return sorted(items)[{i}:]\n\n" for i in range(60)
+    )
     + "```\n\n"
-    + "| n | time |\n|---|------|\n" + "".join(f"| {i} | {i * 3} ms |\n" for i in range(20))
+    + "| n | time |\n|---|------|\n"
+    + "".join(f"| {i} | {i * 3} ms |\n" for i in range(20))
     + "\nThat's all — *enjoy*!"
 )
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_6000_chars_of_markdown_with_a_long_code_block(slack: FakeSlack, fake_openai: FakeOpenAI,
-                                                             tmp_path: Path, mode: str) -> None:
+async def test_6000_chars_of_markdown_with_a_long_code_block(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     assert 5500 < len(LONG_MARKDOWN) < 7000
     fake_openai.reply(LONG_MARKDOWN, delay=0.001)
     async with bot(slack, fake_openai, tmp_path, streaming=mode):
@@ -160,13 +169,18 @@ async def test_6000_chars_of_markdown_with_a_long_code_block(slack: FakeSlack, f
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_long_answer_continues_in_more_messages(slack: FakeSlack, fake_openai: FakeOpenAI,
-                                                      tmp_path: Path, mode: str) -> None:
+async def test_long_answer_continues_in_more_messages(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     fake_openai.reply(LONG_MARKDOWN, delay=0.001)
     async with bot(slack, fake_openai, tmp_path, streaming=mode, page_chars=2000):
         ts = await slack.mention(CHANNEL, "long please")
-        await slack.wait_for(lambda: settled(slack, CHANNEL, ts, pages=3)
-                             and "enjoy" in slack.bot_messages(CHANNEL, ts)[-1].text, WAIT)
+        await slack.wait_for(
+            lambda: (
+                settled(slack, CHANNEL, ts, pages=3) and "enjoy" in slack.bot_messages(CHANNEL, ts)[-1].text
+            ),
+            WAIT,
+        )
     msgs = slack.bot_messages(CHANNEL, ts)
     assert all(m.thread_ts == ts for m in msgs)
     # Exactly the answer; code blocks closed at the end of a page and reopened on the next one.
@@ -178,39 +192,50 @@ UNICODE = "Grüße! 你好，世界。 مرحبا بالعالم 👩‍👩‍�
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_unicode_arrives_intact(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path,
-                                      mode: str) -> None:
+async def test_unicode_arrives_intact(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     fake_openai.reply(list(UNICODE), delay=0.005)  # one code point at a time
     async with bot(slack, fake_openai, tmp_path, streaming=mode):
         ts = await slack.mention(CHANNEL, "say something in many scripts ✨")
         assert await reply_in(slack, CHANNEL, ts) == UNICODE
 
 
-PINGS = ("Attention <!channel> and <!here|here> and <!everyone>! Also @channel, @here, @everyone, "
-         "<!subteam^S0123|@team> and <@U0BOSS> or <@W0ENT|someone>. Email me@here.com. "
-         "Code: `@dataclass` <!DOCTYPE html>")
-PING_PATTERNS = [r"<!channel", r"<!here", r"<!everyone", r"<!subteam", r"<@U", r"<@W",
-                 r"(?<![\w.])@(channel|here|everyone)\b"]
+PINGS = (
+    "Attention <!channel> and <!here|here> and <!everyone>! Also @channel, @here, @everyone, "
+    "<!subteam^S0123|@team> and <@U0BOSS> or <@W0ENT|someone>. Email me@here.com. "
+    "Code: `@dataclass` <!DOCTYPE html>"
+)
+PING_PATTERNS = [
+    r"<!channel",
+    r"<!here",
+    r"<!everyone",
+    r"<!subteam",
+    r"<@U",
+    r"<@W",
+    r"(?<![\w.])@(channel|here|everyone)\b",
+]
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_mentions_in_model_output_never_ping(slack: FakeSlack, fake_openai: FakeOpenAI,
-                                                   tmp_path: Path, mode: str) -> None:
+async def test_mentions_in_model_output_never_ping(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     fake_openai.reply(PINGS, delay=0.005)
     async with bot(slack, fake_openai, tmp_path, streaming=mode):
         ts = await slack.mention(CHANNEL, "ping everyone")
         shown = await reply_in(slack, CHANNEL, ts)
     assert shown.replace(ZWJ, "") == PINGS  # readable as written...
-    sent = [json.dumps(c.args, ensure_ascii=False) for c in slack.calls
-            if c.method.startswith("chat.")]
+    sent = [json.dumps(c.args, ensure_ascii=False) for c in slack.calls if c.method.startswith("chat.")]
     for pattern in PING_PATTERNS:  # ...but no request ever carried a live mention
         assert not any(re.search(pattern, s) for s in sent), pattern
     assert "<!DOCTYPE html>" in shown and "`@dataclass`" in shown  # code is left alone
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_model_error_mid_stream_keeps_the_partial_text(slack: FakeSlack, fake_openai: FakeOpenAI,
-                                                             tmp_path: Path, mode: str) -> None:
+async def test_model_error_mid_stream_keeps_the_partial_text(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     fake_openai.error_mid_stream("The answer starts well and then", message="overloaded", delay=0.01)
     async with bot(slack, fake_openai, tmp_path, streaming=mode):
         ts = await slack.mention(CHANNEL, "fail please")
@@ -220,8 +245,9 @@ async def test_model_error_mid_stream_keeps_the_partial_text(slack: FakeSlack, f
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_empty_model_reply_says_so(slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path,
-                                         mode: str) -> None:
+async def test_empty_model_reply_says_so(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
     fake_openai.empty()
     async with bot(slack, fake_openai, tmp_path, streaming=mode):
         ts = await slack.mention(CHANNEL, "say nothing")
@@ -230,9 +256,9 @@ async def test_empty_model_reply_says_so(slack: FakeSlack, fake_openai: FakeOpen
     assert all(not m.buttons for m in slack.bot_messages(CHANNEL, ts))
 
 
-async def test_stop_button_is_there_while_streaming_in_edit_mode(slack: FakeSlack,
-                                                                 fake_openai: FakeOpenAI,
-                                                                 tmp_path: Path) -> None:
+async def test_stop_button_is_there_while_streaming_in_edit_mode(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     fake_openai.reply("short", delay=0.01)
     async with bot(slack, fake_openai, tmp_path, streaming="edit"):
         ts = await slack.mention(CHANNEL, "hi")

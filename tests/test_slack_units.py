@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bots.cli import SECTIONS
 from bots.slack_api import (
     BOT_EVENTS,
     BOT_SCOPES,
@@ -25,27 +26,47 @@ from bots.slack_api import (
     plain_fallback,
     stable_prefix,
 )
-from bots.cli import SECTIONS
 from core.config import ConfigError, parse
 from core.platform import MessageGone, RateLimited, TransientError
 
 MANIFEST = Path(__file__).resolve().parents[1] / "manifest.yml"
 
 
-@pytest.mark.parametrize("text", [
-    "<!channel>", "<!here>", "<!here|here>", "<!everyone>", "<!subteam^S123|@devs>",
-    "<@U12345>", "<@W12345|bob>", "@channel", "@here!", "hey @everyone,",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<!channel>",
+        "<!here>",
+        "<!here|here>",
+        "<!everyone>",
+        "<!subteam^S123|@devs>",
+        "<@U12345>",
+        "<@W12345|bob>",
+        "@channel",
+        "@here!",
+        "hey @everyone,",
+    ],
+)
 def test_mentions_are_neutralized(text: str) -> None:
     out = neutralize(text)
     assert out != text and out.replace(ZWJ, "") == text
     assert not re.search(r"<[!@][a-zA-Z]|@(channel|here|everyone)\b", out)
 
 
-@pytest.mark.parametrize("text", [
-    "email me@here.com", "@channels are fun", "<!DOCTYPE html>", "<!-- note -->",
-    "`@dataclass`", "a <b> c", "<#C123|general>", "<https://example.com|link>", "@herein",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "email me@here.com",
+        "@channels are fun",
+        "<!DOCTYPE html>",
+        "<!-- note -->",
+        "`@dataclass`",
+        "a <b> c",
+        "<#C123|general>",
+        "<https://example.com|link>",
+        "@herein",
+    ],
+)
 def test_harmless_text_is_left_alone(text: str) -> None:
     assert neutralize(text) == text
 
@@ -75,8 +96,15 @@ def test_api_base() -> None:
 
 
 def _error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> SlackApiError:
-    resp = AsyncSlackResponse(client=None, http_verb="POST", api_url="u", req_args={}, data=body,
-                              headers=headers or {}, status_code=status)
+    resp = AsyncSlackResponse(
+        client=None,
+        http_verb="POST",
+        api_url="u",
+        req_args={},
+        data=body,
+        headers=headers or {},
+        status_code=status,
+    )
     return SlackApiError("failed", resp)
 
 
@@ -84,17 +112,20 @@ async def _raise(exc: BaseException) -> None:
     raise exc
 
 
-@pytest.mark.parametrize(("exc", "expected"), [
-    (_error(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "7"}), RateLimited),
-    (_error(500, {"ok": False, "error": "fatal_error"}), TransientError),
-    (_error(200, {"ok": False, "error": "service_unavailable"}), TransientError),
-    (_error(200, {"ok": False, "error": "message_not_found"}), MessageGone),
-    (_error(200, {"ok": False, "error": "channel_not_found"}), MessageGone),
-    (_error(200, {"ok": False, "error": "message_not_in_streaming_state"}), StreamLost),
-    (_error(200, {"ok": False, "error": "msg_too_long"}), SlackCallError),
-    (TimeoutError(), TransientError),
-    (ConnectionResetError(), TransientError),
-])
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (_error(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "7"}), RateLimited),
+        (_error(500, {"ok": False, "error": "fatal_error"}), TransientError),
+        (_error(200, {"ok": False, "error": "service_unavailable"}), TransientError),
+        (_error(200, {"ok": False, "error": "message_not_found"}), MessageGone),
+        (_error(200, {"ok": False, "error": "channel_not_found"}), MessageGone),
+        (_error(200, {"ok": False, "error": "message_not_in_streaming_state"}), StreamLost),
+        (_error(200, {"ok": False, "error": "msg_too_long"}), SlackCallError),
+        (TimeoutError(), TransientError),
+        (ConnectionResetError(), TransientError),
+    ],
+)
 async def test_errors_map_onto_the_core_contract(exc: BaseException, expected: type) -> None:
     with pytest.raises(expected) as info:
         await call("chat.update", _raise(exc))
@@ -108,7 +139,7 @@ def _manifest_list(section: str) -> set[str]:
     start = next(i for i, line in enumerate(lines) if line.strip() == f"{section}:")
     indent = len(lines[start]) - len(lines[start].lstrip())
     items: set[str] = set()
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.strip() and not line.strip().startswith("#"):
             if len(line) - len(line.lstrip()) <= indent and not line.strip().startswith("-"):
                 break
@@ -126,9 +157,18 @@ def test_manifest_grants_exactly_what_the_adapter_uses() -> None:
 
 
 def test_slack_config_keys() -> None:
-    config = parse({"slack": {"page_chars": 4000, "host": "127.0.0.1",
-                              "suggested_prompts": ["a", "b"], "thinking_status": "is typing…"}},
-                   "test.toml", SECTIONS)
+    config = parse(
+        {
+            "slack": {
+                "page_chars": 4000,
+                "host": "127.0.0.1",
+                "suggested_prompts": ["a", "b"],
+                "thinking_status": "is typing…",
+            }
+        },
+        "test.toml",
+        SECTIONS,
+    )
     assert config.slack.page_chars == 4000
     with pytest.raises(ConfigError):
         parse({"slack": {"page_chars": 20000}}, "test.toml", SECTIONS)  # over Slack's Markdown limit

@@ -51,7 +51,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from aiohttp import WSMsgType, web
-
 from harness import wait_for
 
 from .faults import Faults
@@ -129,8 +128,9 @@ class FakeMessage:
         return any(row.get("components") for row in self.components)
 
     def custom_ids(self) -> list[str]:
-        return [c["custom_id"] for row in self.components for c in row.get("components", [])
-                if "custom_id" in c]
+        return [
+            c["custom_id"] for row in self.components for c in row.get("components", []) if "custom_id" in c
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +144,24 @@ class Channel:
     recipient: User | None = None
 
     def json(self, fake: FakeDiscord) -> dict[str, Any]:
-        data: dict[str, Any] = {"id": str(self.id), "type": self.type, "name": self.name,
-                                "flags": 0, "last_message_id": None}
+        data: dict[str, Any] = {
+            "id": str(self.id),
+            "type": self.type,
+            "name": self.name,
+            "flags": 0,
+            "last_message_id": None,
+        }
         if self.type == 1:
             assert self.recipient is not None
             return data | {"recipients": [self.recipient.json()]}
-        data |= {"guild_id": str(self.guild_id), "position": 0, "permission_overwrites": [],
-                 "nsfw": False, "rate_limit_per_user": 0, "topic": None}
+        data |= {
+            "guild_id": str(self.guild_id),
+            "position": 0,
+            "permission_overwrites": [],
+            "nsfw": False,
+            "rate_limit_per_user": 0,
+            "topic": None,
+        }
         if self.type == 0:
             return data | {"parent_id": None}
         return data | {
@@ -158,8 +169,12 @@ class Channel:
             "owner_id": str(self.owner_id),
             "message_count": 0,
             "member_count": 1,
-            "thread_metadata": {"archived": False, "auto_archive_duration": 1440,
-                                "archive_timestamp": _iso(time.time()), "locked": False},
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": _iso(time.time()),
+                "locked": False,
+            },
         }
 
 
@@ -244,8 +259,13 @@ def _iso(ts: float) -> str:
 _MENTION = re.compile(r"<@!?(\d+)>|<@&(\d+)>|@(everyone|here)")
 
 
-def would_ping(content: str, allowed: dict[str, Any] | None, replied_user: User | None,
-               user_ids: set[int], role_ids: set[int]) -> tuple[str, ...]:
+def would_ping(
+    content: str,
+    allowed: dict[str, Any] | None,
+    replied_user: User | None,
+    user_ids: set[int],
+    role_ids: set[int],
+) -> tuple[str, ...]:
     """Who a message with `content` and `allowed_mentions` notifies, by Discord's rules."""
     parse = {"users", "roles", "everyone"} if allowed is None else set(allowed.get("parse", []))
     users = set() if allowed is None else {int(u) for u in allowed.get("users", [])}
@@ -308,8 +328,12 @@ class FakeDiscord:
         self.channels: dict[int, Channel] = {}
         self.general = self._add_channel(Channel(self.snowflake(), 0, "general", self.guild_id))
         self.random = self._add_channel(Channel(self.snowflake(), 0, "random", self.guild_id))
-        self.roles: dict[int, set[int]] = {self.alice.id: {self.member_role}, self.bob.id: set(),
-                                           self.other_bot.id: set(), self.bot.id: set()}
+        self.roles: dict[int, set[int]] = {
+            self.alice.id: {self.member_role},
+            self.bob.id: set(),
+            self.other_bot.id: set(),
+            self.bot.id: set(),
+        }
 
         self.messages: dict[int, FakeMessage] = {}
         self.interactions: dict[int, FakeInteraction] = {}
@@ -372,8 +396,9 @@ class FakeDiscord:
         await self.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     # --- ids and lookups -------------------------------------------------------------------
@@ -411,8 +436,9 @@ class FakeDiscord:
     def bot_messages(self, channel: Channel | int | None = None) -> list[FakeMessage]:
         """The bot's messages (deleted ones too), oldest first."""
         cid = channel.id if isinstance(channel, Channel) else channel
-        return [m for m in self.messages.values()
-                if m.author == self.bot and (cid is None or m.channel_id == cid)]
+        return [
+            m for m in self.messages.values() if m.author == self.bot and (cid is None or m.channel_id == cid)
+        ]
 
     def reply_pages(self, question: FakeMessage) -> list[FakeMessage]:
         """The bot's messages answering `question`: the reply to it, then each continuation
@@ -435,28 +461,44 @@ class FakeDiscord:
         """Calls whose route template matches, e.g. "PATCH /channels/{channel_id}/messages/{message_id}"."""
         return [c for c in self.calls if c.route == route]
 
-    async def wait_for(self, condition: Callable[[], T | None], timeout: float = 60.0,
-                       what: str = "the condition") -> T:
+    async def wait_for(
+        self, condition: Callable[[], T | None], timeout: float = 60.0, what: str = "the condition"
+    ) -> T:
         """Wait until `condition()` returns something truthy; return it (`harness.wait_for`)."""
         return await wait_for(condition, timeout, what)
 
     # --- acting as users -------------------------------------------------------------------
 
-    async def send(self, content: str, *, channel: Channel | None = None, author: User | None = None,
-                   reply_to: FakeMessage | None = None, webhook_id: int | None = None) -> FakeMessage:
+    async def send(
+        self,
+        content: str,
+        *,
+        channel: Channel | None = None,
+        author: User | None = None,
+        reply_to: FakeMessage | None = None,
+        webhook_id: int | None = None,
+    ) -> FakeMessage:
         """A user posts `content` (MESSAGE_CREATE). `reply_to` makes it a reply (no ping);
         `webhook_id` makes it a webhook's message (its author is then the webhook's)."""
         channel = channel or self.general
         author = author or self.alice
-        msg = FakeMessage(self.snowflake(), channel.id, channel.guild_id, author, content,
-                          reference=reply_to.id if reply_to else None, webhook_id=webhook_id)
+        msg = FakeMessage(
+            self.snowflake(),
+            channel.id,
+            channel.guild_id,
+            author,
+            content,
+            reference=reply_to.id if reply_to else None,
+            webhook_id=webhook_id,
+        )
         self._record(msg, content, None, [], "create")
         self.messages[msg.id] = msg
         await self._dispatch("MESSAGE_CREATE", self._message_json(msg, member=True), channel.guild_id)
         return msg
 
-    async def dm(self, content: str, *, author: User | None = None,
-                 reply_to: FakeMessage | None = None) -> FakeMessage:
+    async def dm(
+        self, content: str, *, author: User | None = None, reply_to: FakeMessage | None = None
+    ) -> FakeMessage:
         author = author or self.alice
         return await self.send(content, channel=self.dm_channel(author), author=author, reply_to=reply_to)
 
@@ -471,8 +513,9 @@ class FakeDiscord:
             data["guild_id"] = str(message.guild_id)
         await self._dispatch("MESSAGE_DELETE", data, message.guild_id)
 
-    def seed_bot_message(self, content: str, components: list[dict[str, Any]], *,
-                         channel: Channel | None = None) -> FakeMessage:
+    def seed_bot_message(
+        self, content: str, components: list[dict[str, Any]], *, channel: Channel | None = None
+    ) -> FakeMessage:
         """A message the bot posted before this test (e.g. by an earlier run of the process)."""
         channel = channel or self.general
         msg = FakeMessage(self.snowflake(), channel.id, channel.guild_id, self.bot, content, components)
@@ -480,8 +523,9 @@ class FakeDiscord:
         self.messages[msg.id] = msg
         return msg
 
-    async def click(self, message: FakeMessage, custom_id: str | None = None, *,
-                    user: User | None = None) -> FakeInteraction:
+    async def click(
+        self, message: FakeMessage, custom_id: str | None = None, *, user: User | None = None
+    ) -> FakeInteraction:
         """A user clicks a button of `message` (the first one unless `custom_id` is given)."""
         if custom_id is None:
             custom_id = message.custom_ids()[0]
@@ -492,15 +536,22 @@ class FakeDiscord:
         await self._dispatch("INTERACTION_CREATE", payload, message.guild_id)
         return inter
 
-    async def slash(self, name: str, options: dict[str, str], *, channel: Channel | None = None,
-                    user: User | None = None) -> FakeInteraction:
+    async def slash(
+        self, name: str, options: dict[str, str], *, channel: Channel | None = None, user: User | None = None
+    ) -> FakeInteraction:
         """A user runs `/name option:value ...` (a chat-input application command)."""
         channel = channel or self.general
         cmd = next((c for c in self.commands if c["name"] == name), None)
         if cmd is None:
-            raise AssertionError(f"/{name} was never registered; registered: {[c['name'] for c in self.commands]}")
-        data = {"id": cmd["id"], "name": name, "type": 1,
-                "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()]}
+            raise AssertionError(
+                f"/{name} was never registered; registered: {[c['name'] for c in self.commands]}"
+            )
+        data = {
+            "id": cmd["id"],
+            "name": name,
+            "type": 1,
+            "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()],
+        }
         if channel.guild_id:
             data["guild_id"] = str(channel.guild_id)
         inter = self._new_interaction(2, channel, user or self.alice, data)
@@ -520,25 +571,44 @@ class FakeDiscord:
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until a bot identified and got READY + GUILD_CREATE."""
-        await self.wait_for(lambda: any(s.ws is not None and s.seq >= 2 for s in self._sessions.values()),
-                            timeout, "the bot to identify and get READY")
+        await self.wait_for(
+            lambda: any(s.ws is not None and s.seq >= 2 for s in self._sessions.values()),
+            timeout,
+            "the bot to identify and get READY",
+        )
 
     # --- payloads --------------------------------------------------------------------------
 
     def _member_json(self, user: User) -> dict[str, Any]:
-        return {"roles": [str(r) for r in self.roles.get(user.id, set())], "joined_at": _iso(time.time()),
-                "deaf": False, "mute": False, "flags": 0, "nick": None, "pending": False}
+        return {
+            "roles": [str(r) for r in self.roles.get(user.id, set())],
+            "joined_at": _iso(time.time()),
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": None,
+            "pending": False,
+        }
 
     def _message_json(self, m: FakeMessage, *, member: bool = False, depth: int = 0) -> dict[str, Any]:
         mentions = [u.json() for u in (self.user(int(x)) for x in re.findall(r"<@!?(\d+)>", m.content)) if u]
         data: dict[str, Any] = {
-            "id": str(m.id), "channel_id": str(m.channel_id), "author": m.author.json(),
-            "content": m.content, "timestamp": _iso(m.created),
+            "id": str(m.id),
+            "channel_id": str(m.channel_id),
+            "author": m.author.json(),
+            "content": m.content,
+            "timestamp": _iso(m.created),
             "edited_timestamp": _iso(m.edited) if m.edited else None,
-            "tts": False, "mention_everyone": "@everyone" in m.content, "mentions": mentions,
-            "mention_roles": [], "attachments": [], "embeds": [], "pinned": False,
+            "tts": False,
+            "mention_everyone": "@everyone" in m.content,
+            "mentions": mentions,
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
             "type": 19 if m.reference else (20 if m.interaction_id else 0),
-            "flags": m.flags, "components": m.components,
+            "flags": m.flags,
+            "components": m.components,
         }
         if m.guild_id:
             data["guild_id"] = str(m.guild_id)
@@ -549,45 +619,92 @@ class FakeDiscord:
             data["application_id"] = str(self.app_id)
         if m.interaction_id and (inter := self.interactions.get(m.interaction_id)):
             owner = {"0": str(m.guild_id)} if m.guild_id else {"1": str(inter.user.id)}
-            data["interaction_metadata"] = {"id": str(inter.id), "type": inter.type,
-                                            "user": inter.user.json(),
-                                            "authorizing_integration_owners": owner}
+            data["interaction_metadata"] = {
+                "id": str(inter.id),
+                "type": inter.type,
+                "user": inter.user.json(),
+                "authorizing_integration_owners": owner,
+            }
             if inter.original is not None and inter.original is not m:  # a follow-up
                 data["interaction_metadata"]["original_response_message_id"] = str(inter.original.id)
         if m.reference:
             ref = self.messages.get(m.reference)
-            data["message_reference"] = {"type": 0, "message_id": str(m.reference),
-                                         "channel_id": str(m.channel_id)}
+            data["message_reference"] = {
+                "type": 0,
+                "message_id": str(m.reference),
+                "channel_id": str(m.channel_id),
+            }
             if m.guild_id:
                 data["message_reference"]["guild_id"] = str(m.guild_id)
             if depth == 0:
-                data["referenced_message"] = (None if ref is None or ref.deleted
-                                              else self._message_json(ref, depth=1))
+                data["referenced_message"] = (
+                    None if ref is None or ref.deleted else self._message_json(ref, depth=1)
+                )
         return data
 
     def _guild_json(self) -> dict[str, Any]:
-        everyone = {"id": str(self.guild_id), "name": "@everyone", "permissions": str(0x6_7FFF_FFFF),
-                    "position": 0, "color": 0, "hoist": False, "managed": False, "mentionable": False,
-                    "flags": 0}
-        member_role = everyone | {"id": str(self.member_role), "name": "member", "position": 1,
-                                  "permissions": "0"}
+        everyone = {
+            "id": str(self.guild_id),
+            "name": "@everyone",
+            "permissions": str(0x6_7FFF_FFFF),
+            "position": 0,
+            "color": 0,
+            "hoist": False,
+            "managed": False,
+            "mentionable": False,
+            "flags": 0,
+        }
+        member_role = everyone | {
+            "id": str(self.member_role),
+            "name": "member",
+            "position": 1,
+            "permissions": "0",
+        }
         return {
-            "id": str(self.guild_id), "name": "Fake Guild", "icon": None, "owner_id": str(self.alice.id),
-            "region": "deprecated", "afk_channel_id": None, "afk_timeout": 300, "verification_level": 0,
-            "default_message_notifications": 1, "explicit_content_filter": 0, "roles": [everyone, member_role],
-            "emojis": [], "stickers": [], "features": [], "mfa_level": 0, "application_id": None,
-            "system_channel_id": None, "system_channel_flags": 0, "rules_channel_id": None,
-            "vanity_url_code": None, "description": None, "banner": None, "premium_tier": 0,
-            "preferred_locale": "en-US", "public_updates_channel_id": None, "nsfw_level": 0,
-            "premium_progress_bar_enabled": False, "joined_at": _iso(time.time()), "large": False,
-            "unavailable": False, "member_count": 4, "voice_states": [], "presences": [],
+            "id": str(self.guild_id),
+            "name": "Fake Guild",
+            "icon": None,
+            "owner_id": str(self.alice.id),
+            "region": "deprecated",
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 1,
+            "explicit_content_filter": 0,
+            "roles": [everyone, member_role],
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "mfa_level": 0,
+            "application_id": None,
+            "system_channel_id": None,
+            "system_channel_flags": 0,
+            "rules_channel_id": None,
+            "vanity_url_code": None,
+            "description": None,
+            "banner": None,
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "public_updates_channel_id": None,
+            "nsfw_level": 0,
+            "premium_progress_bar_enabled": False,
+            "joined_at": _iso(time.time()),
+            "large": False,
+            "unavailable": False,
+            "member_count": 4,
+            "voice_states": [],
+            "presences": [],
             "members": [self._member_json(self.bot) | {"user": self.bot.json()}],
             "channels": [c.json(self) for c in self.channels.values() if c.type == 0],
             "threads": [c.json(self) for c in self.channels.values() if c.type == 11],
-            "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
         }
 
-    def _new_interaction(self, type_: int, channel: Channel, user: User, data: dict[str, Any]) -> FakeInteraction:
+    def _new_interaction(
+        self, type_: int, channel: Channel, user: User, data: dict[str, Any]
+    ) -> FakeInteraction:
         iid = self.snowflake()
         inter = FakeInteraction(iid, f"itoken-{iid}", type_, channel.id, user, data)
         self.interactions[iid] = inter
@@ -596,23 +713,37 @@ class FakeDiscord:
     def _interaction_json(self, inter: FakeInteraction) -> dict[str, Any]:
         channel = self.channels[inter.channel_id]
         data: dict[str, Any] = {
-            "id": str(inter.id), "application_id": str(self.app_id), "type": inter.type,
-            "data": inter.data, "token": inter.token, "version": 1, "locale": "en-US",
-            "channel_id": str(channel.id), "channel": channel.json(self), "app_permissions": "0",
-            "entitlements": [], "authorizing_integration_owners": {"0": str(self.guild_id)},
-            "context": 0 if channel.guild_id else 1, "attachment_size_limit": 10_485_760,
+            "id": str(inter.id),
+            "application_id": str(self.app_id),
+            "type": inter.type,
+            "data": inter.data,
+            "token": inter.token,
+            "version": 1,
+            "locale": "en-US",
+            "channel_id": str(channel.id),
+            "channel": channel.json(self),
+            "app_permissions": "0",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(self.guild_id)},
+            "context": 0 if channel.guild_id else 1,
+            "attachment_size_limit": 10_485_760,
         }
         if channel.guild_id:
             data["guild_id"] = str(channel.guild_id)
             data["guild_locale"] = "en-US"
-            data["member"] = self._member_json(inter.user) | {"user": inter.user.json(),
-                                                              "permissions": "0"}
+            data["member"] = self._member_json(inter.user) | {"user": inter.user.json(), "permissions": "0"}
         else:
             data["user"] = inter.user.json()
         return data
 
-    def _record(self, msg: FakeMessage, content: str, allowed: dict[str, Any] | None,
-                components: list[dict[str, Any]], via: str) -> None:
+    def _record(
+        self,
+        msg: FakeMessage,
+        content: str,
+        allowed: dict[str, Any] | None,
+        components: list[dict[str, Any]],
+        via: str,
+    ) -> None:
         replied = None
         if via == "create" and msg.reference and (ref := self.messages.get(msg.reference)):
             replied = ref.author
@@ -636,18 +767,60 @@ class FakeDiscord:
             ("GET", "/channels/{channel_id}/messages", self._get_messages, "other", "channel_id"),
             ("GET", "/channels/{channel_id}/messages/{message_id}", self._get_message, "other", "channel_id"),
             ("PATCH", "/channels/{channel_id}/messages/{message_id}", self._edit_message, m, "channel_id"),
-            ("DELETE", "/channels/{channel_id}/messages/{message_id}", self._delete_message, "other", "channel_id"),
+            (
+                "DELETE",
+                "/channels/{channel_id}/messages/{message_id}",
+                self._delete_message,
+                "other",
+                "channel_id",
+            ),
             ("POST", "/channels/{channel_id}/typing", self._typing, "other", "channel_id"),
-            ("POST", "/channels/{channel_id}/messages/{message_id}/threads", self._start_thread, "other", "channel_id"),
+            (
+                "POST",
+                "/channels/{channel_id}/messages/{message_id}/threads",
+                self._start_thread,
+                "other",
+                "channel_id",
+            ),
             ("POST", "/users/@me/channels", self._create_dm, "other", ""),
             ("GET", "/applications/{app_id}/commands", self._get_commands, "other", ""),
             ("PUT", "/applications/{app_id}/commands", self._put_commands, "other", ""),
-            ("PUT", "/applications/{app_id}/guilds/{guild_id}/commands", self._put_commands, "other", "guild_id"),
-            ("POST", "/interactions/{interaction_id}/{token}/callback", self._interaction_callback, "none", "token"),
+            (
+                "PUT",
+                "/applications/{app_id}/guilds/{guild_id}/commands",
+                self._put_commands,
+                "other",
+                "guild_id",
+            ),
+            (
+                "POST",
+                "/interactions/{interaction_id}/{token}/callback",
+                self._interaction_callback,
+                "none",
+                "token",
+            ),
             ("POST", "/webhooks/{app_id}/{token}", self._followup, w, "token"),
-            ("GET", "/webhooks/{app_id}/{token}/messages/{message_id}", self._get_webhook_message, w, "token"),
-            ("PATCH", "/webhooks/{app_id}/{token}/messages/{message_id}", self._edit_webhook_message, w, "token"),
-            ("DELETE", "/webhooks/{app_id}/{token}/messages/{message_id}", self._delete_webhook_message, w, "token"),
+            (
+                "GET",
+                "/webhooks/{app_id}/{token}/messages/{message_id}",
+                self._get_webhook_message,
+                w,
+                "token",
+            ),
+            (
+                "PATCH",
+                "/webhooks/{app_id}/{token}/messages/{message_id}",
+                self._edit_webhook_message,
+                w,
+                "token",
+            ),
+            (
+                "DELETE",
+                "/webhooks/{app_id}/{token}/messages/{message_id}",
+                self._delete_webhook_message,
+                w,
+                "token",
+            ),
         ]
 
     @web.middleware
@@ -689,8 +862,9 @@ class FakeDiscord:
             if kind in ("messages", "webhook") and request.method in ("POST", "PATCH"):
                 fault = self.faults.draw("post" if request.method == "POST" else "edit")
             if fault == "rate_limit":
-                return self._too_many(request, template, now, self.faults.wait(), headers, body,
-                                      is_global=False, injected=True)
+                return self._too_many(
+                    request, template, now, self.faults.wait(), headers, body, is_global=False, injected=True
+                )
             if fault in ("error", "reset", "timeout"):
                 return await self._fail(request, template, now, fault, headers, body)
             status, payload = await handler(request, body)
@@ -711,8 +885,9 @@ class FakeDiscord:
         # Exactly "application/json", no charset: discord.py compares the header verbatim.
         return web.Response(status=status, body=json.dumps(payload).encode(), headers=headers)
 
-    async def _fail(self, request: web.Request, template: str, now: float, fault: str,
-                    headers: dict[str, str], body: Any) -> web.Response:
+    async def _fail(
+        self, request: web.Request, template: str, now: float, fault: str, headers: dict[str, str], body: Any
+    ) -> web.Response:
         """An injected failure: a connection reset (status 0 in `calls`), a late 504 or a 5xx."""
         if fault == "timeout":
             await asyncio.sleep(self.faults.timeout_after)
@@ -723,20 +898,35 @@ class FakeDiscord:
             request.transport.abort()
         return self._json(status or 500, {"message": f"{status}: Server Error", "code": 0}, headers)
 
-    def _too_many(self, request: web.Request, template: str, now: float, wait: float,
-                  headers: dict[str, str], body: Any, *, is_global: bool,
-                  injected: bool = False) -> web.Response:
+    def _too_many(
+        self,
+        request: web.Request,
+        template: str,
+        now: float,
+        wait: float,
+        headers: dict[str, str],
+        body: Any,
+        *,
+        is_global: bool,
+        injected: bool = False,
+    ) -> web.Response:
         """A 429; only the fake's own limits count in `throttled` (not injected storms)."""
         call = Call(request.method, request.path, template, 429, now, body)
         self.calls.append(call)
         if not injected:
             self.throttled.append(call)
-        headers = headers | {"Retry-After": str(math.ceil(wait)),
-                             "X-RateLimit-Scope": "global" if is_global else "user"}
+        headers = headers | {
+            "Retry-After": str(math.ceil(wait)),
+            "X-RateLimit-Scope": "global" if is_global else "user",
+        }
         if is_global:
             headers["X-RateLimit-Global"] = "true"
-        payload = {"message": "You are being rate limited.", "retry_after": round(wait, 3),
-                   "global": is_global, "code": 0}
+        payload = {
+            "message": "You are being rate limited.",
+            "retry_after": round(wait, 3),
+            "global": is_global,
+            "code": 0,
+        }
         return self._json(429, payload, headers)
 
     def _channel(self, request: web.Request) -> Channel:
@@ -757,28 +947,71 @@ class FakeDiscord:
         if content is not None and not isinstance(content, str):
             content = str(content)
         if content is not None and len(content) > 2000:
-            raise DiscordError(400, 50035, "Invalid Form Body", {"content": {"_errors": [
-                {"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]}})
+            raise DiscordError(
+                400,
+                50035,
+                "Invalid Form Body",
+                {
+                    "content": {
+                        "_errors": [
+                            {"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}
+                        ]
+                    }
+                },
+            )
         components = body.get("components")
         for row in components or []:
             for comp in row.get("components", []):
                 if comp.get("type") == 2 and comp.get("style") != 5 and not comp.get("custom_id"):
-                    raise DiscordError(400, 50035, "Invalid Form Body",
-                                       {"components": {"_errors": [{"code": "BASE_TYPE_REQUIRED",
-                                                                    "message": "custom_id is required"}]}})
+                    raise DiscordError(
+                        400,
+                        50035,
+                        "Invalid Form Body",
+                        {
+                            "components": {
+                                "_errors": [
+                                    {"code": "BASE_TYPE_REQUIRED", "message": "custom_id is required"}
+                                ]
+                            }
+                        },
+                    )
                 if len(comp.get("custom_id", "")) > 100:
-                    raise DiscordError(400, 50035, "Invalid Form Body",
-                                       {"components": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH",
-                                                                    "message": "Must be 100 or fewer in length."}]}})
+                    raise DiscordError(
+                        400,
+                        50035,
+                        "Invalid Form Body",
+                        {
+                            "components": {
+                                "_errors": [
+                                    {
+                                        "code": "BASE_TYPE_MAX_LENGTH",
+                                        "message": "Must be 100 or fewer in length.",
+                                    }
+                                ]
+                            }
+                        },
+                    )
         final_content = content if content is not None else (current.content if current else "")
         final_components = components if components is not None else (current.components if current else [])
-        if not final_content and not final_components and not body.get("embeds") \
-                and not body.get("attachments") and not body.get("sticker_ids"):
+        if (
+            not final_content
+            and not final_components
+            and not body.get("embeds")
+            and not body.get("attachments")
+            and not body.get("sticker_ids")
+        ):
             raise DiscordError(400, 50006, "Cannot send an empty message")
 
-    def _create(self, channel: Channel, body: dict[str, Any], *, author: User | None = None,
-                webhook: bool = False, interaction: FakeInteraction | None = None, via: str = "create"
-                ) -> FakeMessage:
+    def _create(
+        self,
+        channel: Channel,
+        body: dict[str, Any],
+        *,
+        author: User | None = None,
+        webhook: bool = False,
+        interaction: FakeInteraction | None = None,
+        via: str = "create",
+    ) -> FakeMessage:
         self._check_content(body, creating=True)
         ref = None
         if reference := body.get("message_reference"):
@@ -786,14 +1019,29 @@ class FakeDiscord:
             target = self.messages.get(ref)
             if target is None or target.deleted:
                 if reference.get("fail_if_not_exists", True):
-                    raise DiscordError(400, 50035, "Invalid Form Body", {"message_reference": {"_errors": [
-                        {"code": "REPLIES_UNKNOWN_MESSAGE", "message": "Unknown message"}]}})
+                    raise DiscordError(
+                        400,
+                        50035,
+                        "Invalid Form Body",
+                        {
+                            "message_reference": {
+                                "_errors": [{"code": "REPLIES_UNKNOWN_MESSAGE", "message": "Unknown message"}]
+                            }
+                        },
+                    )
                 ref = None
-        msg = FakeMessage(self.snowflake(), channel.id, channel.guild_id, author or self.bot,
-                          body.get("content") or "", body.get("components") or [], ref,
-                          flags=int(body.get("flags") or 0),
-                          webhook_id=self.app_id if webhook else None,
-                          interaction_id=interaction.id if interaction else None)
+        msg = FakeMessage(
+            self.snowflake(),
+            channel.id,
+            channel.guild_id,
+            author or self.bot,
+            body.get("content") or "",
+            body.get("components") or [],
+            ref,
+            flags=int(body.get("flags") or 0),
+            webhook_id=self.app_id if webhook else None,
+            interaction_id=interaction.id if interaction else None,
+        )
         self.messages[msg.id] = msg
         self._record(msg, msg.content, body.get("allowed_mentions"), msg.components, via)
         return msg
@@ -814,25 +1062,47 @@ class FakeDiscord:
     # --- REST handlers (each returns (status, json)) ---------------------------------------
 
     async def _get_me(self, request: web.Request, body: Any) -> tuple[int, Any]:
-        return 200, self.bot.json() | {"verified": True, "mfa_enabled": False, "flags": 0,
-                                       "locale": "en-US", "email": None}
+        return 200, self.bot.json() | {
+            "verified": True,
+            "mfa_enabled": False,
+            "flags": 0,
+            "locale": "en-US",
+            "email": None,
+        }
 
     async def _get_gateway(self, request: web.Request, body: Any) -> tuple[int, Any]:
         return 200, {"url": self.gateway_url}
 
     async def _get_gateway_bot(self, request: web.Request, body: Any) -> tuple[int, Any]:
-        return 200, {"url": self.gateway_url, "shards": self.recommended_shards,
-                     "session_start_limit": {"total": 1000, "remaining": 999,
-                                             "reset_after": 86_400_000,
-                                             "max_concurrency": self.max_concurrency}}
+        return 200, {
+            "url": self.gateway_url,
+            "shards": self.recommended_shards,
+            "session_start_limit": {
+                "total": 1000,
+                "remaining": 999,
+                "reset_after": 86_400_000,
+                "max_concurrency": self.max_concurrency,
+            },
+        }
 
     async def _get_application(self, request: web.Request, body: Any) -> tuple[int, Any]:
-        return 200, {"id": str(self.app_id), "name": "streambot", "icon": None, "description": "",
-                     "bot_public": True, "bot_require_code_grant": False, "owner": self.alice.json(),
-                     "verify_key": "0" * 64, "team": None, "summary": "",
-                     # GATEWAY_MESSAGE_CONTENT_LIMITED: the portal toggle of an unverified app
-                     "flags": (1 << 19) if self.message_content_intent else 0,
-                     "interactions_endpoint_url": None, "redirect_uris": [], "tags": []}
+        return 200, {
+            "id": str(self.app_id),
+            "name": "streambot",
+            "icon": None,
+            "description": "",
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "owner": self.alice.json(),
+            "verify_key": "0" * 64,
+            "team": None,
+            "summary": "",
+            # GATEWAY_MESSAGE_CONTENT_LIMITED: the portal toggle of an unverified app
+            "flags": (1 << 19) if self.message_content_intent else 0,
+            "interactions_endpoint_url": None,
+            "redirect_uris": [],
+            "tags": [],
+        }
 
     async def _get_channel(self, request: web.Request, body: Any) -> tuple[int, Any]:
         return 200, self._channel(request).json(self)
@@ -858,9 +1128,14 @@ class FakeDiscord:
             raise DiscordError(403, 50001, "Missing Access")
         query = request.query
         limit = max(1, min(100, int(query.get("limit", 50))))
-        found = sorted((m for m in self.messages.values()
-                        if m.channel_id == channel.id and not m.deleted and not m.flags & 64),
-                       key=lambda m: m.id)
+        found = sorted(
+            (
+                m
+                for m in self.messages.values()
+                if m.channel_id == channel.id and not m.deleted and not m.flags & 64
+            ),
+            key=lambda m: m.id,
+        )
         if "after" in query:
             found = [m for m in found if m.id > int(query["after"])][:limit]
         elif "before" in query:
@@ -880,8 +1155,11 @@ class FakeDiscord:
             raise DiscordError(403, 50005, "Cannot edit a message authored by another user")
         self._apply_edit(msg, body or {})
         data = self._message_json(msg)
-        await self._dispatch("MESSAGE_UPDATE", data | {"member": self._member_json(self.bot)}
-                             if msg.guild_id else data, channel.guild_id)
+        await self._dispatch(
+            "MESSAGE_UPDATE",
+            data | {"member": self._member_json(self.bot)} if msg.guild_id else data,
+            channel.guild_id,
+        )
         return 200, data
 
     async def _delete_message(self, request: web.Request, body: Any) -> tuple[int, Any]:
@@ -900,8 +1178,16 @@ class FakeDiscord:
             raise DiscordError(400, 50024, "Cannot execute action on this channel type")
         if msg.id in self.channels:
             raise DiscordError(400, 160004, "A thread has already been created for this message")
-        thread = self._add_channel(Channel(msg.id, 11, (body or {}).get("name", "thread")[:100],
-                                           channel.guild_id, channel.id, self.bot.id))
+        thread = self._add_channel(
+            Channel(
+                msg.id,
+                11,
+                (body or {}).get("name", "thread")[:100],
+                channel.guild_id,
+                channel.id,
+                self.bot.id,
+            )
+        )
         data = thread.json(self)
         await self._dispatch("THREAD_CREATE", data | {"newly_created": True}, channel.guild_id)
         return 201, data
@@ -917,8 +1203,14 @@ class FakeDiscord:
 
     async def _put_commands(self, request: web.Request, body: Any) -> tuple[int, Any]:
         self.commands = [
-            c | {"id": str(self.snowflake()), "application_id": str(self.app_id), "version": "1",
-                 "default_member_permissions": c.get("default_member_permissions"), "type": c.get("type", 1)}
+            c
+            | {
+                "id": str(self.snowflake()),
+                "application_id": str(self.app_id),
+                "version": "1",
+                "default_member_permissions": c.get("default_member_permissions"),
+                "type": c.get("type", 1),
+            }
             for c in body or []
         ]
         return 200, self.commands
@@ -940,12 +1232,20 @@ class FakeDiscord:
         channel = self.channels[inter.channel_id]
         message = None
         if kind == 4:  # CHANNEL_MESSAGE_WITH_SOURCE
-            message = inter.original = self._create(channel, data, interaction=inter, webhook=True,
-                                                     via="interaction")
+            message = inter.original = self._create(
+                channel, data, interaction=inter, webhook=True, via="interaction"
+            )
         elif kind == 5:  # DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE: "streambot is thinking..."
-            message = FakeMessage(self.snowflake(), channel.id, channel.guild_id, self.bot, "",
-                                  flags=128 | int(data.get("flags") or 0), webhook_id=self.app_id,
-                                  interaction_id=inter.id)
+            message = FakeMessage(
+                self.snowflake(),
+                channel.id,
+                channel.guild_id,
+                self.bot,
+                "",
+                flags=128 | int(data.get("flags") or 0),
+                webhook_id=self.app_id,
+                interaction_id=inter.id,
+            )
             self.messages[message.id] = inter.original = message
             self._record(message, "", None, [], "interaction")
         elif kind == 7:  # UPDATE_MESSAGE of the clicked message
@@ -958,11 +1258,16 @@ class FakeDiscord:
         resource: dict[str, Any] = {"type": kind}
         if message is not None:
             resource["message"] = self._message_json(message)
-        return 200, {"interaction": {"id": str(inter.id), "type": inter.type,
-                                     "response_message_id": str(message.id) if message else None,
-                                     "response_message_loading": kind == 5,
-                                     "response_message_ephemeral": False},
-                     "resource": resource}
+        return 200, {
+            "interaction": {
+                "id": str(inter.id),
+                "type": inter.type,
+                "response_message_id": str(message.id) if message else None,
+                "response_message_loading": kind == 5,
+                "response_message_ephemeral": False,
+            },
+            "resource": resource,
+        }
 
     def _webhook_message(self, request: web.Request, inter: FakeInteraction) -> FakeMessage:
         mid = request.match_info["message_id"]
@@ -1072,13 +1377,22 @@ class FakeDiscord:
         session = _Session(f"session-{next(self._ids)}", (int(shard[0]), int(shard[1])), intents, ws=ws)
         self._sessions[session.id] = session
         mine = self._shard_of(self.guild_id, session.shard[1]) == session.shard[0]
-        await self._send_event(session, "READY", {
-            "v": API_VERSION, "user": self.bot.json() | {"verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": str(self.guild_id), "unavailable": True}] if mine else [],
-            "session_id": session.id, "resume_gateway_url": self.gateway_url,
-            "shard": list(session.shard), "application": {"id": str(self.app_id), "flags": 0},
-            "private_channels": [], "relationships": [], "user_settings": {},
-        })
+        await self._send_event(
+            session,
+            "READY",
+            {
+                "v": API_VERSION,
+                "user": self.bot.json() | {"verified": True, "mfa_enabled": False, "flags": 0},
+                "guilds": [{"id": str(self.guild_id), "unavailable": True}] if mine else [],
+                "session_id": session.id,
+                "resume_gateway_url": self.gateway_url,
+                "shard": list(session.shard),
+                "application": {"id": str(self.app_id), "flags": 0},
+                "private_channels": [],
+                "relationships": [],
+                "user_settings": {},
+            },
+        )
         if mine:
             await self._send_event(session, "GUILD_CREATE", self._guild_json())
         return session

@@ -56,9 +56,13 @@ class Faults:
             return fault
         r = self._rng.random()
         applied = self.applied_error_rate if op == "edit" or self.applied_error_posts else 0.0
-        for fault, rate in (("error", self.error_rate), ("rate_limit", self.rate_limit_rate),
-                            ("reset", self.reset_rate), ("timeout", self.timeout_rate),
-                            ("applied_error", applied)):
+        for fault, rate in (
+            ("error", self.error_rate),
+            ("rate_limit", self.rate_limit_rate),
+            ("reset", self.reset_rate),
+            ("timeout", self.timeout_rate),
+            ("applied_error", applied),
+        ):
             if r < rate:
                 self.injected[fault] += 1
                 return fault  # type: ignore[return-value]

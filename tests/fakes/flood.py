@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-
-from fakes.slack_server import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack, settled
 from harness import reserved_port
 
 from bots.slack_bot import EVENTS_PATH
+from fakes.slack_server import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack, settled
 
 ROOT = Path(__file__).resolve().parents[2]
 HALF_REQUEST = b"POST /slack/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le"
@@ -81,15 +80,24 @@ def _closed(s: socket.socket) -> bool:
 async def _healthz(port: int) -> int | None:
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/healthz",
-                                timeout=aiohttp.ClientTimeout(total=5)) as r:
+            async with http.get(
+                f"http://127.0.0.1:{port}/healthz", timeout=aiohttp.ClientTimeout(total=5)
+            ) as r:
                 return r.status
     except (aiohttp.ClientError, TimeoutError, OSError):
         return None
 
 
-async def flood(slack: FakeSlack, model_base_url: str, tmp: Path, *, nofile: int = 256,
-                idle: int = 400, half: int = 200, wait: float = 60.0) -> Flood:
+async def flood(
+    slack: FakeSlack,
+    model_base_url: str,
+    tmp: Path,
+    *,
+    nofile: int = 256,
+    idle: int = 400,
+    half: int = 200,
+    wait: float = 60.0,
+) -> Flood:
     """Run the bot under `nofile` descriptors; hold `idle` silent and `half` half-request
     sockets to each of its two servers; ask a question and /healthz meanwhile."""
     _raise_own_limit(4 * (idle + half) + 256)
@@ -99,12 +107,18 @@ async def flood(slack: FakeSlack, model_base_url: str, tmp: Path, *, nofile: int
     config = tmp / "config.toml"
     config.write_text(
         f'[model]\nbase_url = "{model_base_url}"\n[memory]\npath = "{tmp / "bot.db"}"\n'
-        f'[stream]\nshutdown_grace = 0.5\n'
-        f'[ops]\nenabled = true\nport = {ops_port}\n'
+        f"[stream]\nshutdown_grace = 0.5\n"
+        f"[ops]\nenabled = true\nport = {ops_port}\n"
         f'[slack]\nenabled = true\nmode = "http"\nhost = "127.0.0.1"\nport = {events_port}\n'
-        f'api_base = "{slack.base_url}"\nstreaming = "edit"\n')
-    env = {**os.environ, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN,
-           "SLACK_SIGNING_SECRET": SIGNING_SECRET, "OPENAI_API_KEY": "test"}
+        f'api_base = "{slack.base_url}"\nstreaming = "edit"\n'
+    )
+    env = {
+        **os.environ,
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_APP_TOKEN": APP_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "OPENAI_API_KEY": "test",
+    }
     log = tmp / "bot.log"
 
     def lower_limit() -> None:
@@ -113,9 +127,21 @@ async def flood(slack: FakeSlack, model_base_url: str, tmp: Path, *, nofile: int
     result = Flood()
     with log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bots.cli", "--log-level", "INFO", "run", "--config", str(config),
-            cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=err, preexec_fn=lower_limit)
+            sys.executable,
+            "-m",
+            "bots.cli",
+            "--log-level",
+            "INFO",
+            "run",
+            "--config",
+            str(config),
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+            preexec_fn=lower_limit,
+        )
     socks: list[socket.socket] = []
     try:
         for _ in range(300):  # up: both ports answer

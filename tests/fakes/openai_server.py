@@ -128,8 +128,9 @@ class _Paced(Script):
         try:
             await asyncio.wait_for(self._held.wait(), timeout)
         except TimeoutError:
-            raise AssertionError(f"the scripted reply was not held within {timeout:g} s: was the "
-                                 "model ever asked?") from None
+            raise AssertionError(
+                f"the scripted reply was not held within {timeout:g} s: was the model ever asked?"
+            ) from None
 
     async def _before_chunk(self, sent: int) -> None:
         if self.hold_after is not None and sent == self.hold_after:
@@ -286,17 +287,13 @@ class FakeOpenAI:
         hold_after: int | None = None,
     ) -> MidStreamDrop:
         """Queue a stream that sends `chunks_before` as text, then closes the connection."""
-        return self._push(
-            MidStreamDrop(chunks=_as_chunks(chunks_before), delay=delay, hold_after=hold_after)
-        )
+        return self._push(MidStreamDrop(chunks=_as_chunks(chunks_before), delay=delay, hold_after=hold_after))
 
     def empty(self) -> EmptyReply:
         """Queue a reply that completes with no output items (chat: no content, "stop")."""
         return self._push(EmptyReply())
 
-    def http_error(
-        self, status: int, body: Any = None, retry_after: float | None = None
-    ) -> HttpErrorReply:
+    def http_error(self, status: int, body: Any = None, retry_after: float | None = None) -> HttpErrorReply:
         """Queue an HTTP error answer. `body` may be a full JSON body, or a str used as the
         error message of an OpenAI-style `{"error": {...}}` body (the default picks a message
         and type matching `status`). `retry_after` sets the Retry-After header (seconds).
@@ -371,8 +368,10 @@ class FakeOpenAI:
                 while self._in_flight:
                     await asyncio.wait(set(self._in_flight))
         except TimeoutError:
-            raise AssertionError(f"{len(self._in_flight)} request(s) still in flight after "
-                                 f"{timeout:g} s (a held reply never released?)") from None
+            raise AssertionError(
+                f"{len(self._in_flight)} request(s) still in flight after "
+                f"{timeout:g} s (a held reply never released?)"
+            ) from None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -775,9 +774,7 @@ def _chat_completion(fake: FakeOpenAI, body: Mapping[str, Any], script: Script) 
         "created": int(time.time()),
         "model": body.get("model", "gpt-fake"),
         "system_fingerprint": "fp_fake",
-        "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
-        ],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         "usage": _chat_usage(body, script),
     }
 
@@ -809,14 +806,10 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
 }
 
 
-def _error_body(
-    status: int, message: str | None = None, *, code: str | None = None
-) -> dict[str, Any]:
+def _error_body(status: int, message: str | None = None, *, code: str | None = None) -> dict[str, Any]:
     """An OpenAI-style error body: `{"error": {"message", "type", "param", "code"}}`."""
     fallback_type = "server_error" if status >= 500 else "invalid_request_error"
-    type_, default_code, default_message = _ERRORS.get(
-        status, (fallback_type, None, f"HTTP {status}")
-    )
+    type_, default_code, default_message = _ERRORS.get(status, (fallback_type, None, f"HTTP {status}"))
     return {
         "error": {
             "message": message or default_message,

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-
 from harness import reserved_port
 
 SKIP_REASON = "install redis-server (apt-get install redis-server)"
@@ -31,8 +30,17 @@ class RedisServer:
     def __init__(self, executable: str, port: int) -> None:
         self.port = port
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._args = [executable, "--port", str(self.port), "--bind", "127.0.0.1",
-                      "--save", "", "--appendonly", "no"]
+        self._args = [
+            executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> None:
@@ -51,8 +59,9 @@ class RedisServer:
                     return
                 except redis.RedisError as exc:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server did not answer on port {self.port} "
-                                           f"within {timeout:g} s: {exc}") from exc
+                        raise RuntimeError(
+                            f"redis-server did not answer on port {self.port} within {timeout:g} s: {exc}"
+                        ) from exc
                     time.sleep(0.02)
         finally:
             client.close()
@@ -73,8 +82,9 @@ def redis_executable() -> str:
     executable = shutil.which("redis-server")
     if executable is None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"redis-server is missing in CI, where .ci/run installs it: {SKIP_REASON}",
-                        pytrace=False)
+            pytest.fail(
+                f"redis-server is missing in CI, where .ci/run installs it: {SKIP_REASON}", pytrace=False
+            )
         pytest.skip(SKIP_REASON)
     return executable
 

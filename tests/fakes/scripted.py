@@ -12,8 +12,9 @@ from fakes.clock import FakeClock
 
 def deltas(text: str, size: int = 3, every: float = 0.05) -> list[tuple[float, Event]]:
     """`text` as a stream of small deltas, one every `every` seconds, then Done."""
-    steps: list[tuple[float, Event]] = [(every, TextDelta(text[i : i + size]))
-                                        for i in range(0, len(text), size)]
+    steps: list[tuple[float, Event]] = [
+        (every, TextDelta(text[i : i + size])) for i in range(0, len(text), size)
+    ]
     return steps + [(0.0, Done())]
 
 
@@ -47,9 +48,17 @@ class RecordingTarget(Target):
     With `latency`, every request takes that long (virtual time) before it applies or fails.
     """
 
-    def __init__(self, clock: FakeClock, *, limit: int = 300, rate: Rate = DISCORD_LIKE,
-                 key: str = "channel", log: list[tuple[float, str, int]] | None = None,
-                 max_age: float | None = None, latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        clock: FakeClock,
+        *,
+        limit: int = 300,
+        rate: Rate = DISCORD_LIKE,
+        key: str = "channel",
+        log: list[tuple[float, str, int]] | None = None,
+        max_age: float | None = None,
+        latency: float = 0.0,
+    ) -> None:
         self.clock, self.page_limit, self.rate, self.key = clock, limit, rate, key
         self.page_max_age = max_age
         self.latency = latency

@@ -44,7 +44,6 @@ from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 from aiohttp import web
-
 from harness import wait_for
 
 from .faults import Faults
@@ -58,8 +57,13 @@ BOT_USER_ID = "U0BOT"
 BOT_ID = "B0BOT"
 MARKDOWN_LIMIT = 12_000  # markdown_text and markdown blocks
 # The methods `faults` can fail, and whether each creates a message (a "post") or changes one.
-FAULTED = {"chat.postMessage": "post", "chat.startStream": "post", "chat.update": "edit",
-           "chat.appendStream": "edit", "chat.stopStream": "edit"}
+FAULTED = {
+    "chat.postMessage": "post",
+    "chat.startStream": "post",
+    "chat.update": "edit",
+    "chat.appendStream": "edit",
+    "chat.stopStream": "edit",
+}
 TEXT_LIMIT = 40_000
 
 Scope = Literal["workspace", "channel"]
@@ -295,8 +299,9 @@ class FakeSlack:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     # --- what tests do as Slack users ------------------------------------------------------
@@ -308,9 +313,16 @@ class FakeSlack:
         self.channels.add(channel)
         return channel
 
-    async def user_message(self, channel: str, text: str, *, user: str = "U0HUMAN",
-                           thread_ts: str | None = None, deliver: bool = True,
-                           redeliver: int = 0) -> str:
+    async def user_message(
+        self,
+        channel: str,
+        text: str,
+        *,
+        user: str = "U0HUMAN",
+        thread_ts: str | None = None,
+        deliver: bool = True,
+        redeliver: int = 0,
+    ) -> str:
         """A person posts `text`; the app gets `message` (and `app_mention` if mentioned)."""
         self.add_channel(channel)
         ts = self.new_ts()
@@ -318,9 +330,17 @@ class FakeSlack:
         msg.show(text)
         self.messages[(channel, ts)] = msg
         if deliver:
-            event = {"type": "message", "channel": channel, "user": user, "text": text, "ts": ts,
-                     "event_ts": ts, "channel_type": channel_type(channel), "team": TEAM_ID,
-                     "client_msg_id": str(uuid.uuid4())}
+            event = {
+                "type": "message",
+                "channel": channel,
+                "user": user,
+                "text": text,
+                "ts": ts,
+                "event_ts": ts,
+                "channel_type": channel_type(channel),
+                "team": TEAM_ID,
+                "client_msg_id": str(uuid.uuid4()),
+            }
             if thread_ts:
                 event["thread_ts"] = thread_ts
                 root = self.messages.get((channel, thread_ts))
@@ -343,72 +363,122 @@ class FakeSlack:
         msg = Message(channel, ts, "U0OTHERBOT", text, thread_ts=thread_ts, bot_id="B0OTHER")
         msg.show(text)
         self.messages[(channel, ts)] = msg
-        event = {"type": "message", "channel": channel, "user": "U0OTHERBOT", "bot_id": "B0OTHER",
-                 "text": text, "ts": ts, "event_ts": ts, "channel_type": channel_type(channel),
-                 "team": TEAM_ID}
+        event = {
+            "type": "message",
+            "channel": channel,
+            "user": "U0OTHERBOT",
+            "bot_id": "B0OTHER",
+            "text": text,
+            "ts": ts,
+            "event_ts": ts,
+            "channel_type": channel_type(channel),
+            "team": TEAM_ID,
+        }
         if thread_ts:
             event["thread_ts"] = thread_ts
         await self.send_event(event)
         return ts
 
-    async def start_assistant_thread(self, user: str = "U0HUMAN", channel: str = "D0ASSIST",
-                                     context_channel: str | None = None) -> tuple[str, str]:
+    async def start_assistant_thread(
+        self, user: str = "U0HUMAN", channel: str = "D0ASSIST", context_channel: str | None = None
+    ) -> tuple[str, str]:
         """A person opens the app's assistant pane: a new thread in the app's DM."""
         self.add_channel(channel)
         ts = self.new_ts()
         root = Message(channel, ts, BOT_USER_ID, "", bot_id=BOT_ID)
         self.messages[(channel, ts)] = root
-        await self.send_event({
-            "type": "assistant_thread_started",
-            "assistant_thread": {
-                "user_id": user, "channel_id": channel, "thread_ts": ts,
-                "context": {"channel_id": context_channel, "team_id": TEAM_ID, "enterprise_id": None},
-            },
-            "event_ts": self.new_ts(),
-        })
+        await self.send_event(
+            {
+                "type": "assistant_thread_started",
+                "assistant_thread": {
+                    "user_id": user,
+                    "channel_id": channel,
+                    "thread_ts": ts,
+                    "context": {"channel_id": context_channel, "team_id": TEAM_ID, "enterprise_id": None},
+                },
+                "event_ts": self.new_ts(),
+            }
+        )
         return channel, ts
 
     async def delete_message(self, channel: str, ts: str) -> None:
         """A person deletes a message (theirs or the bot's): `message_deleted` is sent."""
         msg = self.messages[(channel, ts)]
         msg.deleted = True
-        await self.send_event({
-            "type": "message", "subtype": "message_deleted", "hidden": True, "channel": channel,
-            "ts": self.new_ts(), "deleted_ts": ts, "event_ts": self.new_ts(),
-            "channel_type": channel_type(channel), "previous_message": msg.as_event_message(),
-        })
+        await self.send_event(
+            {
+                "type": "message",
+                "subtype": "message_deleted",
+                "hidden": True,
+                "channel": channel,
+                "ts": self.new_ts(),
+                "deleted_ts": ts,
+                "event_ts": self.new_ts(),
+                "channel_type": channel_type(channel),
+                "previous_message": msg.as_event_message(),
+            }
+        )
 
     async def click(self, message: Message, action_id: str, user: str = "U0HUMAN") -> Delivery:
         """A person clicks the button `action_id` on `message`."""
         button = next(b for b in message.buttons if b.get("action_id") == action_id)
         payload = {
-            "type": "block_actions", "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID},
-            "api_app_id": APP_ID, "token": "verification-token",
-            "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel,
-                          "is_ephemeral": False, "thread_ts": message.thread_ts},
-            "trigger_id": f"trigger.{next(self._ids)}", "team": {"id": TEAM_ID, "domain": "fake"},
-            "enterprise": None, "is_enterprise_install": False,
+            "type": "block_actions",
+            "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID},
+            "api_app_id": APP_ID,
+            "token": "verification-token",
+            "container": {
+                "type": "message",
+                "message_ts": message.ts,
+                "channel_id": message.channel,
+                "is_ephemeral": False,
+                "thread_ts": message.thread_ts,
+            },
+            "trigger_id": f"trigger.{next(self._ids)}",
+            "team": {"id": TEAM_ID, "domain": "fake"},
+            "enterprise": None,
+            "is_enterprise_install": False,
             "channel": {"id": message.channel, "name": "channel"},
             "message": message.as_event_message(),
             "state": {"values": {}},
             "response_url": f"http://127.0.0.1:{self._port}/response/{next(self._ids)}",
-            "actions": [{"action_id": action_id, "block_id": button.get("block_id", "b"),
-                         "type": "button", "value": button.get("value", ""),
-                         "text": button.get("text", {}), "action_ts": self.new_ts()}],
+            "actions": [
+                {
+                    "action_id": action_id,
+                    "block_id": button.get("block_id", "b"),
+                    "type": "button",
+                    "value": button.get("value", ""),
+                    "text": button.get("text", {}),
+                    "action_ts": self.new_ts(),
+                }
+            ],
         }
         return await self._deliver("interactive", payload)
 
-    async def send_event(self, event: dict[str, Any], *, redeliver: int = 0,
-                         event_id: str | None = None) -> Delivery:
+    async def send_event(
+        self, event: dict[str, Any], *, redeliver: int = 0, event_id: str | None = None
+    ) -> Delivery:
         """Wrap `event` in an event_callback and deliver it; `redeliver` sends it again that
         many more times (as Slack does when an ack got lost), with the same event_id."""
         body = {
-            "token": "verification-token", "team_id": TEAM_ID, "api_app_id": APP_ID,
-            "event": event, "type": "event_callback",
-            "event_id": event_id or f"Ev{next(self._ids):08d}", "event_time": int(time.time()),
-            "authorizations": [{"enterprise_id": None, "team_id": TEAM_ID, "user_id": BOT_USER_ID,
-                                "is_bot": True, "is_enterprise_install": False}],
-            "is_ext_shared_channel": False, "event_context": f"ctx-{next(self._ids)}",
+            "token": "verification-token",
+            "team_id": TEAM_ID,
+            "api_app_id": APP_ID,
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id or f"Ev{next(self._ids):08d}",
+            "event_time": int(time.time()),
+            "authorizations": [
+                {
+                    "enterprise_id": None,
+                    "team_id": TEAM_ID,
+                    "user_id": BOT_USER_ID,
+                    "is_bot": True,
+                    "is_enterprise_install": False,
+                }
+            ],
+            "is_ext_shared_channel": False,
+            "event_context": f"ctx-{next(self._ids)}",
         }
         delivery = await self._deliver("events_api", body)
         for attempt in range(1, redeliver + 1):
@@ -419,10 +489,16 @@ class FakeSlack:
 
     def bot_messages(self, channel: str | None = None, thread_ts: str | None = None) -> list[Message]:
         """The bot's messages people can see (in a channel / thread), oldest first."""
-        out = [m for m in self.messages.values() if m.bot_id == BOT_ID and m.ts != m.thread_ts
-               and not m.deleted
-               and (channel is None or m.channel == channel)
-               and (thread_ts is None or m.thread_ts == thread_ts) and m.history]
+        out = [
+            m
+            for m in self.messages.values()
+            if m.bot_id == BOT_ID
+            and m.ts != m.thread_ts
+            and not m.deleted
+            and (channel is None or m.channel == channel)
+            and (thread_ts is None or m.thread_ts == thread_ts)
+            and m.history
+        ]
         return sorted(out, key=lambda m: (m.channel, float(m.ts)))
 
     def reply_text(self, channel: str, thread_ts: str) -> str:
@@ -430,8 +506,7 @@ class FakeSlack:
         return "".join(m.text for m in self.bot_messages(channel, thread_ts))
 
     def count(self, method: str, *, ok: bool | None = None) -> int:
-        return sum(1 for c in self.calls if c.method == method
-                   and (ok is None or (c.error is None) == ok))
+        return sum(1 for c in self.calls if c.method == method and (ok is None or (c.error is None) == ok))
 
     @property
     def total_429s(self) -> int:
@@ -440,15 +515,17 @@ class FakeSlack:
     def errors(self) -> list[Call]:
         return [c for c in self.calls if c.error is not None]
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0,
-                       what: str = "condition") -> Any:
+    async def wait_for(
+        self, predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition"
+    ) -> Any:
         """Wait until `predicate()` is truthy; return its value (`harness.wait_for`)."""
         return await wait_for(predicate, timeout, what)
 
     async def wait_connected(self, timeout: float = 15.0, *, more_than: int = 0) -> None:
         """Wait for an open Socket Mode connection (the `more_than`+1-th one ever made)."""
-        await self.wait_for(lambda: self.connections > more_than and self._open_sockets(),
-                            timeout, "a Socket Mode connection")
+        await self.wait_for(
+            lambda: self.connections > more_than and self._open_sockets(), timeout, "a Socket Mode connection"
+        )
 
     async def drop_socket(self) -> None:
         """Cut every Socket Mode connection without warning, as a network failure would."""
@@ -460,8 +537,14 @@ class FakeSlack:
 
     # --- delivery to the app --------------------------------------------------------------------
 
-    async def _deliver(self, kind: Literal["events_api", "interactive"], payload: dict[str, Any],
-                       *, attempt: int = 0, reason: str = "") -> Delivery:
+    async def _deliver(
+        self,
+        kind: Literal["events_api", "interactive"],
+        payload: dict[str, Any],
+        *,
+        attempt: int = 0,
+        reason: str = "",
+    ) -> Delivery:
         delivery = Delivery(kind, payload, time.monotonic())
         did = str(uuid.uuid4())
         self.deliveries[did] = delivery
@@ -487,8 +570,12 @@ class FakeSlack:
                 reason = "timeout" if self.mode == "socket" else "http_timeout"
 
     async def _send_envelope(self, did: str, d: Delivery, attempt: int, reason: str) -> None:
-        envelope: dict[str, Any] = {"envelope_id": did, "payload": d.payload, "type": d.kind,
-                                    "accepts_response_payload": d.kind == "interactive"}
+        envelope: dict[str, Any] = {
+            "envelope_id": did,
+            "payload": d.payload,
+            "type": d.kind,
+            "accepts_response_payload": d.kind == "interactive",
+        }
         if d.kind == "events_api":
             envelope["retry_attempt"] = attempt
             envelope["retry_reason"] = reason
@@ -499,8 +586,11 @@ class FakeSlack:
                 open_ = self._open_sockets()
                 if open_:
                     try:
-                        sock = (open_[self.route] if self.route is not None
-                                else open_[next(self._turns) % len(open_)])
+                        sock = (
+                            open_[self.route]
+                            if self.route is not None
+                            else open_[next(self._turns) % len(open_)]
+                        )
                         await sock.send_str(json.dumps(envelope))
                         return
                     except (ConnectionError, RuntimeError):
@@ -517,18 +607,26 @@ class FakeSlack:
             body = urlencode({"payload": json.dumps(d.payload)}).encode()
             ctype = "application/x-www-form-urlencoded"
         stamp = str(int(time.time()))
-        sig = hmac.new(self.signing_secret.encode(), f"v0:{stamp}:".encode() + body,
-                       hashlib.sha256).hexdigest()
-        headers = {"Content-Type": ctype, "X-Slack-Request-Timestamp": stamp,
-                   "X-Slack-Signature": f"v0={sig}"}
+        sig = hmac.new(
+            self.signing_secret.encode(), f"v0:{stamp}:".encode() + body, hashlib.sha256
+        ).hexdigest()
+        headers = {
+            "Content-Type": ctype,
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": f"v0={sig}",
+        }
         if attempt:
             headers["X-Slack-Retry-Num"] = str(attempt)
             headers["X-Slack-Retry-Reason"] = reason
         if self._http is None:
             self._http = aiohttp.ClientSession()
         try:
-            async with self._http.post(self.http_url, data=body, headers=headers,
-                                       timeout=aiohttp.ClientTimeout(total=self.ack_timeout)) as r:
+            async with self._http.post(
+                self.http_url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.ack_timeout),
+            ) as r:
                 await r.read()
                 if r.status == 200 and d.acked is None:
                     d.acked = time.monotonic()
@@ -542,11 +640,16 @@ class FakeSlack:
         async with self._socket_lock:
             self._sockets.append(ws)
             self.connections += 1
-            await ws.send_str(json.dumps({
-                "type": "hello", "num_connections": len(self._sockets),
-                "debug_info": {"host": "fake-slack", "approximate_connection_time": 18060},
-                "connection_info": {"app_id": APP_ID},
-            }))
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "type": "hello",
+                        "num_connections": len(self._sockets),
+                        "debug_info": {"host": "fake-slack", "approximate_connection_time": 18060},
+                        "connection_info": {"app_id": APP_ID},
+                    }
+                )
+            )
         try:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
@@ -591,7 +694,11 @@ class FakeSlack:
             if wait:
                 self.rate_limited[method] += 1
                 retry = max(1, math.ceil(wait))
-                status, body, headers = 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry)}
+                status, body, headers = (
+                    429,
+                    {"ok": False, "error": "ratelimited"},
+                    {"Retry-After": str(retry)},
+                )
             elif fault in ("error", "reset", "timeout", "rate_limit"):
                 status, body, headers = await self._injected(request, fault)
             else:
@@ -610,9 +717,16 @@ class FakeSlack:
                     status, body = self.faults.status(), {"ok": False, "error": "fatal_error"}
         except ApiError as exc:
             body = {"ok": False, "error": exc.error, **exc.extra}
-        self.calls.append(Call(time.monotonic(), method, args, status,
-                               None if body.get("ok") else body.get("error"),
-                               float(headers["Retry-After"]) if "Retry-After" in headers else None))
+        self.calls.append(
+            Call(
+                time.monotonic(),
+                method,
+                args,
+                status,
+                None if body.get("ok") else body.get("error"),
+                float(headers["Retry-After"]) if "Retry-After" in headers else None,
+            )
+        )
         if status >= 500:
             return web.Response(status=status, text="upstream error", content_type="text/html")
         return web.json_response(body, status=status, headers=headers)
@@ -644,8 +758,9 @@ class FakeSlack:
         limit = self.limits.get(method)
         if limit is None:
             return 0.0
-        key = method + (":" + str(args.get("channel") or args.get("channel_id") or "")
-                        if limit.scope == "channel" else "")
+        key = method + (
+            ":" + str(args.get("channel") or args.get("channel_id") or "") if limit.scope == "channel" else ""
+        )
         now = time.monotonic()
         bucket = self._buckets.setdefault(key, _Bucket(limit, now))
         return bucket.take(now)
@@ -653,9 +768,15 @@ class FakeSlack:
     # Each _m_<method> returns the extra response fields or raises ApiError.
 
     def _m_auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"url": "https://fake.slack.test/", "team": "Fake", "user": "streambot",
-                "team_id": TEAM_ID, "user_id": BOT_USER_ID, "bot_id": BOT_ID,
-                "is_enterprise_install": False}
+        return {
+            "url": "https://fake.slack.test/",
+            "team": "Fake",
+            "user": "streambot",
+            "team_id": TEAM_ID,
+            "user_id": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
 
     def _m_apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"url": f"ws://127.0.0.1:{self._port}/socket?ticket={uuid.uuid4()}"}
@@ -717,13 +838,22 @@ class FakeSlack:
         """Slack sends the app events about its own messages too; the app must ignore them."""
         if not self.echo_bot_events:
             return
-        base = {"type": "message", "channel": msg.channel, "event_ts": self.new_ts(),
-                "channel_type": channel_type(msg.channel)}
+        base = {
+            "type": "message",
+            "channel": msg.channel,
+            "event_ts": self.new_ts(),
+            "channel_type": channel_type(msg.channel),
+        }
         if subtype is None:
             event = {**base, **msg.as_event_message()}
         else:
-            event = {**base, "subtype": subtype, "hidden": True, "ts": self.new_ts(),
-                     "message": msg.as_event_message()}
+            event = {
+                **base,
+                "subtype": subtype,
+                "hidden": True,
+                "ts": self.new_ts(),
+                "message": msg.as_event_message(),
+            }
         self._spawn(self.send_event(event))
 
     def _m_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -732,8 +862,9 @@ class FakeSlack:
         thread_ts = args.get("thread_ts")
         if thread_ts and (channel, str(thread_ts)) not in self.messages:
             raise ApiError("thread_not_found")
-        msg = Message(channel, self.new_ts(), BOT_USER_ID, "", thread_ts=thread_ts, bot_id=BOT_ID,
-                      blocks=blocks)
+        msg = Message(
+            channel, self.new_ts(), BOT_USER_ID, "", thread_ts=thread_ts, bot_id=BOT_ID, blocks=blocks
+        )
         msg.show(visible_text(text, blocks, markdown))
         self.messages[(channel, msg.ts)] = msg
         self._echo(msg)
@@ -781,8 +912,16 @@ class FakeSlack:
         markdown = args.get("markdown_text") or ""
         if len(markdown) > MARKDOWN_LIMIT:
             raise ApiError("msg_too_long")
-        msg = Message(channel, self.new_ts(), BOT_USER_ID, "", thread_ts=str(thread_ts), bot_id=BOT_ID,
-                      stream="streaming", stream_started=time.monotonic())
+        msg = Message(
+            channel,
+            self.new_ts(),
+            BOT_USER_ID,
+            "",
+            thread_ts=str(thread_ts),
+            bot_id=BOT_ID,
+            stream="streaming",
+            stream_started=time.monotonic(),
+        )
         msg.show(markdown)
         self.messages[(channel, msg.ts)] = msg
         self._echo(msg)
@@ -844,9 +983,14 @@ class FakeSlack:
             prompts = json.loads(prompts)
         if not prompts or len(prompts) > 4:
             raise ApiError("invalid_arguments")
-        self.suggested_prompts.append({"channel_id": args.get("channel_id"),
-                                       "thread_ts": args.get("thread_ts"),
-                                       "title": args.get("title"), "prompts": prompts})
+        self.suggested_prompts.append(
+            {
+                "channel_id": args.get("channel_id"),
+                "thread_ts": args.get("thread_ts"),
+                "title": args.get("title"),
+                "prompts": prompts,
+            }
+        )
         return {}
 
     def _m_conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -855,8 +999,11 @@ class FakeSlack:
         root = self.messages.get((channel, ts))
         if root is None:
             raise ApiError("thread_not_found")
-        thread = [m for m in self.messages.values()
-                  if m.channel == channel and (m.ts == ts or m.thread_ts == ts) and not m.deleted]
+        thread = [
+            m
+            for m in self.messages.values()
+            if m.channel == channel and (m.ts == ts or m.thread_ts == ts) and not m.deleted
+        ]
         thread.sort(key=lambda m: float(m.ts))
         return {"messages": [m.as_event_message() for m in thread], "has_more": False}
 
@@ -870,5 +1017,5 @@ def settled(slack: FakeSlack, channel: str, thread_ts: str, *, pages: int = 1) -
     Stop button, none showing the cursor."""
     msgs = slack.bot_messages(channel, thread_ts)
     return len(msgs) >= pages and all(
-        m.stream not in ("streaming", "failed") and not m.buttons and "▌" not in m.text
-        for m in msgs)
+        m.stream not in ("streaming", "failed") and not m.buttons and "▌" not in m.text for m in msgs
+    )
