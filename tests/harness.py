@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from fakes.slack_server import FakeSlack
 
 GUARD = 90.0  # generous: ten Discord replies at the real 5-per-5-s take ~30 s
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- waiting -----------------------------------------------------------------------------------
@@ -425,3 +429,19 @@ def slack_bot_for(slack: FakeSlack, fake_openai: Any, tmp_path: Any, **settings:
     return running_slack_bot(
         slack, model_base_url=fake_openai.base_url, memory_path=str(tmp_path / "memory.db"), **settings
     )
+
+
+# --- streambot as a process --------------------------------------------------------------------
+
+
+async def start_streambot(
+    config: Path, env: dict[str, str], log: Path, *flags: str, **options: Any
+) -> asyncio.subprocess.Process:
+    """`python -m bots [flags] run --config CONFIG` as production runs it, its stderr appended
+    to `log` (`options` go to create_subprocess_exec, e.g. preexec_fn)."""
+    with log.open("ab") as err:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bots", *flags, "run", "--config", str(config),
+            cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=err, **options,
+        )  # fmt: skip

@@ -10,8 +10,9 @@ import asyncio
 import os
 import signal
 import sqlite3
-import sys
 from pathlib import Path
+
+from harness import start_streambot
 
 from fakes.discord_server import FakeDiscord, FakeMessage
 from fakes.openai_server import FakeOpenAI
@@ -31,19 +32,7 @@ async def start_bot(fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path) -> asy
     )
     env = {**os.environ, "DISCORD_BOT_TOKEN": fake.token, "OPENAI_API_KEY": "test"}
     fake.identifies.clear()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bots.cli",
-        "run",
-        "--config",
-        str(config),
-        cwd=ROOT,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=open(tmp_path / "bot.log", "a"),
-    )
+    proc = await start_streambot(config, env, tmp_path / "bot.log")
     await fake.wait_for(lambda: fake.identifies or None, GUARD)
     await fake.wait_ready(GUARD)
     return proc

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 from harness import slack_bot_for as bot_for
+from harness import start_streambot
 
 import core.state
 from bots.slack_api import STOP_ACTION
@@ -293,21 +293,7 @@ async def test_two_streambot_processes_share_stop_and_limits(
     procs = []
     try:
         for n in range(2):
-            procs.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "bots",
-                    "run",
-                    "--config",
-                    str(config),
-                    cwd=ROOT,
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=open(tmp_path / f"replica{n}.log", "a"),
-                )
-            )
+            procs.append(await start_streambot(config, env, tmp_path / f"replica{n}.log"))
             await slack.wait_connected(WAIT, more_than=n)
         ts = await stop_on_the_other_replica(slack, script)
         assert slack.reply_text(CHANNEL, ts).endswith("⏹ stopped")

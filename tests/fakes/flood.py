@@ -15,12 +15,11 @@ import os
 import resource
 import signal
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from harness import reserved_port
+from harness import reserved_port, start_streambot
 
 from bots.slack_bot import EVENTS_PATH
 from fakes.slack_server import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack, settled
@@ -125,23 +124,7 @@ async def flood(
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     result = Flood()
-    with log.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bots.cli",
-            "--log-level",
-            "INFO",
-            "run",
-            "--config",
-            str(config),
-            cwd=ROOT,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=err,
-            preexec_fn=lower_limit,
-        )
+    proc = await start_streambot(config, env, log, "--log-level", "INFO", preexec_fn=lower_limit)
     socks: list[socket.socket] = []
     try:
         for _ in range(300):  # up: both ports answer
