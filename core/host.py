@@ -131,8 +131,10 @@ class Host:
         running = self._running[question.reply_id] = _Running(question)
         if question.message:
             self._track(running, question.message, None)
+        # Registered for other replicas' Stop clicks beside the reply, not before it: a slow
+        # Redis must not hold up the placeholder.
+        marking = asyncio.ensure_future(self._shared("mark_live", question.reply_id, question.user))
         try:
-            await self._shared("mark_live", question.reply_id, question.user)
             try:
                 await target.open()
             except Exception as exc:  # an acknowledgement must never cost the answer
@@ -146,6 +148,7 @@ class Host:
             log.exception("reply %s failed", question.reply_id)
             return None
         finally:
+            await marking
             await self._shared("unmark_live", question.reply_id)
             del self._running[question.reply_id]
             for message in running.messages:
