@@ -341,8 +341,9 @@ class Pacer:
               guess: Rate | None = None, window: float | None = None) -> None:
         """The platform described the bucket behind `key` (see `Budget.learn`). `guess` is the
         starting rate if `key` has no budget yet (the window length until one is seen)."""
-        self.budget(key, guess or Rate(max(1, limit), max(reset_after, 1.0))).learn(
-            limit, remaining, reset_after, window)
+        budget = self._budgets.get(key) or self.budget(
+            key, guess or Rate(max(1, limit), max(reset_after, 1.0)))
+        budget.learn(limit, remaining, reset_after, window)
 
     def pause(self, budgets: list[tuple[str, Rate]], seconds: float, *,
               slow_down: bool = True) -> None:
