@@ -69,6 +69,20 @@ async def ask_everywhere(bot: Bot, channels: list, per_channel: int) -> list[Fak
     return questions
 
 
+def mixed_faults(seed: int) -> Faults:
+    """Every kind of platform fault at once, the sure ones first (SURELY), then seeded."""
+    return Faults(
+        error_rate=0.1,
+        rate_limit_rate=0.05,
+        reset_rate=0.03,
+        timeout_rate=0.03,
+        timeout_after=1.0,
+        applied_error_rate=0.05,
+        seed=seed,
+        upcoming=list(SURELY),
+    )
+
+
 async def test_discord_replies_survive_5xx_429s_and_resets(
     fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -78,16 +92,7 @@ async def test_discord_replies_survive_5xx_429s_and_resets(
     async with FakeDiscord() as fake:
         channels = [fake.general, fake.random, fake.add_text_channel("third")]
         async with running_discord_bot(fake, fake_openai, tmp_path, monkeypatch) as bot:
-            fake.faults = Faults(
-                error_rate=0.1,
-                rate_limit_rate=0.05,
-                reset_rate=0.03,
-                timeout_rate=0.03,
-                timeout_after=1.0,
-                applied_error_rate=0.05,
-                seed=7,
-                upcoming=list(SURELY),
-            )
+            fake.faults = mixed_faults(seed=7)
             questions = await ask_everywhere(bot, channels, 4)
     assert Counter(discord_replies(fake, questions)) == Counter(texts)
     assert fake.faults.total >= len(SURELY)
@@ -175,16 +180,7 @@ async def test_slack_replies_survive_5xx_429s_and_resets(
             slack, model_base_url=fake_openai.base_url, memory_path=str(tmp_path / "m.db"), streaming=mode
         ),
     ):
-        slack.faults = Faults(
-            error_rate=0.1,
-            rate_limit_rate=0.05,
-            reset_rate=0.03,
-            timeout_rate=0.03,
-            timeout_after=1.0,
-            applied_error_rate=0.05,
-            seed=3,
-            upcoming=list(SURELY),
-        )
+        slack.faults = mixed_faults(seed=3)
         channels = ["C0ONE", "C0TWO", "C0THREE"]
         threads = []
         for i in range(len(texts)):
