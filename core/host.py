@@ -16,13 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from core.config import Config
+from core.config import DEFAULT_PROFILE, Config
 from core.events import ModelRun
 from core.limits import Gate, Refused, Slot
 from core.logs import tag_reply
 from core.pacing import Pacer
 from core.paging import with_marker
 from core.platform import Target
+from core.profiles import Origin, pick
 from core.relay import Outcome, Reply
 from core.state import ReplyRecord, StateStore, repair_orphans
 
@@ -52,6 +53,9 @@ class Question:
     prompt: str
     message: str = ""  # the question's message key: deleting it stops the reply
     limited: bool = True  # subject to `[limits]` (the local console is not)
+    team: str = ""  # the workspace or server it was asked in ("" when there is none): routes
+    dm: bool = False  # asked in a direct message: routes
+    channels: tuple[str, ...] = ()  # more places it sits in (a thread's parent, a category): routes
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class Finished:
     question: Question
     platform: str
     outcome: Outcome
+    profile: str = DEFAULT_PROFILE  # the profile that answered (reports group by it)
+    sources: tuple[str, ...] = ()  # links the answer cites that came from knowledge search hits
+    not_in_docs: bool = False  # the knowledge search ran and found nothing relevant
 
 
 @dataclass
@@ -87,9 +94,12 @@ class Host:
         pacer: Pacer | None = None,
         store: StateStore | None = None,
         gate: Gate | None = None,
+        brains: Callable[[str], Brain] | None = None,
     ) -> None:
         self.config = config
-        self.brain = brain
+        self.brain = brain  # the default profile's (`[model]`)
+        self._make_brain = brains  # profile name -> its Brain; None: `brain` answers everything
+        self._brains: dict[str, Brain] = {DEFAULT_PROFILE: brain}
         self.pacer = pacer or Pacer()
         self.store = store
         self.gate = gate or Gate(config.limits, self.pacer.clock)
@@ -112,6 +122,19 @@ class Host:
         self._listener = asyncio.create_task(self.store.listen(self._signal))
 
     # --- questions in, replies out ------------------------------------------------------------
+
+    def profile_for(self, question: Question, platform: str) -> str:
+        """The profile `[[routes]]` pick for `question` asked on `platform`."""
+        where = (question.channel, *question.channels) if question.channel else question.channels
+        return pick(self.config.routes, Origin(platform, question.team, where, question.dm))
+
+    def brain_for(self, profile: str) -> Brain:
+        """The profile's Brain, built on first use and kept (one agent per profile)."""
+        if profile not in self._brains:
+            if self._make_brain is None:
+                return self.brain
+            self._brains[profile] = self._make_brain(profile)
+        return self._brains[profile]
 
     async def answer(self, question: Question, target: Target) -> Outcome | None:
         """Stream the answer to `question` into `target`; None when it was not answered
@@ -165,8 +188,9 @@ class Host:
             if key := target.message_key(handle):
                 self._track(running, key, index)
 
+        profile = self.profile_for(q, target.platform)
         reply = Reply(
-            self.brain.start(q.prompt, q.conversation),
+            self.brain_for(profile).start(q.prompt, q.conversation),
             target,
             self.pacer,
             self.config.stream,
@@ -188,13 +212,14 @@ class Host:
                 "reply_id": q.reply_id,
                 "conversation": q.conversation,
                 "platform": target.platform,
+                "profile": profile,
                 "status": outcome.status,
                 "placeholder_after": outcome.placeholder_after,
                 "first_text_after": outcome.first_text_after,
             },
         )
         for hook in self.on_finished:
-            hook(Finished(q, target.platform, outcome))
+            hook(Finished(q, target.platform, outcome, profile))
         return outcome
 
     def _track(self, running: _Running, message: str, page: int | None) -> None:
