@@ -21,6 +21,7 @@ from core.errors import SetupError
 from core.host import Host
 from core.ops import OpsServer
 from core.sources import Brain, build_brain
+from core.tools import build_tools, knowledge_base
 from core.webserver import raise_descriptor_limit
 
 ADAPTERS: tuple[Adapter, ...] = (discord_bot.ADAPTER, slack_bot.ADAPTER, console.ADAPTER)
@@ -36,8 +37,15 @@ def _load(path: str | None) -> tuple[cfg.Config, str]:
 
 
 def problems_of(config: cfg.Config, source: str) -> list[cfg.Problem]:
-    """What the core and every enabled adapter need from the environment but do not have."""
-    return cfg.check_env(config, source) + [p for a in ADAPTERS for p in a.problems(config, source)]
+    """What the core and every enabled adapter need from the environment but do not have, and
+    what no profile can do without (its tools, its knowledge folders)."""
+    problems = cfg.check_env(config, source) + [p for a in ADAPTERS for p in a.problems(config, source)]
+    for name in profiles.names(config):
+        try:
+            build_tools(config, name, profiles.resolve(config, name))
+        except cfg.ConfigError as exc:
+            problems += exc.problems
+    return problems
 
 
 def enabled(config: cfg.Config) -> list[Adapter]:
@@ -195,6 +203,43 @@ async def ask(config: cfg.Config, question: str, source: str = "built-in default
     return 0 if outcome is not None and outcome.status == "done" else 1
 
 
+def kb(config: cfg.Config, command: str, profile: str | None, query: str = "", limit: int = 5) -> int:
+    """`streambot kb index|search`: what the bot's knowledge search has and finds."""
+    with_knowledge = [n for n in profiles.names(config) if profiles.resolve(config, n).knowledge]
+    if profile is None and len(with_knowledge) == 1:
+        profile = with_knowledge[0]
+    if profile is None or profile not in with_knowledge:
+        fix = (
+            f"use --profile {' or '.join(with_knowledge)}"
+            if with_knowledge
+            else ('add knowledge = ["docs/"] to a [profiles.NAME] table')
+        )
+        what = f"profile {profile!r} has no knowledge" if profile else "which profile's knowledge?"
+        print(f"{config.source}: --profile: {what}: {fix}", file=sys.stderr)
+        return 1
+    p = profiles.resolve(config, profile)
+    build_tools(config, profile, p)  # a missing knowledge folder is a config error
+    base = knowledge_base(config, profile, p)
+    assert base is not None
+    try:
+        if command == "index":
+            files, passages = base.size()
+            print(f"{profile}: {base.last_sync}")
+            print(f"{profile}: {files} files, {passages} passages in {base.db}")
+            return 0
+        hits = base.search(query, limit)
+        if not hits:
+            print(f"Nothing relevant for {query!r}: the bot would say the docs do not cover it.")
+            return 1
+        for n, hit in enumerate(hits, 1):
+            text = " ".join(hit.body.split())
+            print(f"{n}. {hit.heading or hit.path}  ({hit.link}, bm25 {hit.score:.2f})")
+            print(f"   {text[:300]}{'…' if len(text) > 300 else ''}")
+        return 0
+    finally:
+        base.close()
+
+
 def _address(value: str) -> tuple[str, int]:
     """HOST:PORT for --ops."""
     host, _, port = value.rpartition(":")
@@ -241,6 +286,20 @@ def main(argv: list[str] | None = None) -> int:
     p_ask.add_argument("question", nargs="+")
     p_ask.add_argument("--config", "-c")
     p_ask.add_argument("--profile", help="answer with this [profiles.NAME] (default: as [[routes]] say)")
+    p_kb = sub.add_parser("kb", help="the knowledge search: index a profile's docs, or search them")
+    kb_sub = p_kb.add_subparsers(dest="kb_command", required=True)
+    for name, about in (
+        ("index", "bring the index up to date and say what it holds"),
+        ("search", "show the passages the bot would find"),
+    ):
+        p_kb_cmd = kb_sub.add_parser(name, help=about)
+        if name == "search":
+            p_kb_cmd.add_argument("query", nargs="+")
+            p_kb_cmd.add_argument("--limit", type=int, default=5, help="passages to show (default 5)")
+        p_kb_cmd.add_argument("--config", "-c")
+        p_kb_cmd.add_argument(
+            "--profile", help="the profile whose knowledge (default: the only one with any)"
+        )
     p_check = sub.add_parser("check-config", help="validate a config and the environment")
     p_check.add_argument("path", nargs="?")
     args = parser.parse_args(argv)
@@ -253,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.log_format and config.ops.log_format != "text":
         logs.setup(args.log_level, config.ops.log_format)
     try:
+        if command == "kb":
+            query = " ".join(getattr(args, "query", []))
+            return kb(config, args.kb_command, args.profile, query, getattr(args, "limit", 5))
         if getattr(args, "profile", None):
             use_profile(config, args.profile, source)
         if command == "ask":
