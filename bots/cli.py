@@ -78,10 +78,12 @@ def check_config(path: str | None) -> int:
     )  # host:port only: a Redis URL may hold a password
     print(
         f"{source}: OK\n  model: {model}\n  memory: {config.memory.backend} at "
-        f"{where}\n  adapters: {', '.join(a.name for a in enabled(config))}"
+        f"{where or '(nowhere: memory is off)'}\n  adapters: {', '.join(a.name for a in enabled(config))}"
     )
     if config.ops.enabled and config.ops.port:
         print(f"  ops: http://{config.ops.host}:{config.ops.port} (/metrics, /healthz)")
+    if config.profiles:
+        print(f"  profiles: {', '.join(profiles.names(config))} ({len(config.routes)} route(s))")
     return 0
 
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from core.chunking import SUFFIXES, passages
 
@@ -44,7 +45,10 @@ CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
 END;
 """
 HEADING_WEIGHT = 4.0  # a query word in a heading counts this many times one in the text
-MIN_COVERAGE = 0.5  # a hit must contain at least this share of the query's words
+# A hit must hold half the query's words, or two of them for a long question: one word in
+# common with a five-word question is noise ("not in the docs"), two are evidence.
+MIN_COVERAGE = 0.5
+MIN_SHARED = 2
 # Words that say nothing about a topic: without them "how do I rotate a key" matches every page.
 STOPWORDS = frozenset(
     """a about above after again all am an and any are as at be been before being below between
@@ -67,6 +71,12 @@ class Hit:
     body: str
     link: str  # path#anchor, or the page URL under the profile's docs_url
     score: float  # BM25 (lower is better, as SQLite reports it)
+
+
+class Searcher(Protocol):
+    """What the bot's search tool needs: a KnowledgeBase, or a client of a search service."""
+
+    def search(self, query: str, limit: int = 5) -> list[Hit]: ...
 
 
 @dataclass
@@ -212,11 +222,11 @@ class KnowledgeBase:
         if not words:
             return []
         with self._lock:
-            rows = self._conn.execute(
-                f"SELECT chunks.id, chunks.path, chunks.heading, chunks.anchor, chunks.body, "
-                f"bm25(passages, {HEADING_WEIGHT}, 1.0) AS score FROM passages "
-                "JOIN chunks ON chunks.id = passages.rowid WHERE passages MATCH ? "
-                "ORDER BY score LIMIT ?",
+            rows = self._conn.execute(  # rank in the index alone, then fetch only the best
+                "SELECT chunks.id, chunks.path, chunks.heading, chunks.anchor, chunks.body, top.score "
+                f"FROM (SELECT rowid, bm25(passages, {HEADING_WEIGHT}, 1.0) AS score FROM passages "
+                "WHERE passages MATCH ? ORDER BY score LIMIT ?) AS top "
+                "JOIN chunks ON chunks.id = top.rowid ORDER BY top.score",
                 (_match(words), limit * 4),
             ).fetchall()
             if not rows:
@@ -230,7 +240,7 @@ class KnowledgeBase:
                     (_match([word]), *ids),
                 ):
                     matched[rowid] += 1
-        need = max(1.0, MIN_COVERAGE * len(words))
+        need = min(MIN_SHARED, max(1.0, MIN_COVERAGE * len(words)))
         return [
             Hit(path, heading, anchor, body, self.link(path, anchor), score)
             for rowid, path, heading, anchor, body, score in rows

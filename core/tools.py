@@ -20,7 +20,7 @@ from agents import FileSearchTool, FunctionTool, RunContextWrapper, Tool, WebSea
 from agents.mcp import MCPServer, MCPServerStdio, MCPServerStreamableHttp, MCPToolCustomDataContext
 
 from core.config import Config, ConfigError, McpServerConfig, Problem, ProfileConfig, env
-from core.knowledge import Hit, KnowledgeBase
+from core.knowledge import Hit, KnowledgeBase, Searcher
 
 log = logging.getLogger("streambot.tools")
 
@@ -90,7 +90,7 @@ def format_hits(query: str, hits: list[Hit]) -> str:
     )
 
 
-def knowledge_tool(kb: KnowledgeBase) -> FunctionTool:
+def knowledge_tool(kb: Searcher) -> FunctionTool:
     async def search_docs(ctx: RunContextWrapper[Any], query: str) -> str:
         """Search the team's documentation for passages that answer a question.
 
