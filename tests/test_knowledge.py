@@ -213,6 +213,7 @@ def test_the_example_docs_answer_and_refuse() -> None:
     best = kb.search("How do I rotate an API key?")[0]
     assert (best.heading, best.link) == ("Rotating an API key", "docs/api-keys.md#rotating-an-api-key")
     assert kb.search("What is the capital of France?") == []
+    assert kb.search("Tell me a joke about penguins eating key lime pie") == []  # one shared word
     assert kb.search("??? !!!") == []
     html_hit = kb.search("monitor says down but site is up")[0]
     assert html_hit.link == "docs/troubleshooting.html#monitor-down-but-site-up"

@@ -138,6 +138,20 @@ async def test_docs_url_makes_citations_page_links(fake_openai: FakeOpenAI, tmp_
     assert done.sources == ("https://docs.acme.test/billing#refunds",)
 
 
+def test_sources_are_the_hit_links_the_answer_cites_in_order() -> None:
+    from core.host import _Searches
+
+    run = _Searches(None)  # type: ignore[arg-type]
+    run.searches = [Searched("a", ("docs/a.md", "docs/a.md#x", "docs/b.md#y")), Searched("b", ())]
+    text = "See [Y](docs/b.md#y) and [X](docs/a.md#x); also docs/c.md#z."
+    assert run.citations(text) == (("docs/b.md#y", "docs/a.md#x"), False)  # not docs/a.md
+    assert run.citations("no links") == ((), False)
+    run.searches = [Searched("a", ())]
+    assert run.citations("The docs do not cover it.") == ((), True)
+    run.searches = []
+    assert run.citations("no search at all") == ((), False)
+
+
 # --- Python function tools by import path ------------------------------------------------------
 
 
