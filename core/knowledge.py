@@ -123,7 +123,10 @@ class KnowledgeBase:
         self._lock = threading.Lock()  # one connection, used from worker threads in turn
         if self.db != ":memory:":
             Path(self.db).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.db, check_same_thread=False)
+        # WAL: processes sharing one index file read while one of them re-indexes
+        self._conn = sqlite3.connect(self.db, check_same_thread=False, timeout=30.0)
+        if self.db != ":memory:":
+            self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(SCHEMA)
 
     def close(self) -> None:

@@ -144,12 +144,12 @@ def mcp_name(server: McpServerConfig) -> str:
 def mcp_server(server: McpServerConfig, cwd: str = "") -> MCPServer:
     """An Agents SDK MCP server for one `mcp_servers` entry (not connected yet)."""
     if server.command:
+        # The server sees only what the MCP client passes by default (PATH, HOME…), `env` and
+        # the variables named in `env_from`: never the bot's tokens.
         extra = {var: env(var) for var in server.env_from if env(var)}
         params: dict[str, Any] = {"command": server.command, "args": server.args}
         if server.env or extra:
-            import os
-
-            params["env"] = {**os.environ, **server.env, **extra}
+            params["env"] = {**server.env, **extra}
         if server.cwd or cwd:
             params["cwd"] = server.cwd or cwd
         return MCPServerStdio(

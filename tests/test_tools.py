@@ -46,18 +46,21 @@ def write_docs(root: Path) -> None:
     (root / "docs" / "billing.md").write_text("# Billing\n\n## Refunds\n\nYearly plans are refunded.\n")
 
 
+def toml(value: Any) -> str:
+    """A TOML value (inline tables for dicts)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def desk(tmp_path: Path, fake: FakeOpenAI, api: str = "responses", **profile: Any) -> Path:
     """A config file with profile `support` over a small docs folder."""
     write_docs(tmp_path)
     path = tmp_path / "bot.toml"
     fields = {"knowledge": ["docs"], **profile}
-    lines = [f"{k} = {json.dumps(v)}" for k, v in fields.items() if k != "mcp_servers"]
-    servers = ", ".join(
-        "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in server.items()) + " }"
-        for server in profile.get("mcp_servers", [])
-    )
-    if servers:
-        lines.append(f"mcp_servers = [{servers}]")
+    lines = [f"{k} = {toml(v)}" for k, v in fields.items()]
     path.write_text(
         f'[model]\nbase_url = "{fake.base_url}"\napi = "{api}"\n[memory]\npath = ""\n'
         "[profiles.support]\n" + "\n".join(lines) + "\n"
@@ -294,6 +297,23 @@ async def test_mcp_server_tools_are_called(fake_openai: FakeOpenAI, tmp_path: Pa
     assert "Order 7: shipped on 2026-11-20" in json.dumps(fake_openai.requests[1].body)
     assert [e.name for e in events if isinstance(e, ToolFinished) and e.failed] == ["lookup_order"]
     assert done.outcome.status == "done" and done.outcome.text == "Order 7 is on its way."
+
+
+async def test_a_stdio_server_gets_only_the_variables_it_is_given(
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORDERS_TOKEN", "orders-token-value")
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-never-shared")
+    server = {**STDIO, "env_from": ["ORDERS_TOKEN"], "env": {"MODE": "mode-value"}}
+    path = desk(tmp_path, fake_openai, mcp_servers=[server])
+    for name in ("ORDERS_TOKEN", "MODE", "SLACK_BOT_TOKEN", "OPENAI_API_KEY"):
+        fake_openai.tool_call("show_env", {"name": name})
+    fake_openai.reply("done")
+    await answer(path, "env?")
+    seen = [json.dumps(r.body["input"][-1]) for r in fake_openai.requests[1:]]  # each tool output
+    assert "orders-token-value" in seen[0] and "mode-value" in seen[1]
+    assert "unset" in seen[2] and "unset" in seen[3]  # the bot's own secrets stay with the bot
+    assert "xoxb-never-shared" not in json.dumps([r.body for r in fake_openai.requests])
 
 
 async def test_an_unreachable_mcp_server_shows_a_line_and_the_answer_goes_on(

@@ -21,6 +21,14 @@ def lookup_order(order_id: str) -> str:
     return f"Order {order_id}: shipped on 2026-11-20 by parcel post"
 
 
+@server.tool()
+def show_env(name: str) -> str:
+    """The value of an environment variable in the server's process ("unset" when it has none)."""
+    import os
+
+    return os.environ.get(name, "unset")
+
+
 def http_app() -> Any:
     return server.streamable_http_app()
 
