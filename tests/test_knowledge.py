@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from bots.cli import main
 from core.chunking import Passage, html, markdown, passages, plain
+from core.demo import DemoModel
 from core.knowledge import KnowledgeBase, terms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,6 +258,7 @@ def test_the_offline_demo_searches_and_quotes_the_best_passage(
 ) -> None:
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(DemoModel.__init__, "__defaults__", (0.0,))  # no typing speed in tests
     args = ["ask", "--config", str(example), "--profile", "support"]
     assert main([*args, "How do I rotate an API key?"]) == 0
     out = capsys.readouterr().out
