@@ -270,3 +270,17 @@ def test_the_offline_demo_searches_and_quotes_the_best_passage(
     monkeypatch.chdir(example.parent.parent)  # any working directory: paths start at the config
     assert main(["ask", "--config", "desk/config.toml", "--profile", "support", "refunds?"]) == 0
     assert "docs/billing.md#refunds" in capsys.readouterr().out
+
+
+def test_an_index_that_cannot_be_written_is_a_config_error(
+    example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (example.parent / "blocker").write_text("a file, not a folder")
+    text = example.read_text().replace(
+        'knowledge = ["docs/"]', 'knowledge = ["docs/"]\nindex = "blocker/kb.db"'
+    )
+    example.write_text(text)
+    assert main(["kb", "index", "--config", str(example)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{example}: profiles.support.index: cannot open the search index")
+    assert err.rstrip().endswith("set index to a file path streambot can write")
