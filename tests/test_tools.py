@@ -332,3 +332,35 @@ async def test_an_unreachable_mcp_server_shows_a_line_and_the_answer_goes_on(
     assert sorted(failed) == [("crm", True), ("wiki", True)]
     assert done.outcome.status == "done" and done.outcome.text == "I can still answer from the docs."
     assert "search_docs" in json.dumps(fake_openai.requests[0].body["tools"])
+
+
+async def test_a_hosted_tool_call_ends_when_the_text_goes_on() -> None:
+    """Hosted tools (web search) run on OpenAI's side and send no output item: their status
+    line ends when the answer's text starts, instead of hanging over the whole answer."""
+    from types import SimpleNamespace as NS
+
+    from core.events import Done
+    from core.sources import normalize
+
+    class Result:
+        final_output = "Found it."
+
+        async def stream_events(self) -> AsyncIterator[Any]:
+            yield NS(type="raw_response_event", data=NS(type="response.created"))
+            yield NS(
+                type="run_item_stream_event",
+                name="tool_called",
+                item=NS(raw_item={"type": "web_search_call", "id": "ws1"}),
+            )
+            yield NS(
+                type="raw_response_event",
+                data=NS(type="response.output_text.delta", delta="Found it.", item_id="m1"),
+            )
+
+    events = [ev async for ev in normalize(Result())]  # type: ignore[arg-type]
+    assert events == [
+        ToolStarted("web_search", "ws1"),
+        ToolFinished("web_search", "ws1"),
+        TextDelta("Found it."),
+        Done(),
+    ]
