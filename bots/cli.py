@@ -250,6 +250,12 @@ def _address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, not {value!r}")
+    return int(value)
+
+
 def _level(value: str) -> str:
     try:
         return logs.level_name(value)
@@ -297,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         p_kb_cmd = kb_sub.add_parser(name, help=about)
         if name == "search":
             p_kb_cmd.add_argument("query", nargs="+")
-            p_kb_cmd.add_argument("--limit", type=int, default=5, help="passages to show (default 5)")
+            p_kb_cmd.add_argument("--limit", type=_positive, default=5, help="passages to show (default 5)")
         p_kb_cmd.add_argument("--config", "-c")
         p_kb_cmd.add_argument(
             "--profile", help="the profile whose knowledge (default: the only one with any)"

@@ -121,7 +121,7 @@ def import_tool(spec: str) -> Tool:
             raise ValueError(f"{module_name} has no {attr}")
         obj = getattr(obj, part)
     if isinstance(obj, FunctionTool):
-        if obj._use_default_failure_error_function:  # a failing tool gets the short line too
+        if getattr(obj, "_use_default_failure_error_function", False):  # the short line too
             obj._failure_error_function = tool_failed
         return obj
     if isinstance(obj, _TOOL_CLASSES):  # a hosted tool object, say
