@@ -284,3 +284,20 @@ def test_an_index_that_cannot_be_written_is_a_config_error(
     err = capsys.readouterr().err
     assert err.startswith(f"{example}: profiles.support.index: cannot open the search index")
     assert err.rstrip().endswith("set index to a file path streambot can write")
+
+
+def test_the_committed_questions_find_their_answers() -> None:
+    """benchmarks/kb_questions.toml (the README's recall@5): every answer is a real heading of
+    the example docs, and the search keeps finding nearly all of them in its top five."""
+    import tomllib
+
+    questions = tomllib.loads((ROOT / "benchmarks" / "kb_questions.toml").read_text())["question"]
+    kb = KnowledgeBase(":memory:", [EXAMPLE.parent / "docs"])
+    kb.sync()
+    links = {
+        row[0] + (f"#{row[1]}" if row[1] else "")
+        for row in kb._conn.execute("SELECT path, anchor FROM chunks")
+    }
+    assert {q["answer"] for q in questions} <= links
+    found = sum(q["answer"] in [h.link for h in kb.search(q["q"], 5)] for q in questions)
+    assert found >= 0.9 * len(questions), f"recall@5 fell to {found}/{len(questions)}"
