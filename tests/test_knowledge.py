@@ -288,7 +288,7 @@ def test_an_index_that_cannot_be_written_is_a_config_error(
 
 def test_the_committed_questions_find_their_answers() -> None:
     """benchmarks/kb_questions.toml (the README's recall@5): every answer is a real heading of
-    the example docs, and the search keeps finding nearly all of them in its top five."""
+    the example docs, and the search keeps finding all of them but one at most in its top five."""
     import tomllib
 
     questions = tomllib.loads((ROOT / "benchmarks" / "kb_questions.toml").read_text())["question"]
@@ -300,4 +300,4 @@ def test_the_committed_questions_find_their_answers() -> None:
     }
     assert {q["answer"] for q in questions} <= links
     found = sum(q["answer"] in [h.link for h in kb.search(q["q"], 5)] for q in questions)
-    assert found >= 0.9 * len(questions), f"recall@5 fell to {found}/{len(questions)}"
+    assert found >= len(questions) - 1, f"recall@5 fell to {found}/{len(questions)}"  # README: all
