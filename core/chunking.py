@@ -139,7 +139,10 @@ def html(text: str) -> list[Passage]:
 
 def pdf(data: bytes) -> list[Passage]:
     """One passage per page (split when long); needs the optional `pypdf`."""
-    from pypdf import PdfReader
+    try:
+        from pypdf import PdfReader
+    except ImportError:
+        raise ValueError("reading PDF needs pypdf: pip install 'streambot[pdf]'") from None
 
     passages: list[Passage] = []
     for n, page in enumerate(PdfReader(io.BytesIO(data)).pages, 1):
