@@ -49,6 +49,9 @@ class StreamConfig(Section):
     stall_timeout: float = Field(60.0, gt=0)  # silence mid-answer this long: give up
     max_reply_chars: int = Field(30000, ge=0)  # the answer is cut there, with a note; 0: no cap
     shutdown_grace: float = Field(20.0, ge=0)  # on SIGTERM, let replies finish this long
+    # a reasoning model's thinking is never part of the answer; while it thinks the message shows
+    # "💭 thinking…" (status), that plus the tail of its reasoning (summary), or nothing (off)
+    show_reasoning: Literal["status", "summary", "off"] = "status"
     interrupted_marker: str = Field(
         "⚠️ interrupted — please ask again", min_length=1, max_length=100
     )  # replies cut by a shutdown or crash

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from core import metrics
 from core.config import StreamConfig
-from core.events import Done, Failed, Handoff, ModelRun, TextDelta, ToolFinished, ToolStarted
+from core.events import Done, Failed, Handoff, ModelRun, TextDelta, Thinking, ToolFinished, ToolStarted, Usage
 from core.pacing import Pacer
 from core.paging import Pager
 from core.platform import Frame, MessageGone, Op, RateLimited, Target, TransientError
@@ -28,6 +28,8 @@ log = logging.getLogger("streambot.relay")
 
 Status = Literal["done", "stopped", "failed", "empty"]
 EMPTY_NOTE = "⚠️ The model returned no text."
+THOUGHT_NOTE = "💭 The model only thought and gave no answer (its thinking is not shown). Please ask again."
+THINKING_STATUS = "💭 thinking…"
 SLOW_STATUS = "⏳ The model is slow to answer…"
 _TRANSIENT = (TransientError, TimeoutError, ConnectionError)
 _PERMANENT_FINAL_TRIES = 3
@@ -47,6 +49,7 @@ class Outcome:
     retries: int = 0
     failed_requests: int = 0
     delivered: bool = True  # False if the final text could not be shown (deadline passed)
+    usage: Usage | None = None  # tokens the model reported for this reply
     placeholder_after: float | None = None  # seconds from the start until the first message showed
     first_text_after: float | None = None  # ... until the model's first text showed
 
@@ -93,6 +96,8 @@ class Reply:
         self._started = 0.0  # clock time run() began: latencies count from here
         self._had_text = False  # the model said something before the reply ended
         self._forgotten: set[int] = set()  # messages deleted by someone: never edited again
+        self._thought = False  # the model reasoned (its thoughts are never part of the text)
+        self._thoughts = ""  # the end of its reasoning, for show_reasoning = "summary"
 
     @property
     def finished(self) -> bool:
@@ -160,7 +165,7 @@ class Reply:
         if status == "failed":
             metrics.MODEL_ERRORS.labels(self.target.platform).inc()
         if status == "done" and not self.pager.text.strip():
-            status, note = "empty", EMPTY_NOTE
+            status, note = "empty", THOUGHT_NOTE if self._thought else EMPTY_NOTE
         if note:
             self.pager.feed(("\n\n" if self.pager.text.strip() else "") + note)
         self._end = status
@@ -178,6 +183,10 @@ class Reply:
                     self.pager.feed(ev.text)
                     if not self._tools:
                         self.status_line = ""
+                elif isinstance(ev, Thinking):
+                    self._think(ev.text)
+                elif isinstance(ev, Usage):
+                    self._outcome.usage = ev
                 elif isinstance(ev, ToolStarted):
                     self._tools[ev.call_id or ev.name] = ev.name
                 elif isinstance(ev, ToolFinished):
@@ -201,6 +210,21 @@ class Reply:
         except Exception as exc:  # a broken source must not leave a reply frozen mid-stream
             log.exception("model stream failed")
             self._finish("failed", f"⚠️ The model stream failed ({type(exc).__name__}).")
+
+    def _think(self, text: str) -> None:
+        """The model reasons: a status line until its next answer text, never text."""
+        self._thought = True
+        mode = self.settings.show_reasoning
+        if mode == "off" or self._tools:
+            return
+        status = THINKING_STATUS
+        if mode == "summary":
+            room = self.pager.limit // 4 - len(status) - 1
+            self._thoughts = " ".join((self._thoughts + text)[-4 * room :].split())
+            if self._thoughts:
+                tail = self._thoughts[-room:]
+                status += " " + ("…" + tail[1:] if len(self._thoughts) > room else tail)
+        self.status_line = status
 
     def _too_long(self, delta: str) -> bool:
         """Feed what fits under `max_reply_chars`; past it, cut the answer off with a note.

@@ -23,7 +23,8 @@ from agents.models.openai_responses import OpenAIResponsesModel
 from agents.result import RunResultStreaming
 
 from core.config import Config, env, redis_url, uses_demo_model
-from core.events import Done, Event, Failed, Handoff, TextDelta, ToolFinished, ToolStarted
+from core.events import Done, Event, Failed, Handoff, TextDelta, Thinking, ToolFinished, ToolStarted, Usage
+from core.think import ThinkSplitter
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -75,22 +76,59 @@ def describe_error(exc: BaseException) -> str:
 
 
 async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
-    """Turn `Runner.run_streamed(...).stream_events()` into core events; always ends in Done/Failed."""
+    """Turn `Runner.run_streamed(...).stream_events()` into core events; always ends in Done/Failed
+    (after a Usage event when the model reported any).
+
+    Reasoning never becomes answer text: reasoning summary and reasoning text events (the
+    Responses API's, and what the SDK makes of Chat Completions `reasoning_content`) and
+    `<think>` blocks inside the output text (core/think.py) all become `Thinking` events."""
     tools: dict[str, str] = {}
-    wrote = new_response = False
+    wrote = False  # some answer text was yielded
+    thought = False  # some reasoning was yielded
+    needs_break = False  # the next answer text starts a new message: separate it
     last_item: str | None = None
+    split = ThinkSplitter()
+
+    def text(events: list[TextDelta | Thinking]) -> list[Event]:
+        nonlocal wrote, thought, needs_break
+        out: list[Event] = []
+        for event in events:
+            if isinstance(event, Thinking):
+                thought = True
+            elif event.text:
+                if needs_break:
+                    out.append(TextDelta("\n\n"))  # a new message after a tool call or handoff
+                wrote, needs_break = True, False
+            out.append(event)
+        return out
+
+    def next_message() -> list[Event]:
+        """A new message starts: what the last one held back is decided, tags count again."""
+        nonlocal split, needs_break
+        events = text(split.end())
+        split, needs_break = ThinkSplitter(), wrote
+        return events
+
     try:
         async for ev in result.stream_events():
             if ev.type == "raw_response_event":
                 data = ev.data
                 if data.type == "response.created":
-                    new_response = True
+                    for out in next_message():
+                        yield out
                 elif data.type == "response.output_text.delta" and data.delta:
                     item = getattr(data, "item_id", None)
-                    if wrote and (new_response or item != last_item):
-                        yield TextDelta("\n\n")  # a new message after a tool call or handoff
-                    wrote, new_response, last_item = True, False, item
-                    yield TextDelta(data.delta)
+                    if item != last_item and last_item is not None:
+                        for out in next_message():
+                            yield out
+                    last_item = item
+                    for out in text(split.feed(data.delta)):
+                        yield out
+                elif data.type in _REASONING_DELTAS:
+                    thought = True
+                    yield Thinking(str(getattr(data, "delta", "") or ""))
+                elif data.type == "response.reasoning_summary_part.added" and data.summary_index:
+                    yield Thinking("\n\n")  # the next paragraph of the summary
             elif ev.type == "run_item_stream_event":
                 raw = ev.item.raw_item
                 if ev.name == "tool_called":
@@ -108,19 +146,44 @@ async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
     except Exception as exc:
         # the user sees a short line; the log gets the whole error (secrets scrubbed by core/logs)
         log.warning("model run failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        for out in next_message():
+            yield out
+        if usage := _usage(result):
+            yield usage
         yield Failed(describe_error(exc))
         return
+    for out in next_message():
+        yield out
     final = result.final_output
     if not wrote and final is not None and str(final).strip():
         # Some OpenAI-compatible servers, and agents with an output_type, send no text deltas.
-        yield TextDelta(final if isinstance(final, str) else str(final))
-    elif not wrote:
+        split = ThinkSplitter()
+        for out in text(split.feed(final if isinstance(final, str) else str(final)) + split.end()):
+            yield out
+    if not wrote and not thought:
         log.warning(
             "the model returned no text: check that [model] model exists on the server, "
             "that [model] api matches it (responses or chat_completions), and that the "
             "agent's instructions ask for an answer"
         )
+    if usage := _usage(result):
+        yield usage
     yield Done()
+
+
+# The SDK's raw events that carry reasoning: summaries, and raw reasoning text.
+_REASONING_DELTAS = ("response.reasoning_summary_text.delta", "response.reasoning_text.delta")
+
+
+def _usage(result: RunResultStreaming) -> Usage | None:
+    """The run's token usage as the SDK added it up (None when the server reported none)."""
+    try:
+        usage = result.context_wrapper.usage
+    except Exception:
+        return None
+    if not (usage.input_tokens or usage.output_tokens):
+        return None
+    return Usage(usage.input_tokens, usage.output_tokens, usage.requests)
 
 
 def _get(raw: Any, name: str) -> Any:
@@ -247,7 +310,12 @@ def build_brain(
         name="streambot",
         instructions=config.model.instructions,
         model=model or build_model(config),
-        model_settings=ModelSettings(max_tokens=config.model.max_output_tokens),
+        # include_usage: Chat Completions servers report a stream's tokens only when asked (the
+        # SDK asks OpenAI's own endpoint by itself, not vLLM, Ollama or LM Studio)
+        model_settings=ModelSettings(
+            max_tokens=config.model.max_output_tokens,
+            include_usage=True if config.model.api == "chat_completions" else None,
+        ),
         tools=list(tools),
     )
     return Brain(

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from bots.console import ConsoleSettings, ConsoleTarget, ask
 from core.config import Config, MemoryConfig, ModelConfig
-from core.events import Done, Failed, TextDelta, ToolFinished, ToolStarted
+from core.events import Done, Failed, TextDelta, ToolFinished, ToolStarted, Usage
 from core.host import Host
 from core.pacing import Pacer
 from core.relay import EMPTY_NOTE, Reply
@@ -52,7 +52,11 @@ async def test_text_streams_as_deltas_without_duplicates(fake_openai, tmp_path, 
     fake_openai.reply(["Hel", "lo ", "wor", "ld"])
     brain = build_brain(config_for(fake_openai, tmp_path, api))
     events = await collect(brain.start("hi"))
+    usage = events.pop(-2)  # both APIs report what the answer cost (chat: include_usage asked)
     assert events == [TextDelta("Hel"), TextDelta("lo "), TextDelta("wor"), TextDelta("ld"), Done()]
+    assert isinstance(usage, Usage) and usage.output_tokens == 4 and usage.input_tokens > 0
+    body = fake_openai.requests[0].body
+    assert api == "responses" or body["stream_options"] == {"include_usage": True}
     path = "/v1/responses" if api == "responses" else "/v1/chat/completions"
     assert len(fake_openai.requests_to(path)) == 1
     assert fake_openai.requests[0].headers["Authorization"] == f"Bearer {key}"
