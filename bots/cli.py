@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from rich.console import Console
 
-from bots import console, discord_bot, slack_bot
+from bots import console, discord_bot, slack_bot, usage_report
 from core import config as cfg
 from core import logs
 from core.adapter import Adapter
@@ -104,6 +104,8 @@ async def run(config: cfg.Config, source: str) -> int:
         return 0
     finally:
         await backend.store.close()
+        if backend.usage is not None:
+            await backend.usage.close()
         if ops is not None:
             await ops.stop()
 
@@ -167,6 +169,12 @@ def _address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
 def _level(value: str) -> str:
     try:
         return logs.level_name(value)
@@ -203,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     p_ask = sub.add_parser("ask", help="stream one answer to stdout and exit")
     p_ask.add_argument("question", nargs="+")
     p_ask.add_argument("--config", "-c")
+    p_usage = sub.add_parser("usage", help="the people and channels that used the most tokens")
+    p_usage.add_argument("--config", "-c")
+    p_usage.add_argument("--days", type=_positive, default=7, help="the last N days, today included (7)")
+    p_usage.add_argument("--top", type=_positive, default=10, help="rows per table (10)")
+    p_usage.add_argument("--json", action="store_true", help="one JSON object instead of tables")
     p_check = sub.add_parser("check-config", help="validate a config and the environment")
     p_check.add_argument("path", nargs="?")
     args = parser.parse_args(argv)
@@ -217,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "ask":
             return asyncio.run(ask(config, " ".join(args.question), source))
+        if command == "usage":
+            return asyncio.run(usage_report.report(config, source, args.days, args.top, args.json))
         if getattr(args, "ops", None):
             config.ops.enabled = True
             config.ops.host, config.ops.port = args.ops

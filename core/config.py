@@ -71,6 +71,8 @@ class LimitsConfig(Section):
     user_concurrent: int = Field(2, ge=0)  # replies one person may have streaming at once
     user_per_minute: int = Field(10, ge=0)  # questions one person may ask per minute
     channel_concurrent: int = Field(10, ge=0)  # replies streaming at once in one channel
+    user_tokens_per_day: int = Field(0, ge=0)  # model tokens (input + output) per person per UTC day
+    channel_tokens_per_day: int = Field(0, ge=0)  # model tokens per channel per UTC day
 
 
 class OpsConfig(Section):

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from core import metrics
 from core.config import Config
 from core.events import ModelRun
 from core.limits import Gate, Refused, Slot
@@ -25,6 +26,7 @@ from core.paging import with_marker
 from core.platform import Target
 from core.relay import Outcome, Reply
 from core.state import ReplyRecord, StateStore, repair_orphans
+from core.usage import Spent, UsageStore
 
 log = logging.getLogger("streambot.host")
 
@@ -87,12 +89,14 @@ class Host:
         pacer: Pacer | None = None,
         store: StateStore | None = None,
         gate: Gate | None = None,
+        usage: UsageStore | None = None,
     ) -> None:
         self.config = config
         self.brain = brain
         self.pacer = pacer or Pacer()
         self.store = store
-        self.gate = gate or Gate(config.limits, self.pacer.clock)
+        self.gate = gate or Gate(config.limits, self.pacer.clock, usage)
+        self.usage = usage if usage is not None else self.gate.usage  # where tokens are added up
         self.closing = False  # shutting down: no new questions
         self.on_finished: list[Callable[[Finished], None]] = []
         self._running: dict[str, _Running] = {}  # reply id -> the reply
@@ -193,9 +197,36 @@ class Host:
                 "first_text_after": outcome.first_text_after,
             },
         )
+        finished = Finished(q, target.platform, outcome)
+        await self._count_usage(finished)
         for hook in self.on_finished:
-            hook(Finished(q, target.platform, outcome))
+            hook(finished)
         return outcome
+
+    async def _count_usage(self, finished: Finished) -> None:
+        """Add the reply's tokens to the metrics and to its person's, channel's and profile's
+        totals (which `[limits]` reads); a usage store that fails costs no reply."""
+        usage, q = finished.outcome.usage, finished.question
+        if usage is None:
+            return
+        metrics.TOKENS.labels(finished.platform, "input").inc(usage.input_tokens)
+        metrics.TOKENS.labels(finished.platform, "output").inc(usage.output_tokens)
+        if self.usage is None:
+            return
+        spent = Spent(
+            q.user,
+            q.channel,
+            finished.platform,
+            usage.input_tokens,
+            usage.output_tokens,
+            # until replies name their profile and questions their author, these are the defaults
+            profile=getattr(finished, "profile", "") or "default",
+            name=getattr(q, "author", "") or "",
+        )
+        try:
+            await self.usage.record(spent)
+        except Exception as exc:
+            log.warning("could not record the token usage of reply %s: %s", q.reply_id, exc)
 
     def _track(self, running: _Running, message: str, page: int | None) -> None:
         """Deleting `message` (the question: page None) stops `running`."""

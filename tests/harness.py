@@ -30,6 +30,7 @@ from core.host import Finished, Host
 from core.pacing import Pacer
 from core.relay import Outcome
 from core.sources import build_brain
+from core.usage import LocalUsage
 
 if TYPE_CHECKING:
     from fakes.discord_server import FakeDiscord, FakeMessage
@@ -270,7 +271,8 @@ async def running_discord_bot(
     level = logging.getLogger("streambot").level
     logging.getLogger("streambot").setLevel(logging.INFO)
     bot = Bot(fake, model, logs, config=config)
-    host = Host(config, build_brain(config), Pacer())
+    # token usage is added up in the memory file, as `streambot run` does (core/backend.py)
+    host = Host(config, build_brain(config), Pacer(), usage=LocalUsage(config.memory.path))
     host.on_finished.append(logs.finished)
     bot.task = asyncio.create_task(serve(host, config.discord))
     try:
