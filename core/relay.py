@@ -23,6 +23,7 @@ from core.pacing import Pacer
 from core.paging import Pager
 from core.platform import Frame, MessageGone, Op, RateLimited, Target, TransientError
 from core.state import ReplyRecord, StateStore
+from core.tables import TableFormatter
 
 log = logging.getLogger("streambot.relay")
 
@@ -79,6 +80,7 @@ class Reply:
         self.pacer = pacer
         self.settings = settings or StreamConfig()
         self.pager = Pager(target.page_limit, measure=target.measure)
+        self._tables = TableFormatter(target.table_width) if target.render_tables else None
         self.handles: list[Any] = []
         self.status_line = ""
         self._tools: dict[str, str] = {}
@@ -161,6 +163,8 @@ class Reply:
     def _finish(self, status: Status, note: str = "") -> None:
         if self._end is not None:
             return
+        if self._tables is not None:
+            self.pager.feed(self._tables.end())  # a table the answer ended in
         self._had_text = bool(self.pager.text.strip())
         if status == "failed":
             metrics.MODEL_ERRORS.labels(self.target.platform).inc()
@@ -180,7 +184,7 @@ class Reply:
                 if isinstance(ev, TextDelta):
                     if self._too_long(ev.text):
                         return
-                    self.pager.feed(ev.text)
+                    self._feed(ev.text)
                     if not self._tools:
                         self.status_line = ""
                 elif isinstance(ev, Thinking):
@@ -211,6 +215,16 @@ class Reply:
             log.exception("model stream failed")
             self._finish("failed", f"⚠️ The model stream failed ({type(exc).__name__}).")
 
+    def _feed(self, text: str) -> None:
+        """Model text into the pager; tables, on platforms that need them rendered, once whole."""
+        self.pager.feed(self._tables.feed(text) if self._tables is not None else text)
+
+    def _pending(self) -> str:
+        """A table still being received, rendered, to show after the text (half a page at most)."""
+        if self._tables is None or self._end is not None:
+            return ""
+        return self._tables.preview(self.pager.limit // 2)
+
     def _think(self, text: str) -> None:
         """The model reasons: a status line until its next answer text, never text."""
         self._thought = True
@@ -234,7 +248,7 @@ class Reply:
         self._model_chars += len(delta)
         if not cap or len(delta) <= room:
             return False
-        self.pager.feed(delta[: max(0, room)])
+        self._feed(delta[: max(0, room)])
         self.model.cancel()
         self._finish("stopped", f"✂️ The answer was cut off at {cap:,} characters.")
         return True
@@ -273,17 +287,19 @@ class Reply:
         self._finish("failed", note)
 
     def _page_count(self) -> int:
-        return len(self.pager.pages) + (1 if self.pager.tail.strip() or not self.pager.pages else 0)
+        more = self.pager.tail.strip() or self._pending() or not self.pager.pages
+        return len(self.pager.pages) + (1 if more else 0)
 
     def _frame(self, k: int) -> Frame:
         """The newest frame for message `k` (finishing full pages as a side effect)."""
         streaming = self._end is None
         status = self.status_line[: self.pager.limit // 4]
         cursor = self.settings.cursor
-        if self.pager.empty:
+        pending = self._pending()
+        if self.pager.empty and not pending:
             text = self.settings.placeholder + (cursor if streaming else "")
             return Frame(0, text + (f"\n{status}" if status else ""), "", not streaming, streaming)
-        last = self.pager.render(streaming=streaming, cursor=cursor, status=status)
+        last = self.pager.render(streaming=streaming, cursor=cursor, status=status, pending=pending)
         pages = self.pager.pages
         if k < len(pages):
             return Frame(k, pages[k].text, pages[k].text, True, False)

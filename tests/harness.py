@@ -143,7 +143,7 @@ def assert_pages_are(pages: list[str], text: str, limit: int) -> None:
             body, added = rest[:size], rest[size:]
             if size <= 0 or not text.startswith(body, pos):
                 continue
-            after = _fence_after(opener + body, fence)
+            after = _fence_after(body, fence)  # the opener only restates `fence` (a bare ``` would close it)
             closer = "" if after is None else ("" if (opener + body).endswith("\n") else "\n") + after[0]
             if added != closer:
                 continue
