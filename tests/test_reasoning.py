@@ -162,3 +162,23 @@ async def test_slack_never_shows_a_thought(
         [message] = slack.bot_messages("C0GENERAL", ts)
         for state in message.history:
             assert "SECRET" not in state and "think>" not in state
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_the_console_prints_only_the_answer(fake_openai, tmp_path, key, api) -> None:
+    import io
+
+    from rich.console import Console
+
+    from bots.console import ConsoleSettings, ask
+    from core.host import Host
+
+    fake_openai.reply(INLINE, reasoning=["SECRET summary"])
+    config = Config(
+        model=ModelConfig(base_url=fake_openai.base_url, api=api),
+        memory=MemoryConfig(path=str(tmp_path / "m.db")),
+    )
+    out = io.StringIO()  # not a terminal: plain, append-only output, as `streambot ask > file`
+    outcome = await ask(Host(config, build_brain(config)), ConsoleSettings(), "2+2?", Console(file=out))
+    assert outcome is not None and outcome.status == "done"
+    assert out.getvalue() == ANSWER + "\n"

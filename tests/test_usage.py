@@ -195,3 +195,18 @@ async def run_cli(argv: list[str]) -> int:
         return await asyncio.to_thread(main, argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+
+
+async def test_the_redis_gate_refuses_past_the_daily_tokens_too(redis_url: str) -> None:  # noqa: F811
+    from core.redis_state import RedisGate
+
+    redis = connect(redis_url)
+    try:
+        gate = RedisGate(LimitsConfig(user_tokens_per_day=10), redis)
+        gate.usage = RedisUsage(redis)
+        await gate.release(await gate.admit("ann", "c1", "q"))
+        await gate.usage.record(Spent("ann", "c1", "slack", 8, 2))
+        with pytest.raises(Refused, match="You've used your 10 tokens for today"):
+            await gate.admit("ann", "c1", "q")
+    finally:
+        await redis.aclose()
