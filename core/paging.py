@@ -20,6 +20,7 @@ _GRAPHEME = regex.compile(r"\X")
 _LINK = re.compile(r"!?\[[^\]\n]*\]\([^)\n]*\)")
 _BREAKS = (re.compile(r"\n\n"), re.compile(r"\n"), re.compile(r"\s"))
 _FENCE_START = re.compile(r" {0,3}(```|~~~)")
+_FENCE_LINE = re.compile(r" {0,3}(`{3,}|~{3,})[ \t]*")
 _OPEN_LINK = re.compile(r"!?\[[^\]\n]*(\](\([^)\n]*)?)?\Z")
 
 
@@ -174,7 +175,10 @@ class Pager:
         elif pending:
             body = tidy_tail(body) + pending + cursor.strip()
         else:
-            body = tidy_tail(body) + cursor
+            body = tidy_tail(body)
+            # a block closed by the last line: "``` ▌" would not close it, so the cursor goes below
+            closed = cursor and _FENCE_LINE.fullmatch(body, body.rfind("\n") + 1)
+            body += "\n" + cursor.strip() if closed else cursor
         return body + (f"\n{status}" if status else "")
 
     def _finish_page(self, room_limit: int, final: bool) -> None:

@@ -28,6 +28,7 @@ class TableFormatter:
         self._passing = False  # the current line is plain text, passed on as it arrives
         self._fence: Fence | None = None  # code block open in the text passed on
         self._rows: list[str] = []  # a possible header, or a table's lines so far
+        self._cells: list[list[str]] = []  # the cells of each of `_rows` once it is a table
         self._table = False  # `_rows` is a table (its delimiter line arrived)
         self._preview: tuple[int, int, str] = (-1, 0, "")  # (rows, room, text) last previewed
 
@@ -62,10 +63,18 @@ class TableFormatter:
             return ""
         if self._preview[:2] == (len(self._rows), room):
             return self._preview[2]
-        header, rows = self._rows[:2], self._rows[2:]
-        shown, text = len(rows), ""
+        rows = self._rows[2:]
+        while len(self._cells) < len(self._rows):  # each line is split into cells once
+            self._cells.append(cells(self._rows[len(self._cells)]))
+        header, parsed = self._cells[:2], self._cells[2:]
+        shown, size, text = 0, 0, ""
+        for line in reversed(rows):  # at most what could fit: the cost stays that of a page
+            size += len(line)
+            if size > 2 * room:
+                break
+            shown += 1
         while True:
-            text = render(header + rows[len(rows) - shown :], self.width, skipped=len(rows) - shown)
+            text = render_cells(header + parsed[len(parsed) - shown :], self.width, len(rows) - shown)
             if len(text) <= room or shown == 0:
                 break
             shown = max(0, min(shown - 1, shown * room // len(text)))
@@ -105,7 +114,7 @@ class TableFormatter:
     def _close(self) -> str:
         """End what `_rows` holds: a table rendered, a lone header line as it was."""
         rows, table = self._rows, self._table
-        self._rows, self._table = [], False
+        self._rows, self._cells, self._table = [], [], False
         if not rows:
             return ""
         return render(rows, self.width) if table else "".join(r + "\n" for r in rows)
@@ -114,8 +123,12 @@ class TableFormatter:
 def render(lines: list[str], width: int, skipped: int = 0) -> str:
     """A Markdown table's lines (header, delimiter, rows) as a monospace code block, or as a
     list when the block would be wider than `width`. `skipped` rows left out are shown as ⋮."""
-    header, aligns = cells(lines[0]), [_align(c) for c in cells(lines[1])]
-    rows = [cells(line) for line in lines[2:]]
+    return render_cells([cells(line) for line in lines], width, skipped)
+
+
+def render_cells(parsed: list[list[str]], width: int, skipped: int = 0) -> str:
+    """`render` for lines already split into cells."""
+    header, aligns, rows = list(parsed[0]), [_align(c) for c in parsed[1]], parsed[2:]
     n = max([len(header), *map(len, rows)])
     header += [""] * (n - len(header))
     rows = [r + [""] * (n - len(r)) for r in rows]
