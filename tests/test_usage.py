@@ -210,3 +210,16 @@ async def test_the_redis_gate_refuses_past_the_daily_tokens_too(redis_url: str) 
             await gate.admit("ann", "c1", "q")
     finally:
         await redis.aclose()
+
+
+async def test_streambot_usage_reads_the_redis_backend(tmp_path: Path, redis_url: str, capsys) -> None:  # noqa: F811
+    redis = connect(redis_url)
+    try:
+        await RedisUsage(redis).record(Spent("U7", "C7", "slack", 40, 2, name="Kim"))
+    finally:
+        await redis.aclose()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[memory]\nbackend = "redis"\nurl = "{redis_url}"\n')
+    assert await run_cli(["usage", "--config", str(config), "--days", "1", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(p["key"], p["name"], p["total_tokens"]) for p in data["people"]] == [("U7", "Kim", 42)]
