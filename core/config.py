@@ -35,6 +35,9 @@ class ModelConfig(Section):
     instructions: str = "You are a helpful assistant."
     max_turns: int = Field(10, ge=1, le=100)
     max_output_tokens: int | None = Field(None, ge=1)  # per model call; None: the model's own
+    # OpenAI reasoning models stream a summary of their reasoning only when asked (Responses API;
+    # a model that does not reason rejects the request): "auto", "concise" or "detailed"
+    reasoning_summary: Literal["off", "auto", "concise", "detailed"] = "off"
     tracing: bool = False  # send Agents SDK traces to OpenAI; off so nothing leaves by surprise
 
 

@@ -21,6 +21,7 @@ from agents.memory import Session, SQLiteSession
 from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
 from agents.models.openai_responses import OpenAIResponsesModel
 from agents.result import RunResultStreaming
+from openai.types.shared import Reasoning
 
 from core.config import Config, env, redis_url, uses_demo_model
 from core.events import Done, Event, Failed, Handoff, TextDelta, Thinking, ToolFinished, ToolStarted, Usage
@@ -306,6 +307,7 @@ def build_brain(
         from core.redis_state import connect
 
         redis = connect(redis_url(config))
+    summary = config.model.reasoning_summary
     agent = Agent(
         name="streambot",
         instructions=config.model.instructions,
@@ -315,6 +317,7 @@ def build_brain(
         model_settings=ModelSettings(
             max_tokens=config.model.max_output_tokens,
             include_usage=True if config.model.api == "chat_completions" else None,
+            reasoning=Reasoning(summary=summary) if summary != "off" else None,
         ),
         tools=list(tools),
     )

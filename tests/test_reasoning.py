@@ -182,3 +182,36 @@ async def test_the_console_prints_only_the_answer(fake_openai, tmp_path, key, ap
     outcome = await ask(Host(config, build_brain(config)), ConsoleSettings(), "2+2?", Console(file=out))
     assert outcome is not None and outcome.status == "done"
     assert out.getvalue() == ANSWER + "\n"
+
+
+async def test_openai_reasoning_summaries_are_asked_for_only_when_configured(
+    fake_openai, tmp_path, key
+) -> None:
+    for summary in ("off", "auto"):
+        config = Config(
+            model=ModelConfig(base_url=fake_openai.base_url, reasoning_summary=summary),
+            memory=MemoryConfig(path=""),
+        )
+        [ev async for ev in build_brain(config).start("2+2?").events()]
+    off, auto = (r.body for r in fake_openai.requests)
+    assert not off.get("reasoning")  # a model that does not reason would reject it
+    assert auto["reasoning"]["summary"] == "auto"
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_a_failed_run_still_reports_what_it_used(fake_openai, tmp_path, key, api) -> None:
+    from agents import function_tool
+
+    from core.events import Failed
+
+    @function_tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        return "found"
+
+    config = Config(model=ModelConfig(base_url=fake_openai.base_url, api=api), memory=MemoryConfig(path=""))
+    fake_openai.tool_call("lookup", {"q": "x"})
+    fake_openai.error_mid_stream("partial ")
+    events = [ev async for ev in build_brain(config, tools=[lookup]).start("2+2?").events()]
+    assert isinstance(events[-1], Failed) and isinstance(events[-2], Usage)
+    assert events[-2].requests >= 1 and events[-2].input_tokens > 0  # the tool call's request
