@@ -215,3 +215,10 @@ async def test_a_failed_run_still_reports_what_it_used(fake_openai, tmp_path, ke
     events = [ev async for ev in build_brain(config, tools=[lookup]).start("2+2?").events()]
     assert isinstance(events[-1], Failed) and isinstance(events[-2], Usage)
     assert events[-2].requests >= 1 and events[-2].input_tokens > 0  # the tool call's request
+
+
+async def test_chat_completions_reasoning_field_becomes_thinking_too(fake_openai, tmp_path, key) -> None:
+    # OpenRouter and newer vLLM name the field `reasoning`; the SDK makes reasoning text events of it
+    fake_openai.reply(ANSWER, reasoning=["SECRET-PLAN: ", "add"]).reasoning_field = "reasoning"
+    events = await events_for(fake_openai, tmp_path, "chat_completions")
+    assert split(events) == (ANSWER, "SECRET-PLAN: add")

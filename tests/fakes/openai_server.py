@@ -146,11 +146,12 @@ class TextReply(_Paced):
 
     `reasoning` pieces are streamed first, as a reasoning model's thoughts: Responses
     `response.reasoning_summary_text.delta` events of a reasoning item (a new summary part for
-    each piece that starts with a blank line), Chat Completions `reasoning_content` deltas (as
+    each piece that starts with a blank line), Chat Completions `reasoning_field` deltas (as
     vLLM and DeepSeek send them). Inline `<think>` text is just text: put it in `chunks`.
     """
 
     reasoning: list[str] = field(default_factory=list)
+    reasoning_field: str = "reasoning_content"  # chat: or "reasoning" (OpenRouter, newer vLLM)
 
     @property
     def text(self) -> str:
@@ -764,7 +765,7 @@ class _ChatStream:
         else:
             await self.send_chunk({"role": "assistant", "content": "", "refusal": None})
             for piece in script.reasoning if isinstance(script, TextReply) else ():
-                await self.send_chunk({"reasoning_content": piece})
+                await self.send_chunk({script.reasoning_field: piece})
             if isinstance(script, _Paced):
                 for sent, piece in enumerate(script.chunks):
                     await script._before_chunk(sent)
