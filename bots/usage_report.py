@@ -60,14 +60,15 @@ async def report(config: cfg.Config, source: str, days: int, top: int, as_json: 
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return 0
     console = Console()
-    period = f"{since} to {today} (UTC)" if days > 1 else f"{today} (UTC)"
+    period = f"{since} to {today}" if days > 1 else today
+    console.print(f"Model tokens, {period} (UTC)", style="bold", markup=False)
     for by, rows in tables.items():
-        console.print(_table(by, rows, period))
+        console.print(_table(by, rows))
     return 0
 
 
-def _table(by: By, rows: list[Row], period: str) -> Table:
-    table = Table(title=f"Top {TITLES[by]} by tokens, {period}", title_justify="left")
+def _table(by: By, rows: list[Row]) -> Table:
+    table = Table(title=f"Top {TITLES[by]}", title_justify="left")
     table.add_column({"user": "person", "channel": "channel", "profile": "profile"}[by])
     if by != "profile":
         table.add_column("platform")

@@ -173,8 +173,9 @@ async def test_streambot_usage_prints_the_top_people_and_channels(tmp_path: Path
 
     assert await run_cli(["usage", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "Top people by tokens" in out and "Sam (U1)" in out and "1,234" in out
-    assert "Top channels by tokens" in out and "C1" in out and "U3" not in out
+    assert f" to {today} (UTC)" in out  # the last 7 days by default
+    assert "Top people" in out and "Sam (U1)" in out and "1,234" in out
+    assert "Top channels" in out and "C1" in out and "U3" not in out
 
 
 async def test_streambot_usage_explains_a_missing_memory_file(tmp_path: Path, capsys) -> None:
