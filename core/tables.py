@@ -50,11 +50,14 @@ class TableFormatter:
         return "".join(out)
 
     def end(self) -> str:
-        """The text ended: the table in progress (a last row without newline counts whole)."""
-        if self._line and not self._passing:
-            self._rows.append(self._line)
+        """The text ended: the table in progress (a last row without newline counts whole), or
+        what was held back, as it was."""
+        held = self._line if not self._passing else ""
         self._line, self._passing = "", False
-        return self._close()
+        if self._table and held.strip():
+            self._rows.append(held)
+            held = ""
+        return self._close() + held
 
     def preview(self, room: int) -> str:
         """The table being received, as it will look, in at most `room` characters: its

@@ -84,7 +84,12 @@ def test_any_split_of_the_stream_gives_the_same_text(text: str, points: list[int
 
 
 @given(
-    st.lists(st.sampled_from(["word ", "\n", "\n\n", "- item\n", "a | b\n", "```\n", "x|y "]), max_size=20)
+    st.lists(
+        st.sampled_from(
+            ["word ", "\n", "\n\n", "- item\n", "a | b\n", "```\n", "x|y ", "| lone\n", "| end", "  "]
+        ),
+        max_size=20,
+    )
 )
 def test_text_without_tables_passes_through_unchanged(pieces: list[str]) -> None:
     text = "".join(pieces)
