@@ -195,6 +195,8 @@ class Host:
                 "status": outcome.status,
                 "placeholder_after": outcome.placeholder_after,
                 "first_text_after": outcome.first_text_after,
+                "input_tokens": outcome.usage.input_tokens if outcome.usage else None,
+                "output_tokens": outcome.usage.output_tokens if outcome.usage else None,
             },
         )
         finished = Finished(q, target.platform, outcome)
