@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from core.attachments import Attachment, Turn
 from core.config import Config
 from core.events import ModelRun
 from core.limits import Gate, Refused, Slot
@@ -38,7 +39,7 @@ Finish = Callable[[dict[str, Any], str], Awaitable[None]]  # (record.place, fina
 class Brain(Protocol):
     """What the host needs of the model side (core/sources.py `Brain` is one)."""
 
-    def start(self, prompt: str, conversation: str | None = None) -> ModelRun: ...
+    def start(self, prompt: str | Turn, conversation: str | None = None) -> ModelRun: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,15 @@ class Question:
     prompt: str
     message: str = ""  # the question's message key: deleting it stops the reply
     limited: bool = True  # subject to `[limits]` (the local console is not)
+    author: str = ""  # display name, in channels and shared threads: "Sam: …" for the model
+    attachments: tuple[Attachment, ...] = ()  # pictures and files sent with it
+    context: tuple[tuple[str, str], ...] = ()  # (author, text) of earlier thread messages not yet seen
+
+    def model_input(self) -> str | Turn:
+        """What the brain is given: a plain question stays a string (any Brain takes that)."""
+        if not (self.author or self.attachments or self.context):
+            return self.prompt
+        return Turn(self.prompt, self.author, self.attachments, self.context)
 
 
 @dataclass(frozen=True)
@@ -166,7 +176,7 @@ class Host:
                 self._track(running, key, index)
 
         reply = Reply(
-            self.brain.start(q.prompt, q.conversation),
+            self.brain.start(q.model_input(), q.conversation),
             target,
             self.pacer,
             self.config.stream,
@@ -220,6 +230,17 @@ class Host:
                 del self._turns[conversation]
             else:
                 self._turns[conversation] = (lock, users - 1)
+
+    async def forget(self, conversation: str) -> bool:
+        """Start `conversation` over (/forget, /streambot new): its memory is cleared once the
+        reply running in it, if any, has ended. False when the brain keeps no memory."""
+        forget = getattr(self.brain, "forget", None)
+        if forget is None or not conversation:
+            return False
+        async with self._turn(conversation):
+            await forget(conversation)
+        log.info("conversation %s started over", conversation)
+        return True
 
     async def notice(self, target: Target, text: str) -> None:
         """A short message that is not a model reply (a hint, a refusal), paced like the rest."""
