@@ -50,6 +50,7 @@ from bots.discord_api import (
 )
 from bots.discord_target import ChannelTarget, InteractionTarget, StopButton
 from core.adapter import Adapter, Need
+from core.attachments import Attachment, http_fetch
 from core.config import env
 from core.errors import SetupError
 from core.host import Host, Question
@@ -69,6 +70,15 @@ def _place_key(channel: Any, guild_id: int | None) -> str | None:
     if isinstance(channel, discord.Thread):
         return f"discord:thread:{channel.id}"
     return f"discord:dm:{channel.id}" if guild_id is None else None
+
+
+def attachments(message: discord.Message) -> tuple[Attachment, ...]:
+    """The files of a message as the core describes them; downloaded only when answered.
+    (A paste too long for a message arrives as `message.txt`: a text file like any other.)"""
+    return tuple(
+        Attachment(a.filename, a.content_type or "", a.size, fetch=http_fetch(a.url))
+        for a in message.attachments
+    )
 
 
 # --- the bot -----------------------------------------------------------------------------------
@@ -94,9 +104,13 @@ class DiscordBot(discord.AutoShardedClient):
         self.tree = app_commands.CommandTree(self)
 
         @self.tree.command(name="ask", description="Ask the model; the answer streams in as it is written")
-        @app_commands.describe(prompt="Your question")
-        async def ask(interaction: discord.Interaction, prompt: str) -> None:
-            await self._ask_command(interaction, prompt)
+        @app_commands.describe(prompt="Your question", new="Start a new conversation (forget this one)")
+        async def ask(interaction: discord.Interaction, prompt: str, new: bool = False) -> None:
+            await self._ask_command(interaction, prompt, new)
+
+        @self.tree.command(name="forget", description="Start over: forget the conversation here")
+        async def forget(interaction: discord.Interaction) -> None:
+            await self._forget_command(interaction)
 
         self._keys: Recent[int, str] = Recent(KEY_CACHE)  # message id -> conversation key
         self._typing: dict[int, tuple[int, asyncio.Task[None]]] = {}
@@ -197,31 +211,61 @@ class DiscordBot(discord.AutoShardedClient):
             else _place_key(channel, message.guild and message.guild.id) or await self._chain_key(message)
         )
         target = ChannelTarget(self, message.id, key, channel, message, in_thread)
-        if not prompt:
+        files = attachments(message)
+        if not prompt and not files:
             await self.host.notice(target, "Ask me something after the mention, or use `/ask`.")
             return
         self.remember(message.id, key)
+        shared = not in_dm  # several people may talk here: the model is told who speaks
+        context = (
+            await self._unseen(message) if isinstance(channel, discord.Thread) and not in_our_thread else ()
+        )
         await self.host.answer(
             Question(
-                str(message.id), str(message.author.id), str(channel.id), key, prompt, message=str(message.id)
+                str(message.id),
+                str(message.author.id),
+                str(channel.id),
+                key,
+                prompt,
+                message=str(message.id),
+                author=message.author.display_name if shared else "",
+                attachments=files,
+                context=context,
             ),
             target,
         )
 
-    async def _ask_command(self, interaction: discord.Interaction, prompt: str) -> None:
-        """/ask prompt: - deferred at once ("is thinking…"), then the original response is edited."""
+    async def _unseen(self, message: discord.Message) -> tuple[tuple[str, str], ...]:
+        """The thread's messages since the bot last spoke there (from its start if it never
+        did), bounded by `[memory] thread_messages`: what was said before the bot was asked.
+        Mentions of the bot are left out: each was a question of its own."""
+        me, limit = self.user, self.host.config.memory.thread_messages
+        if me is None or not limit:
+            return ()
+        earlier: list[tuple[str, str]] = []
+        try:
+            async for m in message.channel.history(limit=limit, before=message):
+                if m.author.id == me.id:
+                    break
+                if m.author.bot or me in m.mentions or not m.content.strip():
+                    continue
+                earlier.append((m.author.display_name, re.sub(r"<@!?\d+>", "", m.content).strip()))
+        except discord.HTTPException as exc:  # no Read Message History here: answer without
+            log.info("Discord: could not read the thread %s: %s", message.channel.id, exc)
+        return tuple(reversed(earlier))
+
+    async def _ask_command(self, interaction: discord.Interaction, prompt: str, new: bool = False) -> None:
+        """/ask prompt: - deferred at once ("is thinking…"), then the original response is edited.
+        With new:true a DM's or thread's conversation starts over first."""
         user = interaction.user
-        if interaction.channel is None or not is_allowed(
-            self.settings,
-            user_id=user.id,
-            role_ids=role_ids(user),
-            guild_id=interaction.guild_id,
-            channel_ids=channel_ids(interaction.channel),
-        ):
+        if interaction.channel is None or not self._may_use(interaction):
             await interaction.response.send_message("You can't use this bot here.", ephemeral=True)
             return
         # elsewhere the response message starts a reply chain of its own (see `_chain_key`)
-        key = _place_key(interaction.channel, interaction.guild_id) or f"discord:chain:{interaction.id}"
+        place = _place_key(interaction.channel, interaction.guild_id)
+        key = place or f"discord:chain:{interaction.id}"
+        if new and place:
+            await self.host.forget(place)
         await self.host.answer(
             Question(
                 str(interaction.id),
@@ -229,8 +273,32 @@ class DiscordBot(discord.AutoShardedClient):
                 str(interaction.channel.id),
                 key,
                 prompt.strip() or "Hello!",
+                author=user.display_name if interaction.guild_id else "",
             ),
             InteractionTarget(self, interaction, key),
+        )
+
+    async def _forget_command(self, interaction: discord.Interaction) -> None:
+        """/forget: a DM or a thread starts over; in a channel every mention already does."""
+        if interaction.channel is None or not self._may_use(interaction):
+            await interaction.response.send_message("You can't use this bot here.", ephemeral=True)
+            return
+        place = _place_key(interaction.channel, interaction.guild_id)
+        if place is None:
+            text = "Here every new mention starts a fresh conversation; replying to my answer continues one."
+        elif await self.host.forget(place):
+            text = "Done: I've forgotten our conversation here. The next question starts fresh."
+        else:
+            text = "I keep no memory of conversations, so there is nothing to forget."
+        await interaction.response.send_message(text, ephemeral=True)
+
+    def _may_use(self, interaction: discord.Interaction) -> bool:
+        return is_allowed(
+            self.settings,
+            user_id=interaction.user.id,
+            role_ids=role_ids(interaction.user),
+            guild_id=interaction.guild_id,
+            channel_ids=channel_ids(interaction.channel),
         )
 
     # --- user actions reported to the host ------------------------------------------------------

@@ -238,9 +238,9 @@ class Host:
         if forget is None or not conversation:
             return False
         async with self._turn(conversation):
-            await forget(conversation)
+            forgotten = bool(await forget(conversation))
         log.info("conversation %s started over", conversation)
-        return True
+        return forgotten
 
     async def notice(self, target: Target, text: str) -> None:
         """A short message that is not a model reply (a hint, a refusal), paced like the rest."""

@@ -282,10 +282,13 @@ class Brain:
     def remembers(self) -> bool:
         return bool(self.memory_path) or self.redis is not None
 
-    async def forget(self, conversation: str) -> None:
-        """Start `conversation` over: everything remembered of it is dropped."""
-        if conversation and self.remembers:
-            await self.session(conversation).clear_session()
+    async def forget(self, conversation: str) -> bool:
+        """Start `conversation` over: everything remembered of it is dropped. False when
+        there is no memory to drop."""
+        if not (conversation and self.remembers):
+            return False
+        await self.session(conversation).clear_session()
+        return True
 
     async def prune_when_due(self) -> None:
         """Apply `ttl_days` to the SQLite file, at most once per PRUNE_EVERY (Redis expires
