@@ -261,8 +261,15 @@ def notes_text(notes: list[str]) -> str:
     return "".join(f"_{note}_\n" for note in notes) + "\n" if notes else ""
 
 
-def http_fetch(url: str, headers: dict[str, str] | None = None, timeout: float = DOWNLOAD_TIMEOUT) -> Fetch:
-    """A `Fetch` that GETs `url` with aiohttp, reading no more than the cap it is given."""
+def http_fetch(
+    url: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = DOWNLOAD_TIMEOUT,
+    reject_html: bool = False,
+) -> Fetch:
+    """A `Fetch` that GETs `url` with aiohttp, reading no more than the cap it is given. With
+    `reject_html`, a web page instead of the file (a sign-in page: the token lacks a scope)
+    is an error, not a file."""
 
     async def fetch(limit: int) -> bytes:
         try:
@@ -272,6 +279,8 @@ def http_fetch(url: str, headers: dict[str, str] | None = None, timeout: float =
             ):
                 if resp.status != 200:
                     raise FetchError(f"HTTP {resp.status}")
+                if reject_html and resp.content_type == "text/html":
+                    raise FetchError("got a sign-in page instead: the app may lack a permission")
                 if resp.content_length is not None and resp.content_length > limit:
                     raise TooLarge
                 data = bytearray()
