@@ -504,7 +504,7 @@ class SlackBot:
             ),
         )
         thread = (place.channel, place.thread_ts)
-        if self._assistant_threads.get(thread):
+        if self._assistant_threads.get(thread) and prompt.strip():  # a picture alone names nothing
             self._assistant_threads[thread] = False
             title = prompt if len(prompt) <= 60 else prompt[:59] + "…"
             await self.best_effort(
