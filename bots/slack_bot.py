@@ -57,6 +57,7 @@ from core.webserver import GuardedSite
 log = logging.getLogger("streambot.slack")
 
 EVENTS_PATH = "/slack/events"
+THREAD_PAGES = 5  # conversations.replies pages (200 messages each) read when joining a thread
 
 
 class SlackBot:
@@ -296,12 +297,24 @@ class SlackBot:
         limit = self.host.config.memory.thread_messages
         if not limit:
             return ()
+        messages: list[dict[str, Any]] = []
+        cursor = None
         try:
-            resp = await self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200)
+            for _ in range(THREAD_PAGES):  # bounded: a huge thread costs at most a few calls
+                resp = await self.client.conversations_replies(
+                    channel=channel,
+                    ts=thread_ts,
+                    latest=ts,
+                    limit=200,
+                    **({"cursor": cursor} if cursor else {}),
+                )
+                messages += resp.get("messages", [])
+                cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+                if not (resp.get("has_more") and cursor):
+                    break
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
             log.info("could not read thread %s: %s", thread_ts, exc)
             return ()
-        messages = resp.get("messages", [])
         if any(m.get("user") == self.bot_user_id or m.get("bot_id") == self.bot_id for m in messages):
             return ()  # the bot answered here before: memory has the thread
         earlier = [

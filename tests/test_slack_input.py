@@ -93,6 +93,21 @@ async def test_speakers_are_named_and_a_thread_joined_mid_way_is_read(
         assert ts
 
 
+async def test_a_long_thread_is_read_bounded(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    async with bot(slack, fake_openai, tmp_path, streaming="edit", memory={"thread_messages": 5}):
+        root = await slack.user_message(CHANNEL, "message 0", deliver=False)
+        for i in range(1, 250):
+            await slack.user_message(CHANNEL, f"message {i}", thread_ts=root, deliver=False)
+        await slack.mention(CHANNEL, "summarise", thread_ts=root)
+        await slack.wait_for(lambda: settled(slack, CHANNEL, root), WAIT)
+    [text] = sent(fake_openai)
+    earlier = [f"Sam: message {i}" for i in (0, 246, 247, 248, 249)]  # the first and the latest
+    assert text == "Earlier messages in this thread:\n" + "\n".join(earlier) + "\n\nSam: summarise"
+    assert slack.replies_pages == 2  # 250 messages: two pages of 200
+
+
 async def test_streambot_new_and_a_new_dm_message_start_fresh(
     slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:

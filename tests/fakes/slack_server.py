@@ -253,6 +253,7 @@ class FakeSlack:
         self.files: dict[str, tuple[str, str, bytes]] = {}  # file id -> (name, mimetype, bytes)
         self.downloads: list[tuple[str, bool]] = []  # (file id, with the bot token) per download
         self.names: dict[str, str] = {"U0HUMAN": "Sam", "U0OTHER": "Alex"}  # users.info display names
+        self.replies_pages = 0  # conversations.replies pages served
         self.file_host = "127.0.0.1"  # where url_private points ("localhost": not the API's host)
 
         self._buckets: dict[str, _Bucket] = {}
@@ -1082,7 +1083,16 @@ class FakeSlack:
             if m.channel == channel and (m.ts == ts or m.thread_ts == ts) and not m.deleted
         ]
         thread.sort(key=lambda m: float(m.ts))
-        return {"messages": [m.as_event_message() for m in thread], "has_more": False}
+        if "latest" in args:  # only what came before it (inclusive=false, Slack's default)
+            thread = [m for m in thread if float(m.ts) < float(args["latest"])]
+        start, limit = int(args.get("cursor") or 0), int(args.get("limit") or 1000)
+        page, more = thread[start : start + limit], start + limit < len(thread)
+        self.replies_pages += 1
+        return {
+            "messages": [m.as_event_message() for m in page],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
 
 
 def texts(messages: Iterable[Message]) -> list[str]:
