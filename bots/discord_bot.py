@@ -242,17 +242,34 @@ class DiscordBot(discord.AutoShardedClient):
         me, limit = self.user, self.host.config.memory.thread_messages
         if me is None or not limit:
             return ()
+        thread = message.channel
         earlier: list[tuple[str, str]] = []
+        seen, from_start = 0, True
         try:
-            async for m in message.channel.history(limit=limit, before=message):
+            async for m in thread.history(limit=limit, before=message):
+                seen += 1
                 if m.author.id == me.id:
+                    from_start = False
                     break
-                if m.author.bot or me in m.mentions or not m.content.strip():
-                    continue
-                earlier.append((m.author.display_name, re.sub(r"<@!?\d+>", "", m.content).strip()))
+                if not (m.author.bot or me in m.mentions or not m.content.strip()):
+                    earlier.append((m.author.display_name, re.sub(r"<@!?\d+>", "", m.content).strip()))
+            if from_start and seen < limit and (starter := await self._starter(thread)) is not None:
+                earlier.append(starter)  # a thread started on a message: that message comes first
         except discord.HTTPException as exc:  # no Read Message History here: answer without
-            log.info("Discord: could not read the thread %s: %s", message.channel.id, exc)
+            log.info("Discord: could not read the thread %s: %s", thread.id, exc)
         return tuple(reversed(earlier))
+
+    async def _starter(self, thread: discord.Thread) -> tuple[str, str] | None:
+        """The message a thread was started on (it lives in the parent channel), if any."""
+        parent = thread.parent
+        if not isinstance(parent, discord.TextChannel):
+            return None
+        try:
+            m = await parent.fetch_message(thread.id)
+        except discord.HTTPException:  # a thread started on its own has no such message
+            return None
+        text = re.sub(r"<@!?\d+>", "", m.content).strip()
+        return (m.author.display_name, text) if text and not m.author.bot else None
 
     async def _ask_command(self, interaction: discord.Interaction, prompt: str, new: bool = False) -> None:
         """/ask prompt: - deferred at once ("is thinking…"), then the original response is edited.

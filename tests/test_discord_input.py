@@ -84,6 +84,19 @@ async def test_speakers_are_named_and_a_thread_is_read_from_its_start(bot: Bot) 
     assert sent[-1] == "Earlier messages in this thread:\nBob: or Monday?\n\nAlice: so which day?"
 
 
+async def test_a_thread_started_on_a_message_begins_with_it(bot: Bot) -> None:
+    fake, model = bot.fake, bot.model
+    start = await fake.send("Incident: the API is down", author=fake.bob)
+    thread = await fake.open_user_thread("incident", on=start)
+    await fake.send("restarting the pods", channel=thread)
+    model.reply("Bob reported an outage; Alice restarted pods.")
+    await bot.ask("summarise this thread", channel=thread)
+    assert last_sent(model) == [
+        "Earlier messages in this thread:\nBob: Incident: the API is down\nAlice: restarting the pods\n\n"
+        "Alice: summarise this thread"
+    ]
+
+
 async def test_a_dm_does_not_name_the_speaker(bot: Bot) -> None:
     fake, model = bot.fake, bot.model
     question = await fake.dm("hello there")

@@ -543,12 +543,19 @@ class FakeDiscord:
         return web.Response(body=data, headers={"Content-Type": content_type})
 
     async def open_user_thread(
-        self, name: str, *, channel: Channel | None = None, owner: User | None = None
+        self,
+        name: str,
+        *,
+        channel: Channel | None = None,
+        owner: User | None = None,
+        on: FakeMessage | None = None,
     ) -> Channel:
-        """A person starts a thread (not the bot): THREAD_CREATE, and the bot is not its owner."""
+        """A person starts a thread (not the bot), on message `on` or on its own: THREAD_CREATE,
+        and the bot is not its owner."""
         parent = channel or self.general
+        tid = on.id if on is not None else self.snowflake()  # a thread on a message has its id
         thread = self._add_channel(
-            Channel(self.snowflake(), 11, name, parent.guild_id, parent.id, (owner or self.alice).id)
+            Channel(tid, 11, name, parent.guild_id, parent.id, (owner or self.alice).id)
         )
         await self._dispatch("THREAD_CREATE", thread.json(self) | {"newly_created": True}, parent.guild_id)
         return thread
