@@ -75,10 +75,11 @@ def _place_key(channel: Any, guild_id: int | None) -> str | None:
 def attachments(message: discord.Message) -> tuple[Attachment, ...]:
     """The files of a message as the core describes them; downloaded only when answered.
     (A paste too long for a message arrives as `message.txt`: a text file like any other.)"""
-    return tuple(
-        Attachment(a.filename, a.content_type or "", a.size, fetch=http_fetch(a.url))
-        for a in message.attachments
-    )
+    return _described(message.attachments)
+
+
+def _described(files: list[discord.Attachment]) -> tuple[Attachment, ...]:
+    return tuple(Attachment(a.filename, a.content_type or "", a.size, fetch=http_fetch(a.url)) for a in files)
 
 
 # --- the bot -----------------------------------------------------------------------------------
@@ -104,9 +105,18 @@ class DiscordBot(discord.AutoShardedClient):
         self.tree = app_commands.CommandTree(self)
 
         @self.tree.command(name="ask", description="Ask the model; the answer streams in as it is written")
-        @app_commands.describe(prompt="Your question", new="Start a new conversation (forget this one)")
-        async def ask(interaction: discord.Interaction, prompt: str, new: bool = False) -> None:
-            await self._ask_command(interaction, prompt, new)
+        @app_commands.describe(
+            prompt="Your question",
+            new="Start a new conversation (forget this one)",
+            file="A picture or a file to ask about",
+        )
+        async def ask(
+            interaction: discord.Interaction,
+            prompt: str,
+            new: bool = False,
+            file: discord.Attachment | None = None,
+        ) -> None:
+            await self._ask_command(interaction, prompt, new, file)
 
         @self.tree.command(name="forget", description="Start over: forget the conversation here")
         async def forget(interaction: discord.Interaction) -> None:
@@ -271,7 +281,13 @@ class DiscordBot(discord.AutoShardedClient):
         text = re.sub(r"<@!?\d+>", "", m.content).strip()
         return (m.author.display_name, text) if text and not m.author.bot else None
 
-    async def _ask_command(self, interaction: discord.Interaction, prompt: str, new: bool = False) -> None:
+    async def _ask_command(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        new: bool = False,
+        file: discord.Attachment | None = None,
+    ) -> None:
         """/ask prompt: - deferred at once ("is thinking…"), then the original response is edited.
         With new:true a DM's or thread's conversation starts over first."""
         user = interaction.user
@@ -289,8 +305,9 @@ class DiscordBot(discord.AutoShardedClient):
                 str(user.id),
                 str(interaction.channel.id),
                 key,
-                prompt.strip() or "Hello!",
+                prompt.strip() or ("" if file else "Hello!"),
                 author=user.display_name if interaction.guild_id else "",
+                attachments=_described([file] if file else []),
             ),
             InteractionTarget(self, interaction, key),
         )

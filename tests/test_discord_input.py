@@ -128,6 +128,15 @@ async def test_forget_and_ask_new_start_a_dm_over(bot: Bot) -> None:
     assert last_sent(model) == ["start again", "and now?"]
 
 
+async def test_ask_takes_a_file(bot: Bot) -> None:
+    fake, model = bot.fake, bot.model
+    model.reply("A tiny picture.")
+    inter = await fake.slash("ask", {"prompt": "what is it?", "file": ("pic.png", "image/png", PNG)})
+    assert (await bot.outcome(inter.id)).status == "done"
+    assert images_in(model.requests[-1].body)
+    assert last_sent(model)[-1] == "Alice: what is it?\n[image: pic.png]"
+
+
 async def test_forget_in_a_channel_explains_instead(bot: Bot) -> None:
     inter = await bot.fake.slash("forget", {})
     await bot.fake.wait_for(lambda: inter.acknowledged, what="/forget to answer")

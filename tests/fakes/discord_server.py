@@ -597,21 +597,29 @@ class FakeDiscord:
     async def slash(
         self, name: str, options: dict[str, Any], *, channel: Channel | None = None, user: User | None = None
     ) -> FakeInteraction:
-        """A user runs `/name option:value ...` (a chat-input application command)."""
+        """A user runs `/name option:value ...` (a chat-input application command); a value
+        (name, content type, bytes) is an uploaded file."""
         channel = channel or self.general
         cmd = next((c for c in self.commands if c["name"] == name), None)
         if cmd is None:
             raise AssertionError(
                 f"/{name} was never registered; registered: {[c['name'] for c in self.commands]}"
             )
-        data = {
+        data: dict[str, Any] = {
             "id": cmd["id"],
             "name": name,
             "type": 1,
             "options": [
-                {"name": k, "type": 5 if isinstance(v, bool) else 3, "value": v} for k, v in options.items()
+                {"name": k, "type": 5 if isinstance(v, bool) else 3, "value": v}
+                for k, v in options.items()
+                if not isinstance(v, tuple)
             ],
         }
+        uploads = {k: v for k, v in options.items() if isinstance(v, tuple)}  # (name, type, bytes)
+        if uploads:
+            attached = {k: self._attachment(channel, *v) for k, v in uploads.items()}
+            data["options"] += [{"name": k, "type": 11, "value": a["id"]} for k, a in attached.items()]
+            data["resolved"] = {"attachments": {a["id"]: a for a in attached.values()}}
         if channel.guild_id:
             data["guild_id"] = str(channel.guild_id)
         inter = self._new_interaction(2, channel, user or self.alice, data)
