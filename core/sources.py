@@ -151,14 +151,20 @@ class _Watched:
             raise
 
 
-def _rejects_images(exc: BaseException | None) -> bool:
-    """The model server refused the request as malformed: a text-only model given a picture."""
-    return isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError) or (
+def _refused_images(exc: BaseException | None) -> str | None:
+    """Why the model server refused a request carrying pictures, as a note, or None when the
+    failure was something else: a 400/422 (a text-only model) or a 413 (too large for it)."""
+    if isinstance(exc, openai.APIStatusError) and exc.status_code == 413:
+        return IMAGES_TOO_LARGE
+    if isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError) or (
         isinstance(exc, openai.APIStatusError) and "image" in str(exc.message).lower()
-    )
+    ):
+        return IMAGES_REFUSED
+    return None
 
 
 IMAGES_REFUSED = "This model can't read pictures, so I answered from the text alone."
+IMAGES_TOO_LARGE = "The pictures were too large for the model server, so I answered from the text alone."
 
 
 class AgentRun:
@@ -200,9 +206,9 @@ class AgentRun:
                 yield Failed(describe_error(exc))
                 return
             watched = _Watched(self._result)
-            wrote = False
+            wrote, why = False, None
             async for ev in normalize(cast(RunResultStreaming, watched)):
-                if isinstance(ev, Failed) and retry and not wrote and _rejects_images(watched.error):
+                if isinstance(ev, Failed) and retry and not wrote and (why := _refused_images(watched.error)):
                     break
                 wrote = wrote or isinstance(ev, TextDelta)
                 yield ev
@@ -213,7 +219,7 @@ class AgentRun:
             retry = False
             if self._session is not None:
                 await undo(self._session)
-            yield TextDelta(notes_text([IMAGES_REFUSED]))
+            yield TextDelta(notes_text([why]))
             self._user_item = cast(TResponseInputItem, prepared.item(with_images=False))
             model_input = [self._user_item]
 

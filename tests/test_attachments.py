@@ -15,7 +15,7 @@ from core.attachments import Attachment, FileLimits, Turn, prepare
 from core.config import Config, LimitsConfig, MemoryConfig, ModelConfig
 from core.events import Failed, TextDelta
 from core.memory import prune_sqlite
-from core.sources import IMAGES_REFUSED, build_brain
+from core.sources import IMAGES_REFUSED, IMAGES_TOO_LARGE, build_brain
 from fakes.openai_server import FakeOpenAI, images_in, user_texts
 
 # A real 1x1 PNG.
@@ -108,6 +108,20 @@ async def test_a_model_that_refuses_pictures_still_answers_the_text(fake_openai,
     # the refused attempt left nothing behind: one user turn and one answer before this one
     texts = user_texts(fake_openai.requests_to(PATHS[api])[-1].body)
     assert len(texts) == 2 and texts[-1] == "again"
+
+
+async def test_pictures_too_large_for_the_server_are_dropped_not_the_question(fake_openai, tmp_path) -> None:
+    brain = build_brain(config_for(fake_openai, tmp_path))
+    fake_openai.http_error(413, "Request Entity Too Large")
+    fake_openai.reply("Answered.")
+    turn = Turn("hi", attachments=(Attachment("a.png", "image/png", data=PNG),))
+    text, _ = await run_text(brain.start(turn, "conv"))
+    assert text == f"_{IMAGES_TOO_LARGE}_\n\nAnswered."
+    assert not images_in(fake_openai.requests[-1].body)
+    # a refused key is not about pictures: it is reported, not retried without them
+    fake_openai.http_error(401)
+    text, events = await run_text(brain.start(turn, "conv"))
+    assert isinstance(events[-1], Failed) and len(fake_openai.requests) == 3
 
 
 async def test_an_image_only_question_is_answered(fake_openai, tmp_path) -> None:
