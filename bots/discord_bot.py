@@ -297,8 +297,6 @@ class DiscordBot(discord.AutoShardedClient):
         # elsewhere the response message starts a reply chain of its own (see `_chain_key`)
         place = _place_key(interaction.channel, interaction.guild_id)
         key = place or f"discord:chain:{interaction.id}"
-        if new and place:
-            await self.host.forget(place)
         await self.host.answer(
             Question(
                 str(interaction.id),
@@ -308,6 +306,7 @@ class DiscordBot(discord.AutoShardedClient):
                 prompt.strip() or ("" if file else "Hello!"),
                 author=user.display_name if interaction.guild_id else "",
                 attachments=_described([file] if file else []),
+                fresh=new and place is not None,
             ),
             InteractionTarget(self, interaction, key),
         )
@@ -320,7 +319,7 @@ class DiscordBot(discord.AutoShardedClient):
         place = _place_key(interaction.channel, interaction.guild_id)
         if place is None:
             text = "Here every new mention starts a fresh conversation; replying to my answer continues one."
-        elif await self.host.forget(place):
+        elif self.host.start_over(place):
             text = "Done: I've forgotten our conversation here. The next question starts fresh."
         else:
             text = "I keep no memory of conversations, so there is nothing to forget."

@@ -503,7 +503,7 @@ class SlackBot:
         key = self._last.pop((command.get("channel_id", ""), command.get("user_id", "")), None)
         if key is None:
             await ack("Nothing to forget here: a new message (outside a thread) always starts fresh.")
-        elif await self.host.forget(key):
+        elif self.host.start_over(key):
             await ack("Done: I've forgotten our last conversation here. Your next question starts fresh.")
         else:
             await ack("I keep no memory of conversations, so there is nothing to forget.")

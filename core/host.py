@@ -56,6 +56,7 @@ class Question:
     author: str = ""  # display name, in channels and shared threads: "Sam: …" for the model
     attachments: tuple[Attachment, ...] = ()  # pictures and files sent with it
     context: tuple[tuple[str, str], ...] = ()  # (author, text) of earlier thread messages not yet seen
+    fresh: bool = False  # start the conversation over first (/ask new:true)
 
     def model_input(self) -> str | Turn:
         """What the brain is given: a plain question stays a string (any Brain takes that)."""
@@ -153,6 +154,8 @@ class Host:
                 if running.stopped:  # stopped or deleted while waiting for its turn
                     await target.close()
                     return None
+                if question.fresh and (forget := getattr(self.brain, "forget", None)):
+                    await forget(question.conversation)  # in its turn: after the reply before it
                 return await self._run(running, target)
         except Exception:
             log.exception("reply %s failed", question.reply_id)
@@ -230,6 +233,20 @@ class Host:
                 del self._turns[conversation]
             else:
                 self._turns[conversation] = (lock, users - 1)
+
+    @property
+    def remembers(self) -> bool:
+        """Whether the brain keeps conversation memory (there is something to forget)."""
+        return bool(getattr(self.brain, "remembers", False))
+
+    def start_over(self, conversation: str) -> bool:
+        """`forget` in the background, for commands that must answer at once (Discord and
+        Slack want an answer within 3 s; a reply may be streaming in the conversation). The
+        clearing takes its turn now, so it comes after that reply and before any later one."""
+        if not (self.remembers and conversation):
+            return False
+        self.spawn(self.forget(conversation))
+        return True
 
     async def forget(self, conversation: str) -> bool:
         """Start `conversation` over (/forget, /streambot new): its memory is cleared once the

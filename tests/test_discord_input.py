@@ -141,3 +141,18 @@ async def test_forget_in_a_channel_explains_instead(bot: Bot) -> None:
     inter = await bot.fake.slash("forget", {})
     await bot.fake.wait_for(lambda: inter.acknowledged, what="/forget to answer")
     assert "every new mention starts a fresh conversation" in str(inter.callbacks)
+
+
+async def test_forget_answers_at_once_while_a_reply_streams(bot: Bot) -> None:
+    fake, model = bot.fake, bot.model
+    held = model.reply(["Nice to ", "meet you."], hold_after=1)
+    first = await fake.dm("my name is Alice")
+    await held.wait_held()
+    inter = await fake.slash("forget", {}, channel=fake.dm_channel(fake.alice))
+    await fake.wait_for(lambda: inter.acknowledged, 20.0, "/forget to answer while the reply streams")
+    assert first.id not in bot.logs.outcomes  # still streaming: Discord wants an answer in 3 s
+    held.release()
+    await bot.outcome(first.id)
+    question = await fake.dm("what is my name?")
+    await bot.outcome(question.id)
+    assert last_sent(model) == ["what is my name?"]  # forgotten after the reply that was streaming
