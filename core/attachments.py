@@ -15,6 +15,7 @@ picture is downloaded once, for the turn that carries it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -144,55 +145,73 @@ class Prepared:
 
 
 async def prepare(turn: Turn, limits: FileLimits) -> Prepared:
-    """Download and read `turn`'s attachments within `limits`. Never raises for a bad file:
-    each one that cannot be used becomes a note."""
+    """Download and read `turn`'s attachments within `limits`, all at once. Never raises for
+    a bad file: each one that cannot be used becomes a note."""
     sections: list[str] = []
     if turn.context:
         earlier = "\n".join(f"{who}: {text}" if who else text for who, text in turn.context)
         sections.append(f"Earlier messages in this thread:\n{earlier}")
     question = turn.text.strip() or (NO_TEXT if turn.attachments else "")
     sections.append(f"{turn.author}: {question}" if turn.author else question)
-    out = Prepared("")
-    images = files = 0
+    counts = {"image": 0, "file": 0}
+    caps = {"image": (limits.max_images, "pictures"), "file": (limits.max_files, "files")}
+    jobs = []
     for att in turn.attachments:
-        kind = att.kind
-        name = _safe_name(att.name)
-        if kind == "image":
-            if limits.max_images and images >= limits.max_images:
-                out.notes.append(f"{name}: skipped, at most {limits.max_images} pictures per question")
-                continue
-            data = await _read(att, limits.max_image_bytes, name, out.notes)
-            if data is not None:
-                images += 1
-                out.images.append(
-                    (name, f"data:{_image_type(att, data)};base64,{base64.b64encode(data).decode()}")
-                )
-            continue
+        kind, name = att.kind, _safe_name(att.name)
         if kind == "other":
-            out.notes.append(f"{name}: not a picture or a text file I can read, so I left it out")
+            jobs.append(_skip(f"{name}: not a picture or a text file I can read, so I left it out"))
             continue
-        if limits.max_files and files >= limits.max_files:
-            out.notes.append(f"{name}: skipped, at most {limits.max_files} files per question")
+        slot = "image" if kind == "image" else "file"
+        cap = limits.max_image_bytes if slot == "image" else limits.max_file_bytes
+        if cap and att.size > cap:  # known too large: no download, and it takes no one's place
+            jobs.append(_skip(f"{name}: larger than {_size(cap)}, so I left it out"))
             continue
-        data = await _read(att, limits.max_file_bytes, name, out.notes)
-        if data is None:
+        most, what = caps[slot]
+        if most and counts[slot] >= most:
+            jobs.append(_skip(f"{name}: skipped, at most {most} {what} per question"))
             continue
-        text = _pdf_text(data) if kind == "pdf" else _decode(data)
-        if text is None:
-            what = "a PDF I could not read text from" if kind == "pdf" else "not readable as text"
-            out.notes.append(f"{name}: {what}, so I left it out")
-            continue
-        files += 1
-        header = f"[file: {name}]"
-        if limits.max_file_chars and len(text) > limits.max_file_chars:
-            header = f"[file: {name}, the first {limits.max_file_chars:,} of {len(text):,} characters]"
-            out.notes.append(
-                f"{name} is long: I read the first {limits.max_file_chars:,} of its {len(text):,} characters"
-            )
-            text = text[: limits.max_file_chars]
-        sections.append(f"{header}\n{text}")
+        counts[slot] += 1
+        jobs.append(_use(att, kind, name, limits))
+    out = Prepared("")
+    for notes, image, section in await asyncio.gather(*jobs):
+        out.notes += notes
+        if image:
+            out.images.append(image)
+        if section:
+            sections.append(section)
     out.text = "\n\n".join(s for s in sections if s)
     return out
+
+
+Used = tuple[list[str], tuple[str, str] | None, str | None]  # notes, (name, data: URL), text section
+
+
+async def _skip(note: str) -> Used:
+    return [note], None, None
+
+
+async def _use(att: Attachment, kind: Kind, name: str, limits: FileLimits) -> Used:
+    """One attachment read for the model: a picture, a text section, or notes saying why not."""
+    notes: list[str] = []
+    cap = limits.max_image_bytes if kind == "image" else limits.max_file_bytes
+    data = await _read(att, cap, name, notes)
+    if data is None:
+        return notes, None, None
+    if kind == "image":
+        return notes, (name, f"data:{_image_type(att, data)};base64,{base64.b64encode(data).decode()}"), None
+    # pypdf is pure Python: a big PDF must not stall every other reply's stream
+    text = await asyncio.to_thread(_pdf_text, data) if kind == "pdf" else _decode(data)
+    if text is None:
+        what = "a PDF I could not read text from" if kind == "pdf" else "not readable as text"
+        return [*notes, f"{name}: {what}, so I left it out"], None, None
+    header = f"[file: {name}]"
+    if limits.max_file_chars and len(text) > limits.max_file_chars:
+        header = f"[file: {name}, the first {limits.max_file_chars:,} of {len(text):,} characters]"
+        notes.append(
+            f"{name} is long: I read the first {limits.max_file_chars:,} of its {len(text):,} characters"
+        )
+        text = text[: limits.max_file_chars]
+    return notes, None, f"{header}\n{text}"
 
 
 async def _read(att: Attachment, limit: int, name: str, notes: list[str]) -> bytes | None:

@@ -3,6 +3,7 @@ clients against the fake OpenAI server (both APIs): what the model really receiv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import zlib
@@ -247,3 +248,19 @@ async def test_ttl_is_applied_before_a_run(fake_openai, tmp_path) -> None:
     fake_openai.reply("ok")
     await run_text(brain.start("what did I say?", "c"))
     assert user_texts(fake_openai.requests[-1].body) == ["what did I say?"]
+
+
+async def test_attachments_download_together_and_keep_their_order() -> None:
+    started, both = 0, asyncio.Event()
+
+    async def fetch(limit: int) -> bytes:
+        nonlocal started
+        started += 1
+        if started == 2:
+            both.set()
+        await both.wait()  # one at a time would never get here
+        return b"same text"
+
+    turn = Turn("x", attachments=(Attachment("a.txt", fetch=fetch), Attachment("b.txt", fetch=fetch)))
+    prepared = await asyncio.wait_for(prepare(turn, FileLimits()), 30)
+    assert prepared.text == "x\n\n[file: a.txt]\nsame text\n\n[file: b.txt]\nsame text"
