@@ -240,9 +240,9 @@ class Host:
         return bool(getattr(self.brain, "remembers", False))
 
     def start_over(self, conversation: str) -> bool:
-        """`forget` in the background, for commands that must answer at once (Discord and
-        Slack want an answer within 3 s; a reply may be streaming in the conversation). The
-        clearing takes its turn now, so it comes after that reply and before any later one."""
+        """`forget` in the background, for commands that must answer at once (chat platforms
+        want an answer within 3 s; a reply may be streaming in the conversation). The clearing
+        takes its turn now, so it comes after that reply and before any later one."""
         if not (self.remembers and conversation):
             return False
         self.spawn(self.forget(conversation))
