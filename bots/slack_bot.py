@@ -281,7 +281,10 @@ class SlackBot:
         if user not in self._names:
             try:
                 info = (await self.client.users_info(user=user)).get("user") or {}
-            except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            except SlackApiError as exc:  # e.g. missing_scope (no users:read): ask once, not per question
+                log.info("could not look up the name of %s: %s", user, error_of(exc)[1])
+                info = {}
+            except (aiohttp.ClientError, TimeoutError) as exc:  # may work next time
                 log.info("could not look up the name of %s: %s", user, exc)
                 return user
             profile = info.get("profile") or {}

@@ -135,3 +135,15 @@ async def test_streambot_new_and_a_new_dm_message_start_fresh(
         second = await slack.user_message("D0DIRECT", "which number?")
         await answered(slack, "D0DIRECT", second)
         assert sent(fake_openai) == ["which number?"]
+
+
+async def test_a_name_slack_will_not_give_is_the_id_asked_once(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    slack.fail_next["users.info"] = ["missing_scope"]  # an app installed before users:read
+    async with bot(slack, fake_openai, tmp_path, streaming="edit"):
+        for question in ("first", "second"):
+            ts = await slack.mention(CHANNEL, question)
+            await answered(slack, CHANNEL, ts)
+    assert sent(fake_openai) == ["U0HUMAN: second"]
+    assert slack.count("users.info") == 1
