@@ -250,19 +250,20 @@ class SlackBot:
     def _files(self, event: dict[str, Any]) -> tuple[Attachment, ...]:
         """The files shared with a message; downloaded with the bot token (files:read) only
         from Slack's own hosts, and only when the question is answered."""
+        files = event.get("files")
         found = []
-        for f in event.get("files") or []:
+        for f in files if isinstance(files, list) else []:
+            if not isinstance(f, dict) or f.get("mode") == "tombstone":  # tombstone: deleted
+                continue
             url = f.get("url_private_download") or f.get("url_private")
-            if not isinstance(f, dict) or not url or f.get("mode") == "tombstone":
+            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
                 continue
             mimetype = str(f.get("mimetype") or "")
+            size = f.get("size")
             headers = {"Authorization": f"Bearer {self.client.token}"} if self._slack_host(url) else {}
             fetch = http_fetch(url, headers, reject_html=mimetype != "text/html")
-            found.append(
-                Attachment(
-                    str(f.get("name") or f.get("title") or "file"), mimetype, int(f.get("size") or 0), fetch
-                )
-            )
+            name = str(f.get("name") or f.get("title") or "file")
+            found.append(Attachment(name, mimetype, size if isinstance(size, int) else 0, fetch))
         return tuple(found)
 
     def _slack_host(self, url: str) -> bool:

@@ -147,3 +147,15 @@ async def test_a_name_slack_will_not_give_is_the_id_asked_once(
             await answered(slack, CHANNEL, ts)
     assert sent(fake_openai) == ["U0HUMAN: second"]
     assert slack.count("users.info") == 1
+
+
+async def test_malformed_files_in_an_event_cost_nothing(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    async with bot(slack, fake_openai, tmp_path, streaming="edit"):
+        ts = await slack.user_message("D0DIRECT", "hi", deliver=False)
+        weird = ["x", {"url_private": 7}, {"url_private": "file:///etc/passwd", "name": "p"}, {"size": "big"}]
+        event = {"type": "message", "channel": "D0DIRECT", "user": "U0HUMAN", "text": "hi", "ts": ts}
+        await slack.send_event(event | {"channel_type": "im", "subtype": "file_share", "files": weird})
+        await answered(slack, "D0DIRECT", ts)
+    assert sent(fake_openai) == ["hi"]
