@@ -159,3 +159,14 @@ async def test_malformed_files_in_an_event_cost_nothing(
         await slack.send_event(event | {"channel_type": "im", "subtype": "file_share", "files": weird})
         await answered(slack, "D0DIRECT", ts)
     assert sent(fake_openai) == ["hi"]
+
+
+@pytest.mark.parametrize("mode", ["socket", "http"])
+async def test_streambot_answers_in_both_modes(fake_openai: FakeOpenAI, tmp_path: Path, mode: str) -> None:
+    async with FakeSlack(mode=mode) as slack, bot(slack, fake_openai, tmp_path):
+        delivery = await slack.slash("/streambot", "", CHANNEL)
+        await slack.wait_for(lambda: delivery.acked, WAIT, "/streambot to be acknowledged")
+        assert "`/streambot new` starts our conversation here over" in str(delivery.response)
+        delivery = await slack.slash("/streambot", "new", CHANNEL)
+        await slack.wait_for(lambda: delivery.acked, WAIT, "/streambot new to be acknowledged")
+        assert "Nothing to forget here" in str(delivery.response)

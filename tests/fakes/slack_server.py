@@ -28,7 +28,6 @@ would against slack.com. What it models, because the adapter's behaviour depends
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import itertools
@@ -695,8 +694,10 @@ class FakeSlack:
             ) as r:
                 answer = await r.read()
                 if r.status == 200 and d.acked is None:
-                    with contextlib.suppress(ValueError):
+                    try:
                         d.response = json.loads(answer) if answer else None
+                    except ValueError:  # a plain-text answer
+                        d.response = answer.decode()
                     d.acked = time.monotonic()
                     d.ack_event.set()
         except (aiohttp.ClientError, TimeoutError):
