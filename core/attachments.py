@@ -22,6 +22,7 @@ import logging
 import mimetypes
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -278,6 +279,30 @@ def _size(n: int) -> str:
 def notes_text(notes: list[str]) -> str:
     """The notes as the first lines of the answer, in italics."""
     return "".join(f"_{note}_\n" for note in notes) + "\n" if notes else ""
+
+
+def local_file(path: str | Path) -> Attachment:
+    """A file on this machine as an attachment (`streambot ask --file`); FileNotFoundError
+    or IsADirectoryError when it is not a readable file, before anything is asked."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    size = p.stat().st_size
+
+    async def fetch(limit: int) -> bytes:
+        def read() -> bytes:
+            with p.open("rb") as f:
+                data = f.read(limit + 1)
+            if len(data) > limit:
+                raise TooLarge
+            return data
+
+        try:
+            return await asyncio.to_thread(read)
+        except OSError as exc:
+            raise FetchError(exc.strerror or type(exc).__name__) from None
+
+    return Attachment(p.name, mimetypes.guess_type(p.name)[0] or "", size, fetch)
 
 
 def http_fetch(
