@@ -15,6 +15,7 @@ from bots import console, discord_bot, slack_bot, usage_report
 from core import config as cfg
 from core import logs
 from core.adapter import Adapter
+from core.attachments import local_file
 from core.backend import Backend, open_backend
 from core.demo import DEMO_NOTICE
 from core.errors import SetupError
@@ -141,19 +142,30 @@ def _cancel_on_sigterm() -> None:
             pass
 
 
-async def ask(config: cfg.Config, question: str, source: str = "built-in defaults") -> int:
+async def ask(
+    config: cfg.Config, question: str, source: str = "built-in defaults", paths: list[str] | None = None
+) -> int:
     # Only memory matters here: the chat adapters' tokens are not needed to ask one question.
     problems = cfg.check_env(config, source)
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
         return 1
+    try:
+        files = tuple(local_file(path) for path in paths or [])
+    except OSError as exc:
+        print(f"--file {exc}: give the path of a picture, text file or PDF", file=sys.stderr)
+        return 2
     brain = build_brain(config)
     if brain.demo:
         Console(stderr=True).print(DEMO_NOTICE, style="yellow", markup=False)
     try:
         outcome = await console.ask(
-            Host(config, brain), config.section("console", console.ConsoleSettings), question, Console()
+            Host(config, brain),
+            config.section("console", console.ConsoleSettings),
+            question,
+            Console(),
+            files,
         )
     finally:
         if brain.redis is not None:
@@ -210,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     p_console.add_argument("--page-chars", type=int, help="page size, to watch paging (min 200)")
     p_ask = sub.add_parser("ask", help="stream one answer to stdout and exit")
     p_ask.add_argument("question", nargs="+")
+    p_ask.add_argument(
+        "--file",
+        "-f",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a picture, text file or PDF to ask about",
+    )
     p_ask.add_argument("--config", "-c")
     p_usage = sub.add_parser("usage", help="the people and channels that used the most tokens")
     p_usage.add_argument("--config", "-c")
@@ -229,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(args.log_level, config.ops.log_format)
     try:
         if command == "ask":
-            return asyncio.run(ask(config, " ".join(args.question), source))
+            return asyncio.run(ask(config, " ".join(args.question), source, args.file))
         if command == "usage":
             return asyncio.run(usage_report.report(config, source, args.days, args.top, args.json))
         if getattr(args, "ops", None):

@@ -65,12 +65,19 @@ class MemoryConfig(Section):
     path: str = "streambot.db"  # sqlite backend
     url: str = ""  # redis backend; else env REDIS_URL (a URL with a password belongs there)
     max_items: int = Field(40, ge=0, le=10_000)  # history items sent to the model per turn; 0 = all
+    ttl_days: float = Field(0.0, ge=0)  # forget conversations this long after; 0 = keep them
+    thread_messages: int = Field(50, ge=0, le=1000)  # earlier messages read when joining a thread
 
 
 class LimitsConfig(Section):
     """Abuse and cost limits for chat platforms (0 turns a limit off)."""
 
     max_prompt_chars: int = Field(8000, ge=0)
+    max_images: int = Field(4, ge=0)  # pictures per question sent to the model
+    max_image_bytes: int = Field(8 << 20, ge=0)  # per picture
+    max_files: int = Field(5, ge=0)  # text files and PDFs per question
+    max_file_bytes: int = Field(10 << 20, ge=0)  # per file, as downloaded
+    max_file_chars: int = Field(20_000, ge=0)  # text the model reads of one file; cut with a note
     user_concurrent: int = Field(2, ge=0)  # replies one person may have streaming at once
     user_per_minute: int = Field(10, ge=0)  # questions one person may ask per minute
     channel_concurrent: int = Field(10, ge=0)  # replies streaming at once in one channel

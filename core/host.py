@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from core import metrics
+from core.attachments import Attachment, Turn
 from core.config import Config
 from core.events import ModelRun
 from core.limits import Gate, Refused, Slot
@@ -40,7 +41,7 @@ Finish = Callable[[dict[str, Any], str], Awaitable[None]]  # (record.place, fina
 class Brain(Protocol):
     """What the host needs of the model side (core/sources.py `Brain` is one)."""
 
-    def start(self, prompt: str, conversation: str | None = None) -> ModelRun: ...
+    def start(self, prompt: str | Turn, conversation: str | None = None) -> ModelRun: ...
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,16 @@ class Question:
     prompt: str
     message: str = ""  # the question's message key: deleting it stops the reply
     limited: bool = True  # subject to `[limits]` (the local console is not)
+    author: str = ""  # display name, in channels and shared threads: "Sam: …" for the model
+    attachments: tuple[Attachment, ...] = ()  # pictures and files sent with it
+    context: tuple[tuple[str, str], ...] = ()  # (author, text) of earlier thread messages not yet seen
+    fresh: bool = False  # start the conversation over first (/ask new:true)
+
+    def model_input(self) -> str | Turn:
+        """What the brain is given: a plain question stays a string (any Brain takes that)."""
+        if not (self.author or self.attachments or self.context):
+            return self.prompt
+        return Turn(self.prompt, self.author, self.attachments, self.context)
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,8 @@ class Host:
                 if running.stopped:  # stopped or deleted while waiting for its turn
                     await target.close()
                     return None
+                if question.fresh and (forget := getattr(self.brain, "forget", None)):
+                    await forget(question.conversation)  # in its turn: after the reply before it
                 return await self._run(running, target)
         except Exception:
             log.exception("reply %s failed", question.reply_id)
@@ -170,7 +183,7 @@ class Host:
                 self._track(running, key, index)
 
         reply = Reply(
-            self.brain.start(q.prompt, q.conversation),
+            self.brain.start(q.model_input(), q.conversation),
             target,
             self.pacer,
             self.config.stream,
@@ -253,6 +266,31 @@ class Host:
                 del self._turns[conversation]
             else:
                 self._turns[conversation] = (lock, users - 1)
+
+    @property
+    def remembers(self) -> bool:
+        """Whether the brain keeps conversation memory (there is something to forget)."""
+        return bool(getattr(self.brain, "remembers", False))
+
+    def start_over(self, conversation: str) -> bool:
+        """`forget` in the background, for commands that must answer at once (chat platforms
+        want an answer within 3 s; a reply may be streaming in the conversation). The clearing
+        takes its turn now, so it comes after that reply and before any later one."""
+        if not (self.remembers and conversation):
+            return False
+        self.spawn(self.forget(conversation))
+        return True
+
+    async def forget(self, conversation: str) -> bool:
+        """Start `conversation` over (/forget, /streambot new): its memory is cleared once the
+        reply running in it, if any, has ended. False when the brain keeps no memory."""
+        forget = getattr(self.brain, "forget", None)
+        if forget is None or not conversation:
+            return False
+        async with self._turn(conversation):
+            forgotten = bool(await forget(conversation))
+        log.info("conversation %s started over", conversation)
+        return forgotten
 
     async def notice(self, target: Target, text: str) -> None:
         """A short message that is not a model reply (a hint, a refusal), paced like the rest."""

@@ -316,6 +316,7 @@ async def running_slack_bot(
     memory_path: str,
     stream: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
+    memory: dict[str, Any] | None = None,
     store: Any = None,
     backend: Any = None,
     **slack_settings: Any,
@@ -355,7 +356,7 @@ async def running_slack_bot(
         }
         config = Config(
             model=ModelConfig(base_url=model_base_url),
-            memory=MemoryConfig(path=memory_path),
+            memory=MemoryConfig(path=memory_path, **(memory or {})),
             stream=StreamConfig(**(stream or {})),
             limits=LimitsConfig(**(limits or {})),
             slack=SlackSettings(**settings),

@@ -69,7 +69,9 @@ __all__ = [
     "Script",
     "TextReply",
     "ToolCallReply",
+    "images_in",
     "split_text",
+    "user_texts",
 ]
 
 DEFAULT_TEXT = "fake reply"
@@ -216,6 +218,8 @@ class FakeOpenAI:
         """Answered (in ~3-character chunks) when no scripted reply is queued."""
         self.requests: list[RecordedRequest] = []
         """Every request received, in order, including rejected ones."""
+        self.reject_images = False
+        """Answer 400 to any request carrying a picture, as a text-only model does."""
         self.disconnects = 0
         """Requests the client abandoned before the fake finished them (e.g. a cancelled run)."""
         self._queue: deque[Script] = deque()
@@ -453,6 +457,8 @@ class FakeOpenAI:
         if not isinstance(body, dict):
             return _json_error(400, _error_body(400, "The request body is not a JSON object."))
 
+        if self.reject_images and images_in(body):  # a text-only model, as OpenAI words it
+            return _json_error(400, _error_body(400, IMAGES_REFUSED, code="invalid_image"))
         script = self._pop()
         if isinstance(script, HttpErrorReply):
             return _json_error(script.status, script.body, script.retry_after)
@@ -831,6 +837,50 @@ def _chat_completion(fake: FakeOpenAI, body: Mapping[str, Any], script: Script) 
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         "usage": _chat_usage(body, script),
     }
+
+
+# --- What the model was given (both APIs) ---------------------------------------------------
+
+IMAGES_REFUSED = "Invalid content type. image_url is only supported by certain models."
+
+
+def _messages(body: Mapping[str, Any]) -> list[Any]:
+    """The conversation items of a request: Responses `input` or Chat Completions `messages`."""
+    items = body.get("input", body.get("messages")) or []
+    return [{"role": "user", "content": items}] if isinstance(items, str) else list(items)
+
+
+def images_in(body: Any) -> list[str]:
+    """Every picture URL in a request (Responses `input_image`, Chat Completions `image_url`)."""
+    found: list[str] = []
+    if not isinstance(body, Mapping):
+        return found
+    for item in _messages(body):
+        content = item.get("content") if isinstance(item, Mapping) else None
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") == "input_image":
+                found.append(part.get("image_url") or "")
+            elif part.get("type") == "image_url":
+                found.append((part.get("image_url") or {}).get("url", ""))
+    return found
+
+
+def user_texts(body: Any) -> list[str]:
+    """The text of each user message in a request, in order (both APIs, parts joined)."""
+    texts: list[str] = []
+    if not isinstance(body, Mapping):
+        return texts
+    for item in _messages(body):
+        if not isinstance(item, Mapping) or item.get("role") != "user":
+            continue
+        content = item.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.append(
+                "\n".join(p.get("text", "") for p in content if p.get("type") in ("input_text", "text"))
+            )
+    return texts
 
 
 # --- Shared helpers -------------------------------------------------------------------------
