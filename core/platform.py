@@ -16,10 +16,13 @@ Op = Literal["post", "edit", "notice"]  # a notice: a finished message that is n
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """At most `count` requests in any window of `per` seconds."""
+    """At most `count` requests in any window of `per` seconds; or, with `burst`, a token
+    bucket: up to `burst` requests at once, refilled at `count` per `per` seconds (for
+    platforms that welcome short bursts)."""
 
     count: int
     per: float
+    burst: int = 0
 
 
 @dataclass(frozen=True, slots=True)
