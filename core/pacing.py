@@ -110,6 +110,7 @@ class Budget:
         self._tokens_at = clock.now()  # ...as of this time
         self._nap: asyncio.Future[None] | None = None  # the head's sleep, cut short by `wake`
         self._woken = False
+        self.partner: Budget | None = None  # one platform bucket behind two keys (`Pacer.link`)
 
     # --- the rate in force -------------------------------------------------------------------
 
@@ -184,6 +185,8 @@ class Budget:
             self._tokens -= 1.0
         else:
             bisect.insort(self._sent, now)
+            if self.partner is not None:  # the same bucket: it counts there too
+                bisect.insort(self.partner._sent, now)
         return now
 
     async def _sleep(self, seconds: float) -> None:
@@ -219,10 +222,13 @@ class Budget:
         """A slot granted at `granted` was used at `sent` (it waited for another budget)."""
         if self.rate.burst:
             return  # a token bucket keeps no times
-        i = bisect.bisect_left(self._sent, granted)
-        if i < len(self._sent) and self._sent[i] == granted:
-            del self._sent[i]
-        bisect.insort(self._sent, sent)
+        for window in (self._sent, self.partner._sent if self.partner is not None else None):
+            if window is None:
+                continue
+            i = bisect.bisect_left(window, granted)
+            if i < len(window) and window[i] == granted:
+                del window[i]
+            bisect.insort(window, sent)
 
     # --- what the platform says -----------------------------------------------------------------
 
@@ -277,6 +283,7 @@ class Pacer:
         self.clock: Clock = clock or RealClock()
         self.shared = shared
         self._budgets: dict[str, Budget] = {}
+        self._links: dict[str, str] = {}  # key -> the key sharing its platform bucket
         self._prune_at = 1024
         self._pausing: set[asyncio.Task[None]] = set()
 
@@ -288,6 +295,8 @@ class Pacer:
             if len(self._budgets) >= self._prune_at:
                 self._prune()
             budget = self._budgets[key] = Budget(rate, self.clock, key, self.shared)
+            if (partner := self._budgets.get(self._links.get(key, ""))) is not None:
+                budget.partner, partner.partner = partner, budget
         elif not budget.learned and budget.rate != rate:
             budget.rate = rate
             budget.wake()
@@ -302,7 +311,19 @@ class Pacer:
         """Forget budgets that are as good as new (nothing in their window, no pause, nobody
         waiting): keys per reply or per channel would otherwise pile up for the process's life."""
         self._budgets = {k: b for k, b in self._budgets.items() if not b.idle()}
+        self._links = {k: p for k, p in self._links.items()
+                       if k in self._budgets or p in self._budgets}
         self._prune_at = max(1024, 2 * len(self._budgets))
+
+    def link(self, key: str, other: str) -> None:
+        """The platform serves `key` and `other` from one bucket: from now on every grant in
+        either counts in both (a request still waits in its own key's queue only)."""
+        if self._links.get(key) == other:
+            return
+        self._links[key], self._links[other] = other, key
+        a, b = self._budgets.get(key), self._budgets.get(other)
+        if a is not None and b is not None:
+            a.partner, b.partner = b, a
 
     async def acquire(self, budgets: list[tuple[str, Rate]], priority: int = NORMAL) -> None:
         """Wait for a turn in every named budget, in the order given (name the one that waits

@@ -100,6 +100,19 @@ async def test_a_pause_without_slowing_down() -> None:
     assert await grant_times(clock, pacer, budget, 2) == [3.0, 4.0]
 
 
+async def test_linked_budgets_count_each_others_grants() -> None:
+    """Two keys the platform serves from one bucket: a request waits in its own key's queue,
+    but every grant counts in both windows."""
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    a, b = [("a", Rate(2, 1.0))], [("b", Rate(2, 1.0))]
+    await clock.run(pacer.acquire(a))
+    pacer.link("a", "b")
+    await clock.run(pacer.acquire(b))
+    await clock.run(pacer.acquire(a))
+    assert clock.now() == 1.0  # "a" counted b's grant: its window was full
+
+
 async def test_a_slot_counts_from_when_the_request_really_goes_out() -> None:
     """Waiting in a second budget after a first one granted: the first one's slot is stamped
     with the time the request was sent, so its window is not counted short."""
