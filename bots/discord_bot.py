@@ -6,12 +6,13 @@ out. This module turns Discord events into `host.answer/stop/deleted` calls. Its
 (bots/discord_target.py) only post, edit and continue in new messages; set-up facts, rates and
 error mapping live in bots/discord_api.py.
 
-Rate limits: Discord allows about 5 message creates/edits per 5 s per channel and 50 requests/s
-per bot. Every reply in a channel draws from one pacer budget per channel (`edits_per_5s`, 4 by
-default, per 5.5 s: see JITTER) and from one global budget, so the newest frame is coalesced
-*before* it reaches discord.py. discord.py still keeps its own per-bucket queues underneath,
-but a reply's posts and edits get one attempt each: the relay retries a 429 or 5xx through the
-pacer, which discord.py's own retries would bypass (see `relayed`).
+Rate limits: Discord allows 5 message creates and 5 edits (two buckets) per 5 s per channel and
+50 requests/s per bot. Every reply in a channel draws from the channel's pacer budget for its
+kind of request, learned from Discord's headers (`Buckets` in bots/discord_api.py), and from one
+global budget, so the newest frame is coalesced *before* it reaches discord.py. discord.py
+still keeps its own per-bucket queues underneath, but a reply's posts and edits get one attempt
+each: the relay retries a 429 or 5xx through the pacer, which discord.py's own retries would
+bypass (see `relayed`).
 
 `[discord] api_base` points one client - REST, interaction webhooks and the gateway - at a proxy
 or a fake without touching discord.py's process-wide `Route.BASE` (see `RebasedHTTP`).
@@ -34,9 +35,9 @@ from redis.exceptions import RedisError
 
 from bots.discord_api import (
     NO_PINGS,
+    Buckets,
     DiscordSettings,
     RebasedHTTP,
-    budgets,
     channel_ids,
     global_budget,
     identify_key,
@@ -47,6 +48,7 @@ from bots.discord_api import (
     portal,
     role_ids,
     setup_summary,
+    webhook_major,
 )
 from bots.discord_target import ChannelTarget, InteractionTarget, StopButton
 from core.adapter import Adapter, Need
@@ -54,6 +56,7 @@ from core.config import env
 from core.errors import SetupError
 from core.host import Host, Question
 from core.ops import register_ready
+from core.pacing import ACK
 from core.recent import Recent
 
 log = logging.getLogger("streambot.discord")
@@ -80,7 +83,9 @@ class DiscordBot(discord.AutoShardedClient):
     def __init__(self, host: Host, settings: DiscordSettings) -> None:
         self.host = host
         self.settings = settings
+        self.buckets = Buckets(host.pacer, settings)  # learns Discord's buckets from its answers
         super().__init__(
+            http_trace=self.buckets.trace(),
             intents=intents(),
             allowed_mentions=discord.AllowedMentions.none(),  # model output never pings
             shard_count=settings.shard_count,
@@ -315,13 +320,14 @@ class DiscordBot(discord.AutoShardedClient):
 
     async def _finish(self, place: dict[str, Any], content: str) -> None:
         """Finish a reply a crash or kill left streaming (the host wrote `content`)."""
-        await self.host.pacer.acquire(budgets(f"discord:channel:{place['channel']}", self.settings))
         if "token" in place:
+            await self.host.pacer.acquire(self.buckets.budgets("webhook-edit", webhook_major(place["token"])))
             webhook = discord.Webhook.partial(place["application"], place["token"], client=self)
             await webhook.edit_message(
                 place["message"], content=content, view=None, allowed_mentions=NO_PINGS()
             )
         else:
+            await self.host.pacer.acquire(self.buckets.budgets("edit", place["channel"]))
             message = self.get_partial_messageable(place["channel"]).get_partial_message(place["message"])
             await message.edit(content=content, view=None, allowed_mentions=NO_PINGS())
 
@@ -341,8 +347,9 @@ class DiscordBot(discord.AutoShardedClient):
         while True:
             try:
                 # Typing counts towards Discord's 50 requests/s too: with a hundred busy
-                # channels it would otherwise push message requests into global 429s.
-                await self.host.pacer.acquire(global_budget())
+                # channels it would otherwise push message requests into global 429s. It tells
+                # the asker they were heard, so it goes before edits (as placeholders do).
+                await self.host.pacer.acquire(global_budget(), ACK)
                 await channel.typing()
             except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
                 log.debug("Discord: typing indicator failed in %s: %s", channel.id, exc)

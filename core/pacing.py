@@ -23,8 +23,8 @@ replaces it, through two calls any adapter can make:
   when it arrives, a little later: aligning removes that skew instead of padding every window.)
 * `pause(budgets, retry_after)`: the platform said 429. Nobody uses the budget for Retry-After,
   and its window is stretched (`SLOW_STEP`, at most `MAX_SLOW`; a burst shrinks as much) so it
-  runs below the rate that failed; the stretch halves every `RECOVERY_HALF_LIFE` seconds without another 429, so the
-  budget recovers slowly to the full rate.
+  runs below the rate that failed; the stretch halves every `RECOVERY_HALF_LIFE` seconds without
+  another 429, so the budget recovers slowly to the full rate.
 
 With `SharedBudgets` (the redis backend: core/redis_state.py), every grant also takes a slot in
 a window all processes share, and a 429 pauses the key for every process: two replicas
@@ -118,7 +118,7 @@ class Budget:
         """How much the window is stretched now after 429s (1.0: not at all)."""
         if self._slow <= 1.0:
             return 1.0
-        left = (self._slow - 1.0) * 0.5 ** ((self.clock.now() - self._slow_at) / RECOVERY_HALF_LIFE)
+        left: float = (self._slow - 1.0) * 0.5 ** ((self.clock.now() - self._slow_at) / RECOVERY_HALF_LIFE)
         if left < 0.01:
             self._slow = 1.0
             return 1.0
@@ -155,8 +155,9 @@ class Budget:
         """As good as a new budget: nothing in its window (or a full bucket), no pause, no 429
         remembered, nobody waiting. (What it learned is cheap to learn again.)"""
         full = not self.rate.burst or self._tokens >= self.effective().burst
-        return (self.wait_time() == 0 and not self._sent and full and not self._queue
-                and self.slowdown() == 1.0)
+        return (
+            self.wait_time() == 0 and not self._sent and full and not self._queue and self.slowdown() == 1.0
+        )
 
     # --- turns ---------------------------------------------------------------------------------
 
@@ -241,8 +242,7 @@ class Budget:
             self._slow_at = now
         self._paused_until = max(self._paused_until, now + seconds)
 
-    def learn(self, limit: int, remaining: int, reset_after: float,
-              window: float | None = None) -> None:
+    def learn(self, limit: int, remaining: int, reset_after: float, window: float | None = None) -> None:
         """The platform says this bucket allows `limit` requests per window (`window` seconds
         long, if known), of which `remaining` are left, and the window resets `reset_after`
         seconds from now."""
@@ -271,7 +271,7 @@ class Budget:
             return
         before = bisect.bisect_left(self._sent, start)
         moved = min(missing, before)
-        del self._sent[before - moved:before]
+        del self._sent[before - moved : before]
         for _ in range(missing):
             bisect.insort(self._sent, start)
 
@@ -311,8 +311,7 @@ class Pacer:
         """Forget budgets that are as good as new (nothing in their window, no pause, nobody
         waiting): keys per reply or per channel would otherwise pile up for the process's life."""
         self._budgets = {k: b for k, b in self._budgets.items() if not b.idle()}
-        self._links = {k: p for k, p in self._links.items()
-                       if k in self._budgets or p in self._budgets}
+        self._links = {k: p for k, p in self._links.items() if k in self._budgets or p in self._budgets}
         self._prune_at = max(1024, 2 * len(self._budgets))
 
     def link(self, key: str, other: str) -> None:
@@ -329,22 +328,28 @@ class Pacer:
         """Wait for a turn in every named budget, in the order given (name the one that waits
         longest first: a slot taken early in one budget sits unused while the others are
         waited for). Every slot is then stamped with the time the request really goes out."""
-        taken = [(b, await b.acquire(priority)) for b in
-                 (self.budget(key, rate) for key, rate in budgets)]
+        taken = [(b, await b.acquire(priority)) for b in (self.budget(key, rate) for key, rate in budgets)]
         now = self.clock.now()
         for budget, granted in taken:
             if granted != now:
                 budget.restamp(granted, now)
 
-    def learn(self, key: str, limit: int, remaining: int, reset_after: float,
-              guess: Rate | None = None, window: float | None = None) -> None:
+    def learn(
+        self,
+        key: str,
+        limit: int,
+        remaining: int,
+        reset_after: float,
+        guess: Rate | None = None,
+        window: float | None = None,
+    ) -> None:
         """The platform described the bucket behind `key` (see `Budget.learn`). `guess` is the
         starting rate if `key` has no budget yet (the window length until one is seen)."""
         self.budget(key, guess or Rate(max(1, limit), max(reset_after, 1.0))).learn(
-            limit, remaining, reset_after, window)
+            limit, remaining, reset_after, window
+        )
 
-    def pause(self, budgets: list[tuple[str, Rate]], seconds: float, *,
-              slow_down: bool = True) -> None:
+    def pause(self, budgets: list[tuple[str, Rate]], seconds: float, *, slow_down: bool = True) -> None:
         """The platform said 429: pause (and, with `slow_down`, slow) each budget, here and in
         every process sharing them."""
         for key, rate in budgets:

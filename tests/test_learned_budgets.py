@@ -1,11 +1,12 @@
 """Budgets learned from the platform, 429s that slow a budget down and wear off, and
-acknowledge-first turns, all on virtual time."""
+acknowledge-first turns (all on virtual time), plus how the Discord adapter reads its headers."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from bots.discord_api import Buckets, DiscordSettings, global_budget
 from core.config import StreamConfig
 from core.pacing import ACK, MAX_SLOW, NORMAL, RECOVERY_HALF_LIFE, SLOW_STEP, Pacer
 from core.platform import Rate
@@ -14,8 +15,7 @@ from fakes.clock import FakeClock
 from fakes.scripted import RecordingTarget, ScriptRun, deltas
 
 
-async def grant_times(clock: FakeClock, pacer: Pacer, budget: list[tuple[str, Rate]],
-                      n: int) -> list[float]:
+async def grant_times(clock: FakeClock, pacer: Pacer, budget: list[tuple[str, Rate]], n: int) -> list[float]:
     times = []
     for _ in range(n):
         await clock.run(pacer.acquire(budget))
@@ -157,9 +157,16 @@ async def test_acknowledgements_go_before_waiting_edits_first_come_first_served_
         await pacer.acquire(budget, priority)
         order.append(name)
 
-    await clock.run(asyncio.gather(
-        ask("edit-1", NORMAL, 0.0), ask("edit-2", NORMAL, 0.1), ask("edit-3", NORMAL, 0.2),
-        ask("ack-1", ACK, 0.3), ask("edit-4", NORMAL, 0.4), ask("ack-2", ACK, 0.5)))
+    await clock.run(
+        asyncio.gather(
+            ask("edit-1", NORMAL, 0.0),
+            ask("edit-2", NORMAL, 0.1),
+            ask("edit-3", NORMAL, 0.2),
+            ask("ack-1", ACK, 0.3),
+            ask("edit-4", NORMAL, 0.4),
+            ask("ack-2", ACK, 0.5),
+        )
+    )
     assert order == ["edit-1", "ack-1", "ack-2", "edit-2", "edit-3", "edit-4"]
 
 
@@ -170,8 +177,8 @@ def recorded(clock: FakeClock, log: list[tuple[float, str, int]]) -> RecordingTa
     target.own: list[tuple[float, bool]] = []  # type: ignore[attr-defined]
     original = target._request
 
-    def request(op: str, frame: Any) -> None:
-        original(op, frame)
+    async def request(op: str, frame: Any) -> None:
+        await original(op, frame)
         target.own.append((clock.now(), bool(frame.raw.strip())))  # type: ignore[attr-defined]
 
     target._request = request  # type: ignore[method-assign]
@@ -219,3 +226,95 @@ async def test_first_text_goes_before_running_replies_progress() -> None:
     first_texts = [next(t for t, text in target.own if text) for target in targets[3:]]
     running_since = [next(t for t, _ in target.own if t >= asked + slow) for target in targets[:3]]
     assert max(first_texts) <= min(running_since)
+
+
+# --- Discord's headers ----------------------------------------------------------------------------
+
+
+def headers(bucket: str, limit: int, remaining: int, reset_after: float) -> dict[str, str]:
+    return {
+        "X-RateLimit-Bucket": bucket,
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset-After": str(reset_after),
+    }
+
+
+CREATE = "https://discord.com/api/v10/channels/42/messages"
+EDIT = "https://discord.com/api/v10/channels/42/messages/7"
+
+
+def test_discord_creates_and_edits_get_the_buckets_discord_names() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    buckets = Buckets(pacer, DiscordSettings())
+    create, edit = buckets.key("create", 42), buckets.key("edit", 42)
+    # until both are named they split one guessed bucket (they might turn out to be one)
+    assert buckets.rate("create").count + buckets.rate("edit").count <= 5
+    assert [k for k, _ in buckets.budgets("create", 42)] == [create, "discord:global"]
+    buckets.observe("POST", CREATE, 200, headers("aaaa", 5, 4, 5.0))
+    assert pacer.current(create) is None  # kept aside: one bucket for both is still possible
+    clock.t = 1.0
+    buckets.observe("PATCH", EDIT, 200, headers("bbbb", 5, 4, 5.0))
+    # two buckets: each budget learns its own, including what was kept aside (1 s ago)
+    assert pacer.current(create) == pacer.current(edit) == Rate(5, 5.0)
+    assert pacer.budget(create, Rate(1, 1)).wait_time() == 0
+    assert len(pacer.budget(create, Rate(1, 1))._sent) == 1  # Discord counted one create
+    assert [k for k, _ in buckets.budgets("edit", 42)] == [edit, "discord:global"]
+    # other routes teach nothing
+    buckets.observe("GET", EDIT, 200, headers("cccc", 50, 49, 1.0))
+    buckets.observe("POST", "https://discord.com/api/v10/channels/42/typing", 204, headers("dddd", 5, 4, 5.0))
+    assert set(buckets.hashes) == {"create", "edit"}
+
+
+async def test_discord_routes_sharing_a_bucket_count_every_request_in_both_budgets() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    buckets = Buckets(pacer, DiscordSettings())
+    buckets.observe("POST", CREATE, 200, headers("aaaa", 5, 4, 5.0))
+    buckets.observe("PATCH", EDIT, 200, headers("aaaa", 5, 3, 4.9))
+    create, edit = buckets.key("create", 42), buckets.key("edit", 42)
+    for key in (create, edit):  # each knows Discord counted both requests
+        assert len(pacer.budget(key, Rate(1, 1))._sent) == 2
+    assert [k for k, _ in buckets.budgets("edit", 42)] == [edit, "discord:global"]
+    await clock.run(pacer.acquire(buckets.budgets("edit", 42)))  # counts in both from now on
+    assert len(pacer.budget(create, Rate(1, 1))._sent) == 3
+
+
+def test_discord_edits_per_5s_is_a_ceiling_on_what_discord_allows() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    buckets = Buckets(pacer, DiscordSettings(edits_per_5s=3))
+    buckets.observe("POST", CREATE, 200, headers("aaaa", 5, 4, 5.0))
+    buckets.observe("PATCH", EDIT, 200, headers("bbbb", 5, 4, 5.0))
+    assert pacer.current(buckets.key("edit", 42)) == Rate(3, 5.0)
+
+
+async def test_discord_429s_pause_the_right_budget() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    buckets = Buckets(pacer, DiscordSettings())
+    buckets.observe("POST", CREATE, 200, headers("aaaa", 5, 4, 5.0))
+    buckets.observe("PATCH", EDIT, 200, headers("bbbb", 5, 4, 5.0))
+    key = buckets.key("edit", 42)
+    buckets.observe("PATCH", EDIT, 429, headers("bbbb", 5, 0, 2.5) | {"X-RateLimit-Scope": "user"})
+    await clock.run(pacer.acquire(buckets.budgets("edit", 42)))
+    assert clock.now() == 2.5 and pacer.current(key).per > 5.0  # paused and slowed
+    buckets.observe(
+        "POST", CREATE, 429, {"Retry-After": "1", "X-RateLimit-Global": "true", "X-RateLimit-Scope": "global"}
+    )
+    start = clock.now()
+    await clock.run(pacer.acquire(global_budget()))
+    assert clock.now() == start + 1.0
+    buckets.observe("POST", CREATE, 429, headers("aaaa", 5, 0, 1.0) | {"X-RateLimit-Scope": "shared"})
+    assert pacer.current(buckets.key("create", 42)).per == 5.0  # not our doing: not slowed
+
+
+def test_discord_interaction_webhooks_are_budgeted_by_a_digest_of_their_token() -> None:
+    pacer = Pacer(FakeClock())
+    buckets = Buckets(pacer, DiscordSettings())
+    url = "http://127.0.0.1:1/api/v10/webhooks/1/secret-token"
+    buckets.observe("PATCH", url + "/messages/@original", 200, headers("wwww", 5, 4, 5.0))
+    buckets.observe("POST", url, 200, headers("wwww", 5, 3, 4.0))
+    assert buckets.hashes == {"webhook-edit": "wwww", "webhook-create": "wwww"}
+    assert pacer._budgets and not any("secret-token" in k for k in pacer._budgets)

@@ -1,0 +1,84 @@
+"""Busy channels end to end, against the fakes' real limits: Discord budgets learned from the
+headers (creates and edits apart, or together when Discord says so). No timing is asserted:
+only what people see, and that no request was rate limited."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bots.discord_api import DiscordSettings
+from bots.discord_bot import serve
+from core.config import Config, MemoryConfig, ModelConfig
+from core.host import Finished, Host
+from core.pacing import Pacer
+from core.platform import Rate
+from core.sources import build_brain
+from fakes.discord_server import FakeDiscord, FakeMessage
+from fakes.openai_server import FakeOpenAI
+
+WAIT = 120.0
+
+
+@contextlib.asynccontextmanager
+async def discord_bot(
+    fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path, **options: Any
+) -> AsyncIterator[tuple[Pacer, dict[int, Finished]]]:
+    """The Discord adapter as the CLI runs it; yields its pacer and the finished replies."""
+    os.environ["DISCORD_BOT_TOKEN"], os.environ["OPENAI_API_KEY"] = fake.token, "test"
+    config = Config(
+        model=ModelConfig(base_url=model.base_url),
+        memory=MemoryConfig(path=str(tmp_path / "memory.db")),
+        discord=DiscordSettings(enabled=True, api_base=fake.api_base, **options),
+    )
+    pacer, finished = Pacer(), {}
+    host = Host(config, build_brain(config), pacer)
+    host.on_finished.append(lambda f: finished.__setitem__(int(f.question.reply_id), f))
+    task = asyncio.create_task(serve(host, config.discord))
+    try:
+        await asyncio.wait_for(fake.wait_ready(), WAIT)
+        yield pacer, finished
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for name in ("DISCORD_BOT_TOKEN", "OPENAI_API_KEY"):
+            os.environ.pop(name, None)
+
+
+def answer(i: int) -> str:
+    return f"Answer {i}: " + " ".join(f"word{i}-{k}" for k in range(30)) + f" (end {i})"
+
+
+def shown(fake: FakeDiscord, question: FakeMessage) -> str:
+    pages = fake.reply_pages(question) or fake.in_thread(question.id)
+    return "".join(p.content for p in pages)
+
+
+@pytest.mark.parametrize("buckets", ["separate", "shared"])
+async def test_discord_budgets_follow_the_buckets_discord_names(
+    fake_openai: FakeOpenAI, tmp_path: Path, buckets: str
+) -> None:
+    for i in range(6):
+        fake_openai.reply(answer(i), delay=0.01)
+    async with FakeDiscord(message_buckets=buckets) as fake:  # type: ignore[arg-type]
+        async with discord_bot(fake, fake_openai, tmp_path) as (pacer, finished):
+            questions = [
+                await fake.send(f"<@{fake.bot.id}> q{i}", author=fake.person(f"p{i}")) for i in range(6)
+            ]
+            await fake.wait_for(lambda: all(q.id in finished for q in questions), WAIT)
+            spent = {
+                route: pacer.current(f"discord:{route}:{fake.general.id}") for route in ("create", "edit")
+            }
+            edit = pacer._budgets[f"discord:edit:{fake.general.id}"]
+            linked = edit.partner is pacer._budgets[f"discord:create:{fake.general.id}"]
+    assert sorted(shown(fake, q) for q in questions) == sorted(answer(i) for i in range(6))
+    assert fake.throttled == []
+    assert spent == {"create": Rate(5, 5.0), "edit": Rate(5, 5.0)}  # what Discord said
+    # an edit counts in the creates' budget too when Discord serves both from one bucket
+    assert linked == (buckets == "shared")
