@@ -85,7 +85,7 @@ class DiscordSettings(AdapterSettings):
     api_base: str = ""  # replaces https://discord.com/api/v10 (a proxy or a fake); gateway via it
     page_chars: int = Field(2000, ge=200, le=2000)
     edits_per_5s: int = Field(5, ge=1, le=5)  # at most, per bucket per channel (a ceiling)
-    open_threads: bool = False
+    open_threads: bool | Literal["auto"] = False
     reply_ping: bool = False
     allow_dms: bool = True
     sync_commands: bool = True  # register /ask with Discord at start-up

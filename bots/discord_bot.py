@@ -64,6 +64,9 @@ log = logging.getLogger("streambot.discord")
 MAX_CHAIN_HOPS = 40  # how far up a reply chain to look for its first message after a restart
 KEY_CACHE = 20_000  # message id -> conversation key entries kept in memory
 TYPING_EVERY = 8.0  # Discord shows "is typing" for ~10 s per request
+# `open_threads = "auto"`: a channel is busy when its edit budget, shared by the replies streaming
+# there, cannot give one more a fresh frame at least this often; the next answer gets a thread.
+FRESH_EVERY = 3.5
 TOKEN = "DISCORD_BOT_TOKEN"
 
 
@@ -106,6 +109,7 @@ class DiscordBot(discord.AutoShardedClient):
         self._keys: Recent[int, str] = Recent(KEY_CACHE)  # message id -> conversation key
         self._typing: dict[int, tuple[int, asyncio.Task[None]]] = {}
         self._max_concurrency: int | None = None  # IDENTIFY buckets, from GET /gateway/bot
+        self._in_channel: dict[int, int] = {}  # channel id -> replies answering in the channel
 
     # --- start-up --------------------------------------------------------------------------
 
@@ -194,7 +198,7 @@ class DiscordBot(discord.AutoShardedClient):
         prompt = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
         # A thread opened on a message has that message's id: its key is known before it exists.
         in_thread = (
-            self.settings.open_threads and not replying_to_us and isinstance(channel, discord.TextChannel)
+            not replying_to_us and isinstance(channel, discord.TextChannel) and self._wants_thread(channel.id)
         )
         key = (
             f"discord:thread:{message.id}"
@@ -206,12 +210,32 @@ class DiscordBot(discord.AutoShardedClient):
             await self.host.notice(target, "Ask me something after the mention, or use `/ask`.")
             return
         self.remember(message.id, key)
-        await self.host.answer(
-            Question(
-                str(message.id), str(message.author.id), str(channel.id), key, prompt, message=str(message.id)
-            ),
-            target,
-        )
+        here = 0 if in_thread else 1
+        self._in_channel[channel.id] = self._in_channel.get(channel.id, 0) + here
+        try:
+            await self.host.answer(
+                Question(
+                    str(message.id),
+                    str(message.author.id),
+                    str(channel.id),
+                    key,
+                    prompt,
+                    message=str(message.id),
+                ),
+                target,
+            )
+        finally:
+            if (left := self._in_channel.pop(channel.id, 0) - here) > 0:
+                self._in_channel[channel.id] = left
+
+    def _wants_thread(self, channel_id: int) -> bool:
+        """Whether a new answer in this text channel goes to a thread of its own: always, never,
+        or with "auto" while the channel is busy (see FRESH_EVERY)."""
+        mode = self.settings.open_threads
+        if mode != "auto":
+            return bool(mode)
+        streaming = self._in_channel.get(channel_id, 0)
+        return (streaming + 1) * self.buckets.spacing("edit", channel_id) > FRESH_EVERY
 
     async def _ask_command(self, interaction: discord.Interaction, prompt: str) -> None:
         """/ask prompt: - deferred at once ("is thinking…"), then the original response is edited."""

@@ -1,6 +1,6 @@
 """Busy channels end to end, against the fakes' real limits: Discord budgets learned from the
-headers (creates and edits apart, or together when Discord says so). No timing is asserted:
-only what people see, and that no request was rate limited."""
+headers (creates and edits apart, or together when Discord says so), and `open_threads =
+"auto"`. No timing is asserted: only what people see, and that no request was rate limited."""
 
 from __future__ import annotations
 
@@ -82,3 +82,28 @@ async def test_discord_budgets_follow_the_buckets_discord_names(
     assert spent == {"create": Rate(5, 5.0), "edit": Rate(5, 5.0)}  # what Discord said
     # an edit counts in the creates' budget too when Discord serves both from one bucket
     assert linked == (buckets == "shared")
+
+
+async def test_open_threads_auto_moves_answers_to_threads_only_while_the_channel_is_busy(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    held = [fake_openai.reply(answer(i), hold_after=2) for i in range(4)]
+    fake_openai.reply(answer(4))
+    async with FakeDiscord() as fake:
+        async with discord_bot(fake, fake_openai, tmp_path, open_threads="auto") as (_, finished):
+            questions = []
+            for i in range(4):  # each keeps streaming (held) while the next is asked
+                questions.append(await fake.send(f"<@{fake.bot.id}> q{i}", author=fake.person(f"p{i}")))
+                await held[i].wait_held()
+            for script in held:
+                script.release()
+            await fake.wait_for(lambda: all(q.id in finished for q in questions), WAIT)
+            # the channel is quiet again: the next answer stays in it
+            late = await fake.send(f"<@{fake.bot.id}> q4", author=fake.person("p4"))
+            await fake.wait_for(lambda: late.id in finished, WAIT)
+    in_threads = [q.id in fake.channels for q in [*questions, late]]
+    # three answers share the channel's edits (one a second): a fourth would see each frame
+    # only every ~4 s, so it gets a thread
+    assert in_threads == [False, False, False, True, False]
+    assert sorted(shown(fake, q) for q in [*questions, late]) == sorted(answer(i) for i in range(5))
+    assert fake.throttled == []
