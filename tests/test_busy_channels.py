@@ -1,6 +1,7 @@
 """Busy channels end to end, against the fakes' real limits: Discord budgets learned from the
-headers (creates and edits apart, or together when Discord says so), and `open_threads =
-"auto"`. No timing is asserted: only what people see, and that no request was rate limited."""
+headers (creates and edits apart, or together when Discord says so), `open_threads = "auto"`,
+and Slack's 👀 for a question whose placeholder waits its turn. No timing is asserted: only
+what people see, in what order, and that no request was rate limited."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import slack_bot_for
 
 from bots.discord_api import DiscordSettings
 from bots.discord_bot import serve
+from bots.slack_api import ACK_EMOJI
 from core.config import Config, MemoryConfig, ModelConfig
 from core.host import Finished, Host
 from core.pacing import Pacer
@@ -22,6 +25,7 @@ from core.platform import Rate
 from core.sources import build_brain
 from fakes.discord_server import FakeDiscord, FakeMessage
 from fakes.openai_server import FakeOpenAI
+from fakes.slack_server import FakeSlack, settled
 
 WAIT = 120.0
 
@@ -107,3 +111,27 @@ async def test_open_threads_auto_moves_answers_to_threads_only_while_the_channel
     assert in_threads == [False, False, False, True, False]
     assert sorted(shown(fake, q) for q in [*questions, late]) == sorted(answer(i) for i in range(5))
     assert fake.throttled == []
+
+
+async def test_slack_questions_waiting_for_their_placeholder_get_eyes(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """chat.postMessage allows about one message a second per channel: of eight questions asked
+    at once, the last ones' placeholders wait several seconds, so they get 👀 meanwhile."""
+    texts = [answer(i) for i in range(8)]
+    for text in texts:
+        fake_openai.reply(text, delay=0.01)
+    async with FakeSlack() as slack, slack_bot_for(slack, fake_openai, tmp_path, streaming="edit"):
+        questions = await asyncio.gather(
+            *(slack.mention("C0BUSY", f"question {i}", user=f"U0P{i}") for i in range(8))
+        )
+        await slack.wait_for(
+            lambda: all(settled(slack, "C0BUSY", ts) for ts in questions), WAIT, "every reply"
+        )
+    assert sorted(slack.reply_text("C0BUSY", ts) for ts in questions) == sorted(texts)
+    assert slack.total_429s == 0, slack.rate_limited
+    reacted = {ts: at for channel, ts, name, at in slack.reactions if name == ACK_EMOJI}
+    by_placeholder = sorted(questions, key=lambda ts: slack.bot_messages("C0BUSY", ts)[0].created)
+    last = by_placeholder[-1]  # its placeholder waited for the seven before it
+    assert last in reacted and reacted[last] < slack.bot_messages("C0BUSY", last)[0].created
+    assert by_placeholder[0] not in reacted  # the first was not held up
