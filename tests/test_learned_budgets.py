@@ -12,6 +12,7 @@ from core.pacing import ACK, MAX_SLOW, NORMAL, RECOVERY_HALF_LIFE, SLOW_STEP, Pa
 from core.platform import Rate
 from core.relay import Reply
 from fakes.clock import FakeClock
+from fakes.redis_server import redis_url  # noqa: F401  (the fixture)
 from fakes.scripted import RecordingTarget, ScriptRun, deltas
 
 
@@ -318,3 +319,35 @@ def test_discord_interaction_webhooks_are_budgeted_by_a_digest_of_their_token() 
     buckets.observe("POST", url, 200, headers("wwww", 5, 3, 4.0))
     assert buckets.hashes == {"webhook-edit": "wwww", "webhook-create": "wwww"}
     assert pacer._budgets and not any("secret-token" in k for k in pacer._budgets)
+
+
+# --- shared by every replica (the redis backend) ---------------------------------------------------
+
+
+async def test_replicas_share_a_burst_budget(redis_url: str) -> None:  # noqa: F811
+    """A token bucket in Redis: the burst once for all processes, then its steady rate."""
+    import time
+
+    from core.redis_state import RedisWindows, connect
+
+    clients = [connect(redis_url), connect(redis_url)]
+    pacers = [Pacer(shared=RedisWindows(c)) for c in clients]
+    budget = [("slack:T1:chat.appendStream", Rate(10, 1.0, burst=4))]  # 4 at once, then 10/s
+    grants: list[float] = []
+
+    async def user(pacer: Pacer) -> None:
+        for _ in range(4):
+            await pacer.acquire(budget)
+            grants.append(time.monotonic())
+
+    try:
+        start = time.monotonic()
+        await asyncio.gather(*(user(p) for p in pacers))
+    finally:
+        for c in clients:
+            await c.aclose()
+    grants.sort()
+    assert len(grants) == 8
+    # the burst of 4 went at once; the other 4 had to wait for tokens (0.1 s each) in Redis,
+    # although each process alone had a burst of 4 left for them
+    assert grants[4] - start >= 0.05 and grants[-1] - start >= 0.35
