@@ -345,9 +345,10 @@ class Pacer:
     ) -> None:
         """The platform described the bucket behind `key` (see `Budget.learn`). `guess` is the
         starting rate if `key` has no budget yet (the window length until one is seen)."""
-        self.budget(key, guess or Rate(max(1, limit), max(reset_after, 1.0))).learn(
-            limit, remaining, reset_after, window
+        budget = self._budgets.get(key) or self.budget(
+            key, guess or Rate(max(1, limit), max(reset_after, 1.0))
         )
+        budget.learn(limit, remaining, reset_after, window)
 
     def pause(self, budgets: list[tuple[str, Rate]], seconds: float, *, slow_down: bool = True) -> None:
         """The platform said 429: pause (and, with `slow_down`, slow) each budget, here and in

@@ -32,7 +32,8 @@ async def test_the_platforms_limit_and_window_replace_the_guess() -> None:
     pacer = Pacer(clock)
     guess = [("chan", Rate(2, 10.0))]
     await clock.run(pacer.acquire(guess))
-    pacer.learn("chan", limit=5, remaining=4, reset_after=5.0)  # the answer to that first request
+    # the answer to that first request
+    pacer.learn("chan", limit=5, remaining=4, reset_after=5.0, guess=Rate(2, 10.0))
     times = [0.0, *await grant_times(clock, pacer, guess, 5)]
     assert times == [0.0, 0.0, 0.0, 0.0, 0.0, 5.0]  # 5 per 5 s, not the guessed 2 per 10 s
     assert pacer.current("chan") == Rate(5, 5.0)
