@@ -63,6 +63,10 @@ _PAIR = {
     "webhook-create": "webhook-edit",
     "webhook-edit": "webhook-create",
 }
+# A route that carries nearly all of its pair's requests (an /ask reply edits; it posts a
+# follow-up only for a second page). It takes the rate Discord reports as soon as its own bucket
+# is named; its partner, until named, also takes a slot in its budget (they may be one bucket).
+_MAIN = {"webhook-edit"}
 # Message routes, by method and URL path; the major parameter is the channel or the webhook.
 _ROUTES = (
     ("POST", re.compile(r"/channels/(\d+)/messages$"), "create"),
@@ -353,7 +357,8 @@ class Buckets:
     what the budget knows. Routes come in pairs (a channel's creates and edits; a webhook's),
     which Discord may serve from one bucket or from two. Until Discord has named the buckets of
     both routes of a pair, the two split one guessed bucket (`_SHARE`), so that no guess can
-    overrun a bucket they turn out to share, and what Discord says is kept aside. Once both are
+    overrun a bucket they turn out to share, and what Discord says is kept aside (a webhook's
+    edits, nearly all of its requests, learn at once instead: `_MAIN`). Once both are
     named, each budget learns what Discord said (`Pacer.learn`): from its own route's answers
     if the buckets are two; from both routes' answers if they are one, and then the two budgets
     are linked (`Pacer.link`), so that each counts every request of both.
@@ -367,7 +372,12 @@ class Buckets:
         self._kept: dict[str, tuple[str, int, int, float, float]] = {}  # while a pair is unknown
 
     def _known(self, route: str) -> bool:
+        """Discord has named the buckets of both routes of `route`'s pair."""
         return route in self.hashes and _PAIR[route] in self.hashes
+
+    def _settled(self, route: str) -> bool:
+        """`route`'s budget can take the rate Discord reports for it."""
+        return self._known(route) or (route in _MAIN and route in self.hashes)
 
     def key(self, route: MessageRoute, major: str | int) -> str:
         """The pacer key of `route` requests for one channel or webhook."""
@@ -375,7 +385,7 @@ class Buckets:
 
     def rate(self, route: MessageRoute) -> Rate:
         """The starting guess for `route`'s budget: its share of a bucket until the pair is known."""
-        if self._known(route):
+        if self._settled(route):
             return self.guess
         return Rate(max(1, min(_SHARE[route], self.ceiling)), self.guess.per)
 
@@ -384,12 +394,15 @@ class Buckets:
         from one bucket, the two budgets are linked: each counts the other's requests.)"""
         if len(keys := self._sharing(route, major)) > 1:
             self.pacer.link(*keys)
-        return [(keys[0], self.rate(route)), *global_budget()]
+        budgets = [(keys[0], self.rate(route))]
+        if not self._settled(route) and self._settled(main := _PAIR[route]):
+            budgets.append((self.key(main, major), self.guess))  # type: ignore[arg-type]
+        return budgets + global_budget()
 
     def spacing(self, route: MessageRoute, major: str | int) -> float:
         """Seconds between requests if the bucket's allowance is spread evenly over its window
         (as Discord describes it, or as guessed: not a share of a guess split in two)."""
-        rate = (self.pacer.current(self.key(route, major)) if self._known(route) else None) or self.guess
+        rate = (self.pacer.current(self.key(route, major)) if self._settled(route) else None) or self.guess
         return rate.per / rate.count
 
     def trace(self) -> aiohttp.TraceConfig:
@@ -433,7 +446,7 @@ class Buckets:
                 return
             if limit > self.ceiling:  # fewer than Discord allows: as if the rest were used
                 limit, remaining = self.ceiling, max(0, remaining - (limit - self.ceiling))
-            if self._known(route):
+            if self._settled(route):
                 if len(keys := self._sharing(route, major)) > 1:
                     self.pacer.link(*keys)
                 for key in keys:

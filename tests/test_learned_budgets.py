@@ -317,6 +317,15 @@ def test_discord_interaction_webhooks_are_budgeted_by_a_digest_of_their_token() 
     buckets = Buckets(pacer, DiscordSettings())
     url = "http://127.0.0.1:1/api/v10/webhooks/1/secret-token"
     buckets.observe("PATCH", url + "/messages/@original", 200, headers("wwww", 5, 4, 5.0))
+    # an /ask reply mostly edits: its edits take Discord's rate at once, and a follow-up, until
+    # its bucket is named, takes a slot in the edits' budget as well as in its own
+    major = next(k for k in pacer._budgets).rsplit(":", 1)[1]
+    assert pacer.current(buckets.key("webhook-edit", major)) == Rate(5, 5.0)
+    assert [k for k, _ in buckets.budgets("webhook-create", major)] == [
+        buckets.key("webhook-create", major),
+        buckets.key("webhook-edit", major),
+        "discord:global",
+    ]
     buckets.observe("POST", url, 200, headers("wwww", 5, 3, 4.0))
     assert buckets.hashes == {"webhook-edit": "wwww", "webhook-create": "wwww"}
     assert pacer._budgets and not any("secret-token" in k for k in pacer._budgets)
