@@ -231,6 +231,7 @@ class Bot:
     logs: _Collector
     task: asyncio.Task[None] | None = None
     config: Config = field(default_factory=Config)
+    host: Host | None = None  # its pacer shows what the budgets learned
 
     async def outcome(self, reply_id: int) -> Outcome:
         return await self.fake.wait_for(lambda: self.logs.outcomes.get(reply_id), GUARD)
@@ -270,7 +271,7 @@ async def running_discord_bot(
     level = logging.getLogger("streambot").level
     logging.getLogger("streambot").setLevel(logging.INFO)
     bot = Bot(fake, model, logs, config=config)
-    host = Host(config, build_brain(config), Pacer())
+    host = bot.host = Host(config, build_brain(config), Pacer())
     host.on_finished.append(logs.finished)
     bot.task = asyncio.create_task(serve(host, config.discord))
     try:

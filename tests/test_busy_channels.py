@@ -6,53 +6,18 @@ what people see, in what order, and that no request was rate limited."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from harness import slack_bot_for
+from harness import running_discord_bot, slack_bot_for
 
-from bots.discord_api import DiscordSettings
-from bots.discord_bot import serve
 from bots.slack_api import ACK_EMOJI
-from core.config import Config, MemoryConfig, ModelConfig
-from core.host import Finished, Host
-from core.pacing import Pacer
 from core.platform import Rate
-from core.sources import build_brain
 from fakes.discord_server import FakeDiscord, FakeMessage
 from fakes.openai_server import FakeOpenAI
 from fakes.slack_server import FakeSlack, settled
 
 WAIT = 120.0
-
-
-@contextlib.asynccontextmanager
-async def discord_bot(
-    fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path, **options: Any
-) -> AsyncIterator[tuple[Pacer, dict[int, Finished]]]:
-    """The Discord adapter as the CLI runs it; yields its pacer and the finished replies."""
-    os.environ["DISCORD_BOT_TOKEN"], os.environ["OPENAI_API_KEY"] = fake.token, "test"
-    config = Config(
-        model=ModelConfig(base_url=model.base_url),
-        memory=MemoryConfig(path=str(tmp_path / "memory.db")),
-        discord=DiscordSettings(enabled=True, api_base=fake.api_base, **options),
-    )
-    pacer, finished = Pacer(), {}
-    host = Host(config, build_brain(config), pacer)
-    host.on_finished.append(lambda f: finished.__setitem__(int(f.question.reply_id), f))
-    task = asyncio.create_task(serve(host, config.discord))
-    try:
-        await asyncio.wait_for(fake.wait_ready(), WAIT)
-        yield pacer, finished
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        for name in ("DISCORD_BOT_TOKEN", "OPENAI_API_KEY"):
-            os.environ.pop(name, None)
 
 
 def answer(i: int) -> str:
@@ -66,12 +31,14 @@ def shown(fake: FakeDiscord, question: FakeMessage) -> str:
 
 @pytest.mark.parametrize("buckets", ["separate", "shared"])
 async def test_discord_budgets_follow_the_buckets_discord_names(
-    fake_openai: FakeOpenAI, tmp_path: Path, buckets: str
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buckets: str
 ) -> None:
     for i in range(6):
         fake_openai.reply(answer(i), delay=0.01)
     async with FakeDiscord(message_buckets=buckets) as fake:  # type: ignore[arg-type]
-        async with discord_bot(fake, fake_openai, tmp_path) as (pacer, finished):
+        async with running_discord_bot(fake, fake_openai, tmp_path, monkeypatch) as bot:
+            assert bot.host is not None
+            pacer, finished = bot.host.pacer, bot.logs.outcomes
             questions = [
                 await fake.send(f"<@{fake.bot.id}> q{i}", author=fake.person(f"p{i}")) for i in range(6)
             ]
@@ -89,12 +56,13 @@ async def test_discord_budgets_follow_the_buckets_discord_names(
 
 
 async def test_open_threads_auto_moves_answers_to_threads_only_while_the_channel_is_busy(
-    fake_openai: FakeOpenAI, tmp_path: Path
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     held = [fake_openai.reply(answer(i), hold_after=2) for i in range(4)]
     fake_openai.reply(answer(4))
     async with FakeDiscord() as fake:
-        async with discord_bot(fake, fake_openai, tmp_path, open_threads="auto") as (_, finished):
+        async with running_discord_bot(fake, fake_openai, tmp_path, monkeypatch, open_threads="auto") as bot:
+            finished = bot.logs.outcomes
             questions = []
             for i in range(4):  # each keeps streaming (held) while the next is asked
                 questions.append(await fake.send(f"<@{fake.bot.id}> q{i}", author=fake.person(f"p{i}")))
