@@ -131,14 +131,19 @@ class SlackTarget(Target):
         if self._assistant is not None:  # assistant threads: "is thinking…" and a title
             await self.bot.thinking(self.place, self._assistant)
         elif self._question_ts:
-            self._ack = asyncio.create_task(self._acknowledge_if_slow())
+            # the placeholders queued before this one, as things stand now (before it queues)
+            held_up = self.bot.host.pacer.backlog(self.budgets("post")[0][0]) > ACK_AFTER
+            self._ack = asyncio.create_task(self._acknowledge_if_slow(held_up))
 
-    async def _acknowledge_if_slow(self) -> None:
-        """👀 on the question if its placeholder is still waiting for chat.postMessage's limit."""
+    async def _acknowledge_if_slow(self, held_up: bool) -> None:
+        """👀 on the question if its placeholder waits for chat.postMessage's limit: at once if
+        the placeholders queued before it hold it up longer than ACK_AFTER, else if it has not
+        appeared by then."""
         pacer = self.bot.host.pacer
-        await pacer.clock.sleep(ACK_AFTER)
-        if self._posted_ts:
-            return
+        if not held_up:
+            await pacer.clock.sleep(ACK_AFTER)
+            if self._posted_ts:
+                return
         await pacer.acquire([(f"slack:{self.place.team}:reactions.add", REACTION_RATE)], ACK)
         if not self._posted_ts:
             await self.bot.best_effort(

@@ -151,6 +151,19 @@ class Budget:
             wait = max(wait, self._sent[-rate.count] + rate.per - now)
         return max(0.0, wait)
 
+    def backlog(self) -> float:
+        """Seconds a request asked now would likely wait for its turn: until one more fits,
+        and then a turn at the steady rate for each request already waiting (an estimate: a
+        request of higher priority may still come first)."""
+        wait, ahead = self.wait_time(), len(self._queue)
+        if not ahead:
+            return wait
+        rate = self.effective()
+        step = rate.per / rate.count
+        if rate.burst:  # what is left in the bucket serves the first of those waiting
+            return max(wait, (ahead + 1 - self._tokens) * step)
+        return wait + ahead * step
+
     def idle(self) -> bool:
         """As good as a new budget: nothing in its window (or a full bucket), no pause, no 429
         remembered, nobody waiting. (What it learned is cheap to learn again.)"""
@@ -306,6 +319,11 @@ class Pacer:
         """The rate `key` follows now (learned, slowed after 429s); None if it has no budget."""
         budget = self._budgets.get(key)
         return budget.effective() if budget is not None else None
+
+    def backlog(self, key: str) -> float:
+        """Seconds a request in `key`'s budget asked now would likely wait (0 if it has none)."""
+        budget = self._budgets.get(key)
+        return budget.backlog() if budget is not None else 0.0
 
     def _prune(self) -> None:
         """Forget budgets that are as good as new (nothing in their window, no pause, nobody

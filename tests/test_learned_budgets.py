@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from bots.discord_api import Buckets, DiscordSettings, global_budget
 from core.config import StreamConfig
 from core.pacing import ACK, MAX_SLOW, NORMAL, RECOVERY_HALF_LIFE, SLOW_STEP, Pacer
@@ -170,6 +172,30 @@ async def test_acknowledgements_go_before_waiting_edits_first_come_first_served_
         )
     )
     assert order == ["edit-1", "ack-1", "ack-2", "edit-2", "edit-3", "edit-4"]
+
+
+@pytest.mark.parametrize("rate", [Rate(60, 60.0, burst=3), Rate(2, 2.0)], ids=["bucket", "window"])
+async def test_backlog_tells_how_long_a_new_request_would_wait_behind_those_queued(rate: Rate) -> None:
+    """What the Slack adapter asks before it decides a question needs 👀 at once."""
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    budget = [("chan", rate)]
+    assert pacer.backlog("chan") == 0.0  # no budget yet: nothing to wait for
+    granted: dict[int, float] = {}
+
+    async def ask(i: int) -> None:
+        await pacer.acquire(budget, ACK)
+        granted[i] = clock.now()
+
+    async def scenario() -> float:
+        asking = [asyncio.ensure_future(ask(i)) for i in range(6)]
+        await asyncio.sleep(0)  # those the budget cannot take yet are queued now
+        estimate = pacer.backlog("chan")
+        await asyncio.gather(*asking, ask(6))
+        return estimate
+
+    estimate = await clock.run(scenario())
+    assert estimate == pytest.approx(granted[6]) and granted[6] > max(granted[i] for i in range(6))
 
 
 def recorded(clock: FakeClock, log: list[tuple[float, str, int]]) -> RecordingTarget:
