@@ -236,9 +236,14 @@ class FirstAnswer:
             if response.status >= 500:
                 raise discord.DiscordServerError(response, data)
             retry = data.get("retry_after") if isinstance(data, dict) else None
-            raise discord.RateLimited(
+            throttled = discord.RateLimited(
                 float(retry if retry is not None else response.headers.get("Retry-After", 1))
             )
+            # `Buckets` (the client's trace) has seen this answer and paused the budgets it
+            # applies to: the global one, or the message route's own; not any other request's.
+            route = message_route(response.method, response.url)
+            throttled.paused = is_global(response.headers) or route is not None  # type: ignore[attr-defined]
+            raise throttled
         return response
 
     async def __aexit__(self, *exc: Any) -> Any:
@@ -417,16 +422,10 @@ class Buckets:
 
     def observe(self, method: str, url: Any, status: int, headers: Any) -> None:
         """Learn from one response: which bucket its route uses, and that bucket's state."""
-        path = yarl.URL(str(url)).path
-        found = next(
-            (
-                (route, m[1])
-                for verb, pattern, route in _ROUTES
-                if verb == method and (m := pattern.search(path))
-            ),
-            None,
-        )
-        if found is None:
+        if status == 429 and is_global(headers):  # whatever the route: every request waits
+            self.pacer.pause(global_budget(), retry_after(headers))
+            return
+        if (found := message_route(method, url)) is None:
             return
         route, major = found
         if route.startswith("webhook"):
@@ -485,15 +484,34 @@ class Buckets:
                         self.pacer.learn(shared, limit, remaining, left, self.guess, window)
 
     def _throttled(self, keys: list[str], headers: Any) -> None:
-        try:
-            wait = float(headers.get("X-RateLimit-Reset-After") or headers.get("Retry-After") or 1)
-        except ValueError:
-            wait = 1.0
+        # a "shared" resource limit is not our doing: wait, but do not slow down
         scope = headers.get("X-RateLimit-Scope", "user")
-        if headers.get("X-RateLimit-Global") or scope == "global":
-            self.pacer.pause(global_budget(), wait)
-        else:  # a "shared" resource limit is not our doing: wait, but do not slow down
-            self.pacer.pause([(key, self.guess) for key in keys], wait, slow_down=scope != "shared")
+        self.pacer.pause(
+            [(key, self.guess) for key in keys], retry_after(headers), slow_down=scope != "shared"
+        )
+
+
+def message_route(method: str, url: Any) -> tuple[MessageRoute, str] | None:
+    """The message route (and its major parameter) a request takes; None for other routes."""
+    path = yarl.URL(str(url)).path
+    for verb, pattern, route in _ROUTES:
+        if verb == method and (m := pattern.search(path)):
+            return route, m[1]  # type: ignore[return-value]
+    return None
+
+
+def is_global(headers: Any) -> bool:
+    """A 429 of the global limit (every request of the bot waits), not of one route's bucket."""
+    return bool(headers.get("X-RateLimit-Global")) or headers.get("X-RateLimit-Scope") == "global"
+
+
+def retry_after(headers: Any) -> float:
+    """How long a 429 says to wait: Retry-After, or the bucket's reset if that is later."""
+    waits = []
+    for name in ("Retry-After", "X-RateLimit-Reset-After"):
+        with contextlib.suppress(TypeError, ValueError):
+            waits.append(float(headers.get(name)))
+    return max(waits, default=1.0)
 
 
 NO_PINGS = discord.AllowedMentions.none
@@ -507,7 +525,7 @@ def platform_errors() -> Iterator[None]:
     except discord.NotFound as exc:  # Unknown Message / Channel / Webhook: it was deleted
         raise MessageGone(str(exc)) from exc
     except discord.RateLimited as exc:  # a 429 (see FirstAnswer), or a wait over max_ratelimit_timeout
-        raise RateLimited(exc.retry_after) from exc
+        raise RateLimited(exc.retry_after, paused=getattr(exc, "paused", False)) from exc
     except discord.DiscordServerError as exc:
         raise TransientError(str(exc)) from exc
     except discord.HTTPException as exc:

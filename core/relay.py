@@ -341,7 +341,8 @@ class Reply:
             except RateLimited as exc:
                 o.rate_limited += 1
                 metrics.RATE_LIMITED.labels(self.target.platform).inc()
-                self.pacer.pause(budgets, exc.retry_after)
+                if not exc.paused:  # (a limit of one bucket must not slow the others)
+                    self.pacer.pause(budgets, exc.retry_after)
                 if frame.final:  # a 429 storm must not hold the final text past the deadline
                     deadline = deadline or clock.now() + self.settings.final_deadline
                     if clock.now() >= deadline:
