@@ -409,7 +409,8 @@ async def run(
                 else:  # a replica: store, pacer and limits shared through Redis
                     brain = build_brain(config, redis=backend.redis)
                     host = Host(config, brain, backend.pacer, backend.store, backend.gate)
-                host.on_finished.append(outcomes)
+                if platform == "discord":  # (Slack's replies are counted as people see them)
+                    host.on_finished.append(outcomes)
                 bots.append(asyncio.create_task(serve(host, settings)))
             tick = asyncio.create_task(ticker.run())
             try:
