@@ -256,6 +256,28 @@ async def test_first_text_goes_before_running_replies_progress() -> None:
     assert max(first_texts) <= min(running_since)
 
 
+async def test_a_placeholder_goes_before_other_replies_first_texts() -> None:
+    """Five replies' first texts wait for a full budget; two more questions arrive meanwhile:
+    their placeholders go first (a first text is waited for, but an asker with no placeholder
+    does not know they were heard)."""
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    log: list[tuple[float, str, int]] = []
+    targets = [recorded(clock, log) for _ in range(7)]
+
+    async def start(i: int) -> None:
+        steps = deltas(f"answer {i} " * 20, 3, 0.05)
+        if i >= 5:
+            await clock.sleep(2.0)  # asked while the first five's first texts wait
+        else:
+            steps = [(1.0, steps[0][1]), *steps[1:]]  # the model starts after a second
+        await Reply(ScriptRun(clock, steps), targets[i], pacer, StreamConfig()).run()
+
+    await clock.run(asyncio.gather(*(start(i) for i in range(7))))
+    assert [op for t, op, _ in log[:5]] == ["post"] * 5  # the first five placeholders fill the window
+    assert [op for t, op, _ in log[5:7]] == ["post", "post"], log[:10]  # then the two new ones
+
+
 # --- Discord's headers ----------------------------------------------------------------------------
 
 
