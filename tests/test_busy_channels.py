@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from harness import running_discord_bot, slack_bot_for
 
+import bots.slack_target
 from bots.slack_api import ACK_EMOJI
 from core.platform import Rate
 from fakes.discord_server import FakeDiscord, FakeMessage
 from fakes.openai_server import FakeOpenAI
-from fakes.slack_server import FakeSlack, settled
+from fakes.slack_server import FakeSlack, Limit, settled
 
 WAIT = 120.0
 
@@ -103,3 +104,26 @@ async def test_slack_questions_waiting_for_their_placeholder_get_eyes(
     last = by_placeholder[-1]  # its placeholder waited for the seven before it
     assert last in reacted and reacted[last] < slack.bot_messages("C0BUSY", last)[0].created
     assert by_placeholder[0] not in reacted  # the first was not held up
+
+
+async def test_slack_native_replies_finishing_together_wait_their_turn_to_stop(
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chat.stopStream (Tier 2) has a budget of its own: three native replies that end at once
+    stop one after the other, within a workspace limit scaled down to one a second, with no
+    429 - instead of three stops at once and two 429s."""
+    monkeypatch.setattr(bots.slack_target, "STOP_RATE", Rate(50, 60.0, burst=1))
+    texts = [answer(i) for i in range(3)]
+    for text in texts:
+        fake_openai.reply(text, delay=0.01)
+    async with FakeSlack() as slack:
+        slack.limits["chat.stopStream"] = Limit(60.0, 1.0)
+        async with slack_bot_for(slack, fake_openai, tmp_path, streaming="native"):
+            questions = await asyncio.gather(
+                *(slack.mention("C0BUSY", f"question {i}", user=f"U0P{i}") for i in range(3))
+            )
+            await slack.wait_for(
+                lambda: all(settled(slack, "C0BUSY", ts) for ts in questions), WAIT, "every reply"
+            )
+    assert sorted(slack.reply_text("C0BUSY", ts) for ts in questions) == sorted(texts)
+    assert slack.count("chat.stopStream") == 3 and slack.total_429s == 0, slack.rate_limited
