@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("streambot.slack")
 
 NATIVE_PAGE_AGE = 240.0  # native streams expire ~5 minutes after they start
-# A question whose placeholder has not appeared this long after it was admitted (chat.postMessage
-# allows about one message per second per channel) gets a 👀 reaction: it was heard.
+# A question whose placeholder has not appeared this long after it was admitted, or will wait
+# longer than this behind the placeholders queued before it (chat.postMessage allows about one
+# message per second per channel), gets a 👀 reaction: it was heard.
 ACK_AFTER = 1.0
 
 
