@@ -11,10 +11,11 @@ from typing import NoReturn
 
 from rich.console import Console
 
-from bots import console, discord_bot, slack_bot
+from bots import console, discord_bot, slack_bot, usage_report
 from core import config as cfg
 from core import logs
 from core.adapter import Adapter
+from core.attachments import local_file
 from core.backend import Backend, open_backend
 from core.demo import DEMO_NOTICE
 from core.errors import SetupError
@@ -104,6 +105,8 @@ async def run(config: cfg.Config, source: str) -> int:
         return 0
     finally:
         await backend.store.close()
+        if backend.usage is not None:
+            await backend.usage.close()
         if ops is not None:
             await ops.stop()
 
@@ -139,19 +142,30 @@ def _cancel_on_sigterm() -> None:
             pass
 
 
-async def ask(config: cfg.Config, question: str, source: str = "built-in defaults") -> int:
+async def ask(
+    config: cfg.Config, question: str, source: str = "built-in defaults", paths: list[str] | None = None
+) -> int:
     # Only memory matters here: the chat adapters' tokens are not needed to ask one question.
     problems = cfg.check_env(config, source)
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
         return 1
+    try:
+        files = tuple(local_file(path) for path in paths or [])
+    except OSError as exc:
+        print(f"--file {exc}: give the path of a picture, text file or PDF", file=sys.stderr)
+        return 2
     brain = build_brain(config)
     if brain.demo:
         Console(stderr=True).print(DEMO_NOTICE, style="yellow", markup=False)
     try:
         outcome = await console.ask(
-            Host(config, brain), config.section("console", console.ConsoleSettings), question, Console()
+            Host(config, brain),
+            config.section("console", console.ConsoleSettings),
+            question,
+            Console(),
+            files,
         )
     finally:
         if brain.redis is not None:
@@ -165,6 +179,12 @@ def _address(value: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, e.g. 0.0.0.0:9108, not {value!r}")
     return host, int(port)
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {value!r}")
+    return int(value)
 
 
 def _level(value: str) -> str:
@@ -202,7 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     p_console.add_argument("--page-chars", type=int, help="page size, to watch paging (min 200)")
     p_ask = sub.add_parser("ask", help="stream one answer to stdout and exit")
     p_ask.add_argument("question", nargs="+")
+    p_ask.add_argument(
+        "--file",
+        "-f",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a picture, text file or PDF to ask about",
+    )
     p_ask.add_argument("--config", "-c")
+    p_usage = sub.add_parser("usage", help="the people and channels that used the most tokens")
+    p_usage.add_argument("--config", "-c")
+    p_usage.add_argument("--days", type=_positive, default=7, help="the last N days, today included (7)")
+    p_usage.add_argument("--top", type=_positive, default=10, help="rows per table (10)")
+    p_usage.add_argument("--json", action="store_true", help="one JSON object instead of tables")
     p_check = sub.add_parser("check-config", help="validate a config and the environment")
     p_check.add_argument("path", nargs="?")
     args = parser.parse_args(argv)
@@ -216,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(args.log_level, config.ops.log_format)
     try:
         if command == "ask":
-            return asyncio.run(ask(config, " ".join(args.question), source))
+            return asyncio.run(ask(config, " ".join(args.question), source, args.file))
+        if command == "usage":
+            return asyncio.run(usage_report.report(config, source, args.days, args.top, args.json))
         if getattr(args, "ops", None):
             config.ops.enabled = True
             config.ops.host, config.ops.port = args.ops

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from core import metrics
+from core.attachments import Attachment, Turn
 from core.config import Config
 from core.events import ModelRun
 from core.limits import Gate, Refused, Slot
@@ -25,6 +27,7 @@ from core.paging import with_marker
 from core.platform import Target
 from core.relay import Outcome, Reply
 from core.state import ReplyRecord, StateStore, repair_orphans
+from core.usage import Spent, UsageStore
 
 log = logging.getLogger("streambot.host")
 
@@ -38,7 +41,7 @@ Finish = Callable[[dict[str, Any], str], Awaitable[None]]  # (record.place, fina
 class Brain(Protocol):
     """What the host needs of the model side (core/sources.py `Brain` is one)."""
 
-    def start(self, prompt: str, conversation: str | None = None) -> ModelRun: ...
+    def start(self, prompt: str | Turn, conversation: str | None = None) -> ModelRun: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,16 @@ class Question:
     prompt: str
     message: str = ""  # the question's message key: deleting it stops the reply
     limited: bool = True  # subject to `[limits]` (the local console is not)
+    author: str = ""  # display name, in channels and shared threads: "Sam: …" for the model
+    attachments: tuple[Attachment, ...] = ()  # pictures and files sent with it
+    context: tuple[tuple[str, str], ...] = ()  # (author, text) of earlier thread messages not yet seen
+    fresh: bool = False  # start the conversation over first (/ask new:true)
+
+    def model_input(self) -> str | Turn:
+        """What the brain is given: a plain question stays a string (any Brain takes that)."""
+        if not (self.author or self.attachments or self.context):
+            return self.prompt
+        return Turn(self.prompt, self.author, self.attachments, self.context)
 
 
 @dataclass(frozen=True)
@@ -87,12 +100,14 @@ class Host:
         pacer: Pacer | None = None,
         store: StateStore | None = None,
         gate: Gate | None = None,
+        usage: UsageStore | None = None,
     ) -> None:
         self.config = config
         self.brain = brain
         self.pacer = pacer or Pacer()
         self.store = store
-        self.gate = gate or Gate(config.limits, self.pacer.clock)
+        self.gate = gate or Gate(config.limits, self.pacer.clock, usage)
+        self.usage = usage if usage is not None else self.gate.usage  # where tokens are added up
         self.closing = False  # shutting down: no new questions
         self.on_finished: list[Callable[[Finished], None]] = []
         self._running: dict[str, _Running] = {}  # reply id -> the reply
@@ -143,6 +158,8 @@ class Host:
                 if running.stopped:  # stopped or deleted while waiting for its turn
                     await target.close()
                     return None
+                if question.fresh and (forget := getattr(self.brain, "forget", None)):
+                    await forget(question.conversation)  # in its turn: after the reply before it
                 return await self._run(running, target)
         except Exception:
             log.exception("reply %s failed", question.reply_id)
@@ -166,7 +183,7 @@ class Host:
                 self._track(running, key, index)
 
         reply = Reply(
-            self.brain.start(q.prompt, q.conversation),
+            self.brain.start(q.model_input(), q.conversation),
             target,
             self.pacer,
             self.config.stream,
@@ -191,11 +208,40 @@ class Host:
                 "status": outcome.status,
                 "placeholder_after": outcome.placeholder_after,
                 "first_text_after": outcome.first_text_after,
+                "input_tokens": outcome.usage.input_tokens if outcome.usage else None,
+                "output_tokens": outcome.usage.output_tokens if outcome.usage else None,
             },
         )
+        finished = Finished(q, target.platform, outcome)
+        await self._count_usage(finished)
         for hook in self.on_finished:
-            hook(Finished(q, target.platform, outcome))
+            hook(finished)
         return outcome
+
+    async def _count_usage(self, finished: Finished) -> None:
+        """Add the reply's tokens to the metrics and to its person's, channel's and profile's
+        totals (which `[limits]` reads); a usage store that fails costs no reply."""
+        usage, q = finished.outcome.usage, finished.question
+        if usage is None:
+            return
+        metrics.TOKENS.labels(finished.platform, "input").inc(usage.input_tokens)
+        metrics.TOKENS.labels(finished.platform, "output").inc(usage.output_tokens)
+        if self.usage is None:
+            return
+        spent = Spent(
+            q.user,
+            q.channel,
+            finished.platform,
+            usage.input_tokens,
+            usage.output_tokens,
+            # until replies name their profile and questions their author, these are the defaults
+            profile=getattr(finished, "profile", "") or "default",
+            name=getattr(q, "author", "") or "",
+        )
+        try:
+            await self.usage.record(spent)
+        except Exception as exc:
+            log.warning("could not record the token usage of reply %s: %s", q.reply_id, exc)
 
     def _track(self, running: _Running, message: str, page: int | None) -> None:
         """Deleting `message` (the question: page None) stops `running`."""
@@ -220,6 +266,31 @@ class Host:
                 del self._turns[conversation]
             else:
                 self._turns[conversation] = (lock, users - 1)
+
+    @property
+    def remembers(self) -> bool:
+        """Whether the brain keeps conversation memory (there is something to forget)."""
+        return bool(getattr(self.brain, "remembers", False))
+
+    def start_over(self, conversation: str) -> bool:
+        """`forget` in the background, for commands that must answer at once (chat platforms
+        want an answer within 3 s; a reply may be streaming in the conversation). The clearing
+        takes its turn now, so it comes after that reply and before any later one."""
+        if not (self.remembers and conversation):
+            return False
+        self.spawn(self.forget(conversation))
+        return True
+
+    async def forget(self, conversation: str) -> bool:
+        """Start `conversation` over (/forget, /streambot new): its memory is cleared once the
+        reply running in it, if any, has ended. False when the brain keeps no memory."""
+        forget = getattr(self.brain, "forget", None)
+        if forget is None or not conversation:
+            return False
+        async with self._turn(conversation):
+            forgotten = bool(await forget(conversation))
+        log.info("conversation %s started over", conversation)
+        return forgotten
 
     async def notice(self, target: Target, text: str) -> None:
         """A short message that is not a model reply (a hint, a refusal), paced like the rest."""

@@ -55,3 +55,8 @@ EVENT_LOOP_LAG = Gauge(
     "streambot_event_loop_lag_seconds",
     "How late the event loop last woke a 0.5 s sleep; liveness fails when it stays high.",
 )
+TOKENS = Counter(
+    "streambot_tokens",
+    "Model tokens the replies used, as the model reported them: kind is input or output.",
+    ["platform", "kind"],
+)
