@@ -49,10 +49,10 @@ BOT_SCOPES = {
     "chat:write": "chat.postMessage / update / delete / startStream / appendStream / stopStream",
     "commands": "the /streambot slash command (/streambot new)",
     "files:read": "pictures and files attached to questions (url_private with the bot token)",
+    "reactions:write": "reactions.add: 👀 on a question while its placeholder waits its turn",
     "groups:history": "thread follow-ups in private channels",
     "im:history": "direct messages and assistant threads",
     "mpim:history": "thread follow-ups in group DMs",
-    "reactions:write": "reactions.add: 👀 on a question while its placeholder waits its turn",
     "users:read": "people's display names, so the model knows who is speaking",
 }
 BOT_EVENTS = {

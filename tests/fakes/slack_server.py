@@ -250,12 +250,12 @@ class FakeSlack:
         self.suggested_prompts: list[dict[str, Any]] = []
         self.statuses: list[tuple[str, str, str]] = []  # (channel, thread_ts, status)
         self.titles: dict[tuple[str, str], str] = {}
-        self.reactions: list[tuple[str, str, str, float]] = []  # (channel, ts, name, monotonic)
         self.files: dict[str, tuple[str, str, bytes]] = {}  # file id -> (name, mimetype, bytes)
         self.downloads: list[tuple[str, bool]] = []  # (file id, with the bot token) per download
         self.names: dict[str, str] = {"U0HUMAN": "Sam", "U0OTHER": "Alex"}  # users.info display names
         self.replies_pages = 0  # conversations.replies pages served
         self.file_host = "127.0.0.1"  # where url_private points ("localhost": not the API's host)
+        self.reactions: list[tuple[str, str, str, float]] = []  # (channel, ts, name, monotonic)
 
         self._buckets: dict[str, _Bucket] = {}
         self._ts = itertools.count(1)
