@@ -234,9 +234,8 @@ class Host:
             finished.platform,
             usage.input_tokens,
             usage.output_tokens,
-            # until replies name their profile and questions their author, these are the defaults
-            profile=getattr(finished, "profile", "") or "default",
-            name=getattr(q, "author", "") or "",
+            profile=getattr(finished, "profile", "") or "default",  # until replies name their profile
+            name=q.author,
         )
         try:
             await self.usage.record(spent)
