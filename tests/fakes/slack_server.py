@@ -6,7 +6,7 @@ would against slack.com. What it models, because the adapter's behaviour depends
 
 * Web API methods the bot uses (auth.test, chat.postMessage/update/delete,
   chat.startStream/appendStream/stopStream, assistant.threads.*, conversations.replies,
-  apps.connections.open), with Slack's error codes (invalid_auth, channel_not_found,
+  reactions.add, apps.connections.open), with Slack's error codes (invalid_auth, channel_not_found,
   message_not_found, msg_too_long, invalid_blocks, message_not_in_streaming_state,
   missing_recipient_user_id, ...).
 * Rate limits per method per workspace (chat.postMessage: per channel), as token buckets with
@@ -95,6 +95,7 @@ DEFAULT_LIMITS: dict[str, Limit] = {
     "assistant.threads.setTitle": tier(3),
     "assistant.threads.setSuggestedPrompts": tier(3),
     "conversations.replies": tier(3),
+    "reactions.add": tier(3),
     "auth.test": tier(4),
     "apps.connections.open": Limit(1.0, 5.0),
 }
@@ -254,6 +255,7 @@ class FakeSlack:
         self.names: dict[str, str] = {"U0HUMAN": "Sam", "U0OTHER": "Alex"}  # users.info display names
         self.replies_pages = 0  # conversations.replies pages served
         self.file_host = "127.0.0.1"  # where url_private points ("localhost": not the API's host)
+        self.reactions: list[tuple[str, str, str, float]] = []  # (channel, ts, name, monotonic)
 
         self._buckets: dict[str, _Bucket] = {}
         self._ts = itertools.count(1)
@@ -1033,6 +1035,18 @@ class FakeSlack:
         msg.show(msg.text + markdown)
         self._echo(msg, "message_changed")
         return {"channel": msg.channel, "ts": msg.ts, "message": msg.as_event_message()}
+
+    def _m_reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(args)
+        self._message(channel, args.get("timestamp"))
+        name = str(args.get("name") or "")
+        if not name:
+            raise ApiError("invalid_name")
+        ts = str(args.get("timestamp"))
+        if any(r[:3] == (channel, ts, name) for r in self.reactions):
+            raise ApiError("already_reacted")
+        self.reactions.append((channel, ts, name, time.monotonic()))
+        return {}
 
     def _m_assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(args, "channel_id")
