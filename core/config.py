@@ -70,6 +70,10 @@ class LimitsConfig(Section):
     channel_concurrent: int = Field(10, ge=0)  # replies streaming at once in one channel
 
 
+class FeedbackConfig(Section):
+    enabled: bool = True  # 👍/👎 under every finished answer, stored for `streambot report`
+
+
 class OpsConfig(Section):
     enabled: bool = False  # off so nothing listens by surprise; the Docker image turns it on
     host: str = "127.0.0.1"  # /metrics and /healthz; "0.0.0.0" inside a container
@@ -90,6 +94,7 @@ class Config(Section):
     stream: StreamConfig = StreamConfig()
     memory: MemoryConfig = MemoryConfig()
     limits: LimitsConfig = LimitsConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     ops: OpsConfig = OpsConfig()
 
     def section(self, name: str, model: type[S]) -> S:

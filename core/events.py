@@ -1,7 +1,7 @@
 """Plain, typed events every model source is normalized into.
 
 The relay only understands these; sources (the Agents SDK, a test script, the demo model) only
-produce them. A stream is any number of TextDelta/ToolStarted/ToolFinished/Handoff events
+produce them. A stream is any number of TextDelta/ToolStarted/ToolFinished/Handoff/HumanWanted events
 followed by exactly one Done or Failed.
 """
 
@@ -43,6 +43,13 @@ class Handoff:
 
 
 @dataclass(frozen=True, slots=True)
+class HumanWanted:
+    """The model asked for a person to take over (the handoff tool); the host pings once."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The model run failed; the text so far is kept and this message is shown after it."""
 
@@ -54,7 +61,7 @@ class Done:
     """The model finished normally."""
 
 
-Event = TextDelta | ToolStarted | ToolFinished | Handoff | Failed | Done
+Event = TextDelta | ToolStarted | ToolFinished | Handoff | HumanWanted | Failed | Done
 
 
 class ModelRun(Protocol):

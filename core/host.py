@@ -16,8 +16,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from core import metrics
 from core.config import Config
 from core.events import ModelRun
+from core.handoff import Handoffs, is_resolve_command
+from core.ledger import AnswerFacts, HandoffFacts, Ledger, SqliteLedger, Vote
 from core.limits import Gate, Refused, Slot
 from core.logs import tag_reply
 from core.pacing import Pacer
@@ -32,6 +35,8 @@ RESTARTING = "I'm restarting: please ask again in a minute."  # questions during
 FINAL_GRACE = 15.0  # seconds a shutdown lets interrupted replies deliver their final text
 
 StopResult = Literal["stopped", "not_yours", "unknown"]
+HandoffResult = Literal["pinged", "already", "off"]  # "off": the profile has no handoff set up
+RESOLVED = "✅ Resolved: I'm answering here again."
 Finish = Callable[[dict[str, Any], str], Awaitable[None]]  # (record.place, final text)
 
 
@@ -52,6 +57,7 @@ class Question:
     prompt: str
     message: str = ""  # the question's message key: deleting it stops the reply
     limited: bool = True  # subject to `[limits]` (the local console is not)
+    profile: str = ""  # the profile that answers it ("": the default, `[model]`)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class Host:
         pacer: Pacer | None = None,
         store: StateStore | None = None,
         gate: Gate | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.config = config
         self.brain = brain
@@ -102,6 +109,30 @@ class Host:
         self._repairs: list[asyncio.Task[None]] = []
         self._shutdown: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._ledger = ledger
+        self.handoffs = Handoffs(lambda: self.ledger)
+
+    @property
+    def ledger(self) -> Ledger:
+        """Answers, votes and handoffs for the report: beside the state store (Redis, shared
+        by replicas) or in the memory file. Opened on first use."""
+        if self._ledger is None:
+            redis = getattr(self.store, "redis", None)
+            if redis is not None:
+                from core.redis_ledger import RedisLedger
+
+                self._ledger = RedisLedger(redis)
+            else:
+                self._ledger = SqliteLedger(self.config.memory.path)
+        return self._ledger
+
+    def profile_of(self, question: Question) -> str:
+        """The profile that answers `question`."""
+        return question.profile or "default"
+
+    def handoff_for(self, profile: str) -> Any | None:
+        """The profile's `handoff` settings, or None when it hands nothing to people."""
+        return getattr(self.config.model, "handoff", None)
 
     def start(self) -> None:
         """Hear stop and delete signals other replicas forward, and end this process's replies
@@ -119,6 +150,10 @@ class Host:
         if question.reply_id in self._running:  # the same event delivered twice: answer once
             log.info("reply %s is already running; ignoring the repeat", question.reply_id)
             return None
+        if await self._held(question, target):
+            return None
+        target.feedback = self.config.feedback.enabled
+        target.human = self.handoff_for(self.profile_of(question)) is not None
         slot: Slot | None = None
         try:
             if self.closing:
@@ -193,9 +228,78 @@ class Host:
                 "first_text_after": outcome.first_text_after,
             },
         )
+        self.spawn(self._record(q, target.platform, outcome))
+        if outcome.human is not None:
+            await self.request_human(q.conversation, self.profile_of(q), "model", outcome.human, target)
         for hook in self.on_finished:
             hook(Finished(q, target.platform, outcome))
         return outcome
+
+    # --- the support desk: facts for the report, feedback, handoffs --------------------------------
+
+    async def _record(self, q: Question, platform: str, outcome: Outcome) -> None:
+        facts = AnswerFacts(
+            q.reply_id, self.profile_of(q), platform, q.conversation, q.prompt[:500], outcome.status
+        )
+        try:
+            await self.ledger.record_answer(facts)
+        except Exception as exc:  # the report misses one answer; the reply is not affected
+            log.warning("could not record reply %s for the report: %s", q.reply_id, exc)
+
+    async def feedback(self, reply_id: str, user: str, vote: Vote, platform: str) -> None:
+        """`user` clicked 👍 or 👎 under reply `reply_id` (their last click counts)."""
+        answer = await self.ledger.answer(reply_id)
+        await self.ledger.vote(reply_id, user, vote)
+        profile = answer.profile if answer else "(unknown)"
+        metrics.FEEDBACK.labels(platform, profile, vote).inc()
+        log.info("%s voted %s on reply %s", user, vote, reply_id, extra={"reply_id": reply_id})
+
+    async def feedback_reason(self, reply_id: str, user: str, reason: str) -> None:
+        """Why `user` voted 👎 (optional; asked after the click)."""
+        await self.ledger.give_reason(reply_id, user, reason.strip()[:1000])
+
+    async def request_human(
+        self, conversation: str, profile: str, by: str, reason: str, target: Target
+    ) -> HandoffResult:
+        """Hand `conversation` to a person: ping once (whoever asks, however often), then stay
+        silent there until someone resolves it."""
+        settings = self.handoff_for(profile)
+        if settings is None:
+            return "off"
+        facts = HandoffFacts(conversation, profile, reason.strip()[:300] or "asked for a person", by)
+
+        async def announce(facts: HandoffFacts) -> dict[str, Any]:
+            await self.pacer.acquire(target.budgets("notice"))
+            return await target.hand_off(settings, facts)
+
+        try:
+            pinged = await self.handoffs.request(facts, target.platform, announce)
+        except Exception as exc:
+            log.warning("could not hand %s to a person: %s", conversation, exc)
+            return "off"
+        return "pinged" if pinged else "already"
+
+    async def resolve(self, conversation: str, by: str) -> bool:
+        """A person resolved the handoff: the bot answers in `conversation` again."""
+        return await self.handoffs.resolve(conversation, by) is not None
+
+    async def _held(self, question: Question, target: Target) -> bool:
+        """True when a person has this conversation (the bot stays silent), or when the
+        question was the command that resolves it."""
+        if self.handoff_for(self.profile_of(question)) is None:
+            return False
+        try:
+            if not await self.handoffs.held(question.conversation):
+                return False
+            if is_resolve_command(question.prompt):
+                await self.resolve(question.conversation, question.user)
+                await self.notice(target, RESOLVED)
+                return True
+        except Exception as exc:  # a store that is down: answering beats silence
+            log.warning("could not check %s for a handoff (%s); answering", question.conversation, exc)
+            return False
+        log.info("conversation %s is with a person; not answering", question.conversation)
+        return True
 
     def _track(self, running: _Running, message: str, page: int | None) -> None:
         """Deleting `message` (the question: page None) stops `running`."""

@@ -55,3 +55,13 @@ EVENT_LOOP_LAG = Gauge(
     "streambot_event_loop_lag_seconds",
     "How late the event loop last woke a 0.5 s sleep; liveness fails when it stays high.",
 )
+FEEDBACK = Counter(
+    "streambot_feedback",
+    "👍/👎 clicks on answers (every click: people may change their mind; the ledger keeps the last).",
+    ["platform", "profile", "vote"],
+)
+HANDOFFS = Counter(
+    "streambot_handoffs",
+    "Conversations handed to a person, by who asked: the model or a person (each pinged once).",
+    ["platform", "profile", "by"],
+)

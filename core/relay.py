@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 from core import metrics
 from core.config import StreamConfig
-from core.events import Done, Failed, Handoff, ModelRun, TextDelta, ToolFinished, ToolStarted
+from core.events import Done, Failed, Handoff, HumanWanted, ModelRun, TextDelta, ToolFinished, ToolStarted
 from core.pacing import Pacer
 from core.paging import Pager
-from core.platform import Frame, MessageGone, Op, RateLimited, Target, TransientError
+from core.platform import Frame, MessageGone, Op, RateLimited, Step, Target, TransientError
 from core.state import ReplyRecord, StateStore
 
 log = logging.getLogger("streambot.relay")
@@ -49,6 +49,8 @@ class Outcome:
     delivered: bool = True  # False if the final text could not be shown (deadline passed)
     placeholder_after: float | None = None  # seconds from the start until the first message showed
     first_text_after: float | None = None  # ... until the model's first text showed
+    tools: list[str] = field(default_factory=list)  # the tools the model called, in order
+    human: str | None = None  # the model asked for a person (the handoff tool), for this reason
 
 
 class _Gone(Exception):
@@ -79,6 +81,7 @@ class Reply:
         self.handles: list[Any] = []
         self.status_line = ""
         self._tools: dict[str, str] = {}
+        self._steps: dict[str, Step] = {}  # every tool call so far, for task lists
         self._end: Status | None = None
         self._changed = asyncio.Event()
         self._delivered: list[Frame] = []  # last frame each message shows
@@ -179,9 +182,18 @@ class Reply:
                     if not self._tools:
                         self.status_line = ""
                 elif isinstance(ev, ToolStarted):
-                    self._tools[ev.call_id or ev.name] = ev.name
+                    key = ev.call_id or ev.name
+                    self._tools[key] = ev.name
+                    self._steps[key] = Step(key, ev.name.replace("_", " "))
+                    self._outcome.tools.append(ev.name)
                 elif isinstance(ev, ToolFinished):
-                    self._tools.pop(ev.call_id or ev.name, None)
+                    key = ev.call_id or ev.name
+                    self._tools.pop(key, None)
+                    if step := self._steps.get(key):
+                        self._steps[key] = Step(step.id, step.title, "complete")
+                elif isinstance(ev, HumanWanted):
+                    if self._outcome.human is None:
+                        self._outcome.human = ev.reason
                 elif isinstance(ev, Handoff):
                     self.status_line = f"↪️ {ev.agent} is taking over…"
                 elif isinstance(ev, Failed):
@@ -256,15 +268,19 @@ class Reply:
         streaming = self._end is None
         status = self.status_line[: self.pager.limit // 4]
         cursor = self.settings.cursor
+        steps = tuple(self._steps.values())
         if self.pager.empty:
             text = self.settings.placeholder + (cursor if streaming else "")
-            return Frame(0, text + (f"\n{status}" if status else ""), "", not streaming, streaming)
+            text += f"\n{status}" if status else ""
+            return Frame(0, text, "", not streaming, streaming, self._end or "", status, steps)
         last = self.pager.render(streaming=streaming, cursor=cursor, status=status)
         pages = self.pager.pages
+        # the reply's last message carries how it ended (where feedback and handoff buttons go)
+        ended = (self._end or "") if k == self._page_count() - 1 else ""
         if k < len(pages):
-            return Frame(k, pages[k].text, pages[k].text, True, False)
+            return Frame(k, pages[k].text, pages[k].text, True, False, ended)
         raw = self.pager.source if streaming else last
-        return Frame(k, last, raw, not streaming, streaming)
+        return Frame(k, last, raw, not streaming, streaming, ended, status, steps)
 
     async def _deliver(self) -> None:
         k = 0  # first message whose final form is not delivered yet

@@ -9,6 +9,7 @@ used for status only, so no text is ever shown twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import sqlite3
@@ -23,7 +24,8 @@ from agents.models.openai_responses import OpenAIResponsesModel
 from agents.result import RunResultStreaming
 
 from core.config import Config, env, redis_url, uses_demo_model
-from core.events import Done, Event, Failed, Handoff, TextDelta, ToolFinished, ToolStarted
+from core.events import Done, Event, Failed, Handoff, HumanWanted, TextDelta, ToolFinished, ToolStarted
+from core.handoff import HANDOFF_TOOL
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -98,6 +100,8 @@ async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
                     name = str(_get(raw, "name") or _get(raw, "type") or "tool")
                     tools[call_id] = name
                     yield ToolStarted(name, call_id)
+                    if name == HANDOFF_TOOL:
+                        yield HumanWanted(_reason(_get(raw, "arguments")))
                 elif ev.name == "tool_output":
                     call_id = str(_get(raw, "call_id") or "")
                     yield ToolFinished(tools.pop(call_id, "tool"), call_id)
@@ -121,6 +125,15 @@ async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
             "agent's instructions ask for an answer"
         )
     yield Done()
+
+
+def _reason(arguments: Any) -> str:
+    """The `reason` argument of a handoff tool call (JSON text), or '' if it has none."""
+    try:
+        value = json.loads(arguments or "{}").get("reason", "")
+    except (ValueError, AttributeError):
+        return ""
+    return str(value)
 
 
 def _get(raw: Any, name: str) -> Any:
