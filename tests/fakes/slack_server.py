@@ -1143,7 +1143,7 @@ class FakeSlack:
         return {"view": {**view, "id": f"V{next(self._ids)}"}}
 
     def _m_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel(args)
+        self._channel(args)
         if not args.get("user"):
             raise ApiError("user_not_in_channel")
         self.ephemeral.append(dict(args))
