@@ -13,14 +13,14 @@ from rich.console import Console
 
 from bots import console, discord_bot, slack_bot
 from core import config as cfg
-from core import logs
+from core import logs, profiles
 from core.adapter import Adapter
 from core.backend import Backend, open_backend
 from core.demo import DEMO_NOTICE
 from core.errors import SetupError
 from core.host import Host
 from core.ops import OpsServer
-from core.sources import build_brain
+from core.sources import Brain, build_brain
 from core.webserver import raise_descriptor_limit
 
 ADAPTERS: tuple[Adapter, ...] = (discord_bot.ADAPTER, slack_bot.ADAPTER, console.ADAPTER)
@@ -111,8 +111,8 @@ async def run(config: cfg.Config, source: str) -> int:
 async def _serve(config: cfg.Config, backend: Backend) -> None:
     """Run the adapters until one ends (the console when its user leaves) or the process is
     cancelled (Ctrl-C, SIGTERM); each adapter lets the host shut down with grace on its way out."""
-    brain = build_brain(config, redis=backend.redis)
-    host = Host(config, brain, backend.pacer, backend.store, backend.gate)
+    host = _host(config, backend)
+    brain = host.brain
     adapters = enabled(config)
     if brain.demo and any(not a.fallback for a in adapters):
         logging.getLogger("streambot").warning(DEMO_NOTICE)
@@ -126,6 +126,41 @@ async def _serve(config: cfg.Config, backend: Backend) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
         task.result()  # what stopped an adapter (a bad token, say) is the process's answer
+
+
+def _host(config: cfg.Config, backend: Backend | None = None) -> Host:
+    """A host with one Brain per profile, every one built now so that a profile's mistake
+    (a tool that does not import, say) stops the start instead of a later question."""
+    redis = backend.redis if backend else None
+
+    def brain(profile: str) -> Brain:
+        return build_brain(config, redis=redis, profile=profile)
+
+    if backend is None:
+        host = Host(config, brain(cfg.DEFAULT_PROFILE), brains=brain)
+    else:
+        host = Host(
+            config, brain(cfg.DEFAULT_PROFILE), backend.pacer, backend.store, backend.gate, brains=brain
+        )
+    for name in profiles.names(config):
+        host.brain_for(name)
+    return host
+
+
+def use_profile(config: cfg.Config, name: str, source: str) -> None:
+    """`--profile NAME`: the console's questions go to profile NAME whatever the routes say."""
+    if name not in profiles.names(config):
+        raise cfg.ConfigError(
+            [
+                cfg.Problem(
+                    source,
+                    "--profile",
+                    f"no profile named {name!r}",
+                    f"use one of {', '.join(profiles.names(config))}, or add [profiles.{name}]",
+                )
+            ]
+        )
+    config.routes = [cfg.RouteConfig(platform=console.ADAPTER.name, profile=name), *config.routes]
 
 
 def _cancel_on_sigterm() -> None:
@@ -146,16 +181,17 @@ async def ask(config: cfg.Config, question: str, source: str = "built-in default
         for p in problems:
             print(p, file=sys.stderr)
         return 1
-    brain = build_brain(config)
+    host = _host(config)
+    brain = host.brain_for(host.profile_for(console.make_question(question), console.ADAPTER.name))
     if brain.demo:
         Console(stderr=True).print(DEMO_NOTICE, style="yellow", markup=False)
     try:
         outcome = await console.ask(
-            Host(config, brain), config.section("console", console.ConsoleSettings), question, Console()
+            host, config.section("console", console.ConsoleSettings), question, Console()
         )
     finally:
-        if brain.redis is not None:
-            await brain.redis.aclose()
+        if host.brain.redis is not None:
+            await host.brain.redis.aclose()
     return 0 if outcome is not None and outcome.status == "done" else 1
 
 
@@ -200,9 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     p_console = sub.add_parser("console", help="chat in the terminal")
     p_console.add_argument("--config", "-c")
     p_console.add_argument("--page-chars", type=int, help="page size, to watch paging (min 200)")
+    p_console.add_argument("--profile", help="answer with this [profiles.NAME] (default: as [[routes]] say)")
     p_ask = sub.add_parser("ask", help="stream one answer to stdout and exit")
     p_ask.add_argument("question", nargs="+")
     p_ask.add_argument("--config", "-c")
+    p_ask.add_argument("--profile", help="answer with this [profiles.NAME] (default: as [[routes]] say)")
     p_check = sub.add_parser("check-config", help="validate a config and the environment")
     p_check.add_argument("path", nargs="?")
     args = parser.parse_args(argv)
@@ -215,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.log_format and config.ops.log_format != "text":
         logs.setup(args.log_level, config.ops.log_format)
     try:
+        if getattr(args, "profile", None):
+            use_profile(config, args.profile, source)
         if command == "ask":
             return asyncio.run(ask(config, " ".join(args.question), source))
         if getattr(args, "ops", None):

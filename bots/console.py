@@ -84,7 +84,7 @@ class ConsoleSettings(AdapterSettings):
     edits_per_second: float = Field(20.0, gt=0)
 
 
-def _question(prompt: str, conversation: str = "") -> Question:
+def make_question(prompt: str, conversation: str = "") -> Question:
     # The person at the terminal owns the bot: no per-person limits apply to them.
     return Question(uuid.uuid4().hex[:16], USER, "console", conversation, prompt, limited=False)
 
@@ -92,7 +92,7 @@ def _question(prompt: str, conversation: str = "") -> Question:
 async def ask(host: Host, settings: ConsoleSettings, question: str, console: Console) -> Outcome | None:
     """Stream one answer to the console (plain text when it is not a terminal)."""
     target = ConsoleTarget(console, settings.page_chars, settings.edits_per_second)
-    q = _question(question)
+    q = make_question(question)
     with _stop_on_ctrl_c(lambda: asyncio.ensure_future(host.stop(q.reply_id, USER))):
         return await host.answer(q, target)
 
@@ -147,7 +147,7 @@ async def chat(
             conversation = f"console:{uuid.uuid4().hex[:12]}"
             console.print("[dim]New conversation.[/dim]")
             continue
-        q = _question(line, conversation)
+        q = make_question(line, conversation)
         target = ConsoleTarget(console, settings.page_chars, settings.edits_per_second)
         with _stop_on_ctrl_c(lambda q=q: asyncio.ensure_future(host.stop(q.reply_id, USER))):
             await host.answer(q, target)

@@ -71,6 +71,15 @@ def _place_key(channel: Any, guild_id: int | None) -> str | None:
     return f"discord:dm:{channel.id}" if guild_id is None else None
 
 
+def _origin(channel: Any, guild_id: int | None) -> dict[str, Any]:
+    """What `[[routes]]` match on: the server, a DM, and the thread parent and category."""
+    return {
+        "team": str(guild_id) if guild_id is not None else "",
+        "dm": guild_id is None,
+        "channels": tuple(str(i) for i in sorted(channel_ids(channel))),
+    }
+
+
 # --- the bot -----------------------------------------------------------------------------------
 
 
@@ -203,7 +212,13 @@ class DiscordBot(discord.AutoShardedClient):
         self.remember(message.id, key)
         await self.host.answer(
             Question(
-                str(message.id), str(message.author.id), str(channel.id), key, prompt, message=str(message.id)
+                str(message.id),
+                str(message.author.id),
+                str(channel.id),
+                key,
+                prompt,
+                message=str(message.id),
+                **_origin(channel, message.guild and message.guild.id),
             ),
             target,
         )
@@ -229,6 +244,7 @@ class DiscordBot(discord.AutoShardedClient):
                 str(interaction.channel.id),
                 key,
                 prompt.strip() or "Hello!",
+                **_origin(interaction.channel, interaction.guild_id),
             ),
             InteractionTarget(self, interaction, key),
         )

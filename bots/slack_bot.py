@@ -479,6 +479,8 @@ class SlackBot:
                 f"slack:{place.team}:{place.channel}:{place.thread_ts}",
                 prompt,
                 message=f"{place.channel}:{question_ts}",
+                team=place.team,
+                dm=place.is_dm,
             ),
             target,
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 DEFAULT_PATH = Path("config.toml")
 MAX_BYTES = 1 << 20  # a config is a few KiB: anything past 1 MiB is the wrong file
@@ -81,6 +81,61 @@ class OpsConfig(Section):
     log_format: Literal["text", "json"] = "text"
 
 
+class HandoffConfig(Section):
+    """Who a handed-off conversation pings, per chat platform (`[profiles.NAME] handoff`)."""
+
+    slack_group: str = ""  # a user group id, S…
+    discord_role: int | None = None  # a role id
+
+
+class McpServerConfig(Section):
+    """One MCP server: a local command (stdio) or a streamable HTTP `url`, never both."""
+
+    name: str = ""  # shown in status lines and errors; default: the command or the URL's host
+    command: str = ""
+    args: list[str] = []
+    env: dict[str, str] = {}  # extra variables for the command (no secrets: see env_from)
+    env_from: list[str] = []  # names of this process's variables to pass on (tokens)
+    cwd: str = ""
+    url: str = ""
+    headers: dict[str, str] = {}  # no secrets: see token_env
+    token_env: str = ""  # sent as `Authorization: Bearer $VAR` to the url
+    timeout: float = Field(10.0, gt=0)  # seconds to connect and per request
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if bool(self.command) == bool(self.url):
+            raise ValueError("give either command (a local stdio server) or url (streamable HTTP)")
+        return self
+
+
+class ProfileConfig(ModelConfig):
+    """`[profiles.NAME]`: any `[model]` key (unset ones are inherited from `[model]`) plus what
+    the profile's agent can look things up with."""
+
+    knowledge: list[str] = []  # folders or files to index, relative to the config file
+    docs_url: str = ""  # the published docs' base URL: citations link there instead of to files
+    tools: list[str] = []  # Python function tools, "package.module:function"
+    mcp_servers: list[McpServerConfig] = []
+    web_search: bool = False  # the hosted WebSearchTool (api = "responses" only)
+    file_search: list[str] = []  # vector store ids for the hosted FileSearchTool (responses only)
+    handoff: HandoffConfig | None = None
+
+
+class RouteConfig(Section):
+    """`[[routes]]`: questions matching every given condition get `profile`; first match wins."""
+
+    platform: str = ""  # an adapter name; empty: any
+    team_ids: list[str] = []  # workspaces; empty: any
+    guild_ids: list[int | str] = []  # servers; empty: any
+    channel_ids: list[int | str] = []  # channels (or a thread's parent, or a category); empty: any
+    dm: bool | None = None  # true: only direct messages; false: never; unset: either
+    profile: str
+
+
+DEFAULT_PROFILE = "default"  # the name of `[model]` as a profile
+
+
 S = TypeVar("S", bound=BaseModel)
 
 
@@ -96,6 +151,15 @@ class Config(Section):
     limits: LimitsConfig = LimitsConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     ops: OpsConfig = OpsConfig()
+    profiles: dict[str, ProfileConfig] = {}
+    routes: list[RouteConfig] = []
+    _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
+
+    def path(self, value: str) -> Path:
+        """A path from the config (knowledge folders): relative ones start at the config
+        file's folder, so an example runs from any working directory."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self._base_dir / p
 
     def section(self, name: str, model: type[S]) -> S:
         """The adapter section `name` as `model` (its defaults when the file has none)."""
@@ -178,11 +242,39 @@ def parse(data: dict[str, Any], file: str, sections: Mapping[str, type[BaseModel
         ) from None
     except ValidationError as exc:
         problems = _problems(exc, file) + problems
+    else:
+        problems += _route_problems(config, file, sections)
     if problems:
         raise ConfigError(problems)
     for name, section in extra.items():
         setattr(config, name, section)
     return config
+
+
+def _route_problems(config: Config, file: str, sections: Mapping[str, type[BaseModel]]) -> list[Problem]:
+    """Routes must name a defined profile and (when the adapters are known) a real platform."""
+    known = sorted({DEFAULT_PROFILE, *config.profiles})
+    problems = []
+    for i, route in enumerate(config.routes):
+        if route.profile not in known:
+            problems.append(
+                Problem(
+                    file,
+                    f"routes.{i}.profile",
+                    f"no profile named {route.profile!r}",
+                    f"add a [profiles.{route.profile}] table or use one of {', '.join(known)}",
+                )
+            )
+        if sections and route.platform and route.platform not in sections:
+            problems.append(
+                Problem(
+                    file,
+                    f"routes.{i}.platform",
+                    f"no platform named {route.platform!r}",
+                    f"use one of {', '.join(sorted(sections))}, or leave it out to match any",
+                )
+            )
+    return problems
 
 
 def load(
@@ -235,7 +327,9 @@ def load(
                 )
             ]
         ) from None
-    return parse(data, str(p), sections), str(p)
+    config = parse(data, str(p), sections)
+    config._base_dir = p.parent
+    return config, str(p)
 
 
 def env(name: str) -> str:

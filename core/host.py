@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from core import metrics
-from core.config import Config
+from core.config import DEFAULT_PROFILE, Config, HandoffConfig
 from core.events import ModelRun
 from core.handoff import Handoffs, is_resolve_command
 from core.ledger import AnswerFacts, HandoffFacts, Ledger, SqliteLedger, Vote
@@ -26,6 +26,7 @@ from core.logs import tag_reply
 from core.pacing import Pacer
 from core.paging import with_marker
 from core.platform import Target
+from core.profiles import Origin, pick, resolve
 from core.relay import Outcome, Reply
 from core.state import ReplyRecord, StateStore, repair_orphans
 
@@ -57,7 +58,9 @@ class Question:
     prompt: str
     message: str = ""  # the question's message key: deleting it stops the reply
     limited: bool = True  # subject to `[limits]` (the local console is not)
-    profile: str = ""  # the profile that answers it ("": the default, `[model]`)
+    team: str = ""  # the workspace or server it was asked in ("" when there is none): routes
+    dm: bool = False  # asked in a direct message: routes
+    channels: tuple[str, ...] = ()  # more places it sits in (a thread's parent, a category): routes
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class Finished:
     question: Question
     platform: str
     outcome: Outcome
+    profile: str = DEFAULT_PROFILE  # the profile that answered (reports group by it)
+    sources: tuple[str, ...] = ()  # links the answer cites that came from knowledge search hits
+    not_in_docs: bool = False  # the knowledge search ran and found nothing relevant
 
 
 @dataclass
@@ -93,10 +99,13 @@ class Host:
         pacer: Pacer | None = None,
         store: StateStore | None = None,
         gate: Gate | None = None,
+        brains: Callable[[str], Brain] | None = None,
         ledger: Ledger | None = None,
     ) -> None:
         self.config = config
-        self.brain = brain
+        self.brain = brain  # the default profile's (`[model]`)
+        self._make_brain = brains  # profile name -> its Brain; None: `brain` answers everything
+        self._brains: dict[str, Brain] = {DEFAULT_PROFILE: brain}
         self.pacer = pacer or Pacer()
         self.store = store
         self.gate = gate or Gate(config.limits, self.pacer.clock)
@@ -126,13 +135,12 @@ class Host:
                 self._ledger = SqliteLedger(self.config.memory.path)
         return self._ledger
 
-    def profile_of(self, question: Question) -> str:
-        """The profile that answers `question`."""
-        return question.profile or "default"
-
-    def handoff_for(self, profile: str) -> Any | None:
+    def handoff_for(self, profile: str) -> HandoffConfig | None:
         """The profile's `handoff` settings, or None when it hands nothing to people."""
-        return getattr(self.config.model, "handoff", None)
+        try:
+            return resolve(self.config, profile).handoff
+        except KeyError:  # a profile the config no longer has (a reply from before a restart)
+            return None
 
     def start(self) -> None:
         """Hear stop and delete signals other replicas forward, and end this process's replies
@@ -144,16 +152,30 @@ class Host:
 
     # --- questions in, replies out ------------------------------------------------------------
 
+    def profile_for(self, question: Question, platform: str) -> str:
+        """The profile `[[routes]]` pick for `question` asked on `platform`."""
+        where = (question.channel, *question.channels) if question.channel else question.channels
+        return pick(self.config.routes, Origin(platform, question.team, where, question.dm))
+
+    def brain_for(self, profile: str) -> Brain:
+        """The profile's Brain, built on first use and kept (one agent per profile)."""
+        if profile not in self._brains:
+            if self._make_brain is None:
+                return self.brain
+            self._brains[profile] = self._make_brain(profile)
+        return self._brains[profile]
+
     async def answer(self, question: Question, target: Target) -> Outcome | None:
         """Stream the answer to `question` into `target`; None when it was not answered
         (refused, shutting down, or stopped before its turn came)."""
         if question.reply_id in self._running:  # the same event delivered twice: answer once
             log.info("reply %s is already running; ignoring the repeat", question.reply_id)
             return None
-        if await self._held(question, target):
+        profile = self.profile_for(question, target.platform)
+        if await self._held(question, profile, target):
             return None
         target.feedback = self.config.feedback.enabled
-        target.human = self.handoff_for(self.profile_of(question)) is not None
+        target.human = self.handoff_for(profile) is not None
         slot: Slot | None = None
         try:
             if self.closing:
@@ -200,8 +222,9 @@ class Host:
             if key := target.message_key(handle):
                 self._track(running, key, index)
 
+        profile = self.profile_for(q, target.platform)
         reply = Reply(
-            self.brain.start(q.prompt, q.conversation),
+            self.brain_for(profile).start(q.prompt, q.conversation),
             target,
             self.pacer,
             self.config.stream,
@@ -223,23 +246,34 @@ class Host:
                 "reply_id": q.reply_id,
                 "conversation": q.conversation,
                 "platform": target.platform,
+                "profile": profile,
                 "status": outcome.status,
                 "placeholder_after": outcome.placeholder_after,
                 "first_text_after": outcome.first_text_after,
             },
         )
-        self.spawn(self._record(q, target.platform, outcome))
+        finished = Finished(q, target.platform, outcome, profile)
+        self.spawn(self._record(finished))
         if outcome.human is not None:
-            await self.request_human(q.conversation, self.profile_of(q), "model", outcome.human, target)
+            await self.request_human(q.conversation, profile, "model", outcome.human, target)
         for hook in self.on_finished:
-            hook(Finished(q, target.platform, outcome))
+            hook(finished)
         return outcome
 
     # --- the support desk: facts for the report, feedback, handoffs --------------------------------
 
-    async def _record(self, q: Question, platform: str, outcome: Outcome) -> None:
+    async def _record(self, finished: Finished) -> None:
+        """The reply's facts for `streambot report`."""
+        q = finished.question
         facts = AnswerFacts(
-            q.reply_id, self.profile_of(q), platform, q.conversation, q.prompt[:500], outcome.status
+            q.reply_id,
+            finished.profile,
+            finished.platform,
+            q.conversation,
+            q.prompt[:500],
+            finished.outcome.status,
+            cited=bool(finished.sources),
+            not_in_docs=finished.not_in_docs,
         )
         try:
             await self.ledger.record_answer(facts)
@@ -283,10 +317,10 @@ class Host:
         """A person resolved the handoff: the bot answers in `conversation` again."""
         return await self.handoffs.resolve(conversation, by) is not None
 
-    async def _held(self, question: Question, target: Target) -> bool:
+    async def _held(self, question: Question, profile: str, target: Target) -> bool:
         """True when a person has this conversation (the bot stays silent), or when the
         question was the command that resolves it."""
-        if self.handoff_for(self.profile_of(question)) is None:
+        if self.handoff_for(profile) is None:
             return False
         try:
             if not await self.handoffs.held(question.conversation):

@@ -20,7 +20,15 @@ from typing import Any
 from core.config import env
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-FIELDS = ("reply_id", "conversation", "platform", "status", "placeholder_after", "first_text_after")
+FIELDS = (
+    "reply_id",
+    "conversation",
+    "platform",
+    "profile",
+    "status",
+    "placeholder_after",
+    "first_text_after",
+)
 # Values of these variables never reach a log line: the model key, what adapters register,
 # and, as a safety net, any variable whose name says it holds a secret.
 SECRET_VARS = {"OPENAI_API_KEY", "REDIS_URL"}

@@ -23,9 +23,10 @@ from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
 from agents.models.openai_responses import OpenAIResponsesModel
 from agents.result import RunResultStreaming
 
-from core.config import Config, env, redis_url, uses_demo_model
+from core.config import DEFAULT_PROFILE, Config, ModelConfig, env, redis_url
 from core.events import Done, Event, Failed, Handoff, HumanWanted, TextDelta, ToolFinished, ToolStarted
-from core.handoff import HANDOFF_TOOL
+from core.handoff import HANDOFF_TOOL, handoff_tool
+from core.profiles import resolve
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -229,49 +230,64 @@ class Brain:
         return AgentRun(self, prompt, session)
 
 
-def build_model(config: Config) -> Model:
-    """The configured model, or the offline demo model when nothing is configured."""
-    if uses_demo_model(config):
+def build_model(config: Config, profile: ModelConfig | None = None) -> Model:
+    """The model of `profile` (default: `[model]`), or the offline demo model when nothing is
+    configured."""
+    m = profile or config.model
+    if not (env("OPENAI_API_KEY") or m.base_url or env("OPENAI_BASE_URL")):
         from core.demo import DemoModel
 
         return DemoModel()
     client = openai.AsyncOpenAI(
         api_key=env("OPENAI_API_KEY") or "not-needed",  # local OpenAI-compatible servers take any key
-        base_url=config.model.base_url or env("OPENAI_BASE_URL") or None,
+        base_url=m.base_url or env("OPENAI_BASE_URL") or None,
     )
-    if config.model.api == "chat_completions":
-        return OpenAIChatCompletionsModel(model=config.model.model, openai_client=client)
-    return OpenAIResponsesModel(model=config.model.model, openai_client=client)
+    if m.api == "chat_completions":
+        return OpenAIChatCompletionsModel(model=m.model, openai_client=client)
+    return OpenAIResponsesModel(model=m.model, openai_client=client)
 
 
 def build_brain(
-    config: Config, tools: Sequence[Tool] = (), model: Model | None = None, redis: Redis | None = None
+    config: Config,
+    tools: Sequence[Tool] = (),
+    model: Model | None = None,
+    redis: Redis | None = None,
+    profile: str = DEFAULT_PROFILE,
 ) -> Brain:
-    """A Brain for `config`: its model, instructions, tools and memory.
+    """A Brain for profile `profile` of `config`: its model, instructions, tools and memory.
 
     With the redis backend, pass the client the process already has (`RedisStore.redis`) to
     share its connections; without one, a client for the configured URL is made.
     """
+    p = resolve(config, profile)
     if config.memory.backend == "redis" and redis is None:
         from core.redis_state import connect
 
         redis = connect(redis_url(config))
+    chosen = model or build_model(config, p)
     agent = Agent(
-        name="streambot",
-        instructions=config.model.instructions,
-        model=model or build_model(config),
-        model_settings=ModelSettings(max_tokens=config.model.max_output_tokens),
-        tools=list(tools),
+        name="streambot" if profile == DEFAULT_PROFILE else profile,
+        instructions=p.instructions,
+        model=chosen,
+        model_settings=ModelSettings(max_tokens=p.max_output_tokens),
+        # a profile with people to hand over to lets the model ask for them (core/handoff.py)
+        tools=[*tools, *([handoff_tool()] if p.handoff is not None else [])],
     )
     return Brain(
         agent,
-        max_turns=config.model.max_turns,
+        max_turns=p.max_turns,
         memory_path=config.memory.path,
         history_limit=config.memory.max_items,
-        tracing=config.model.tracing,
-        demo=model is None and uses_demo_model(config),
+        tracing=p.tracing,
+        demo=model is None and _is_demo(chosen),
         redis=redis,
     )
+
+
+def _is_demo(model: Model) -> bool:
+    from core.demo import DemoModel
+
+    return isinstance(model, DemoModel)
 
 
 async def answer(brain: Brain, prompt: str, conversation: str | None = None) -> str:

@@ -212,10 +212,12 @@ class _Collector(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.outcomes: dict[int, Outcome] = {}
+        self.finished_replies: dict[int, Finished] = {}
         self.errors: list[logging.LogRecord] = []
 
     def finished(self, reply: Finished) -> None:
         self.outcomes[int(reply.question.reply_id)] = reply.outcome
+        self.finished_replies[int(reply.question.reply_id)] = reply
 
     def emit(self, record: logging.LogRecord) -> None:
         # Only ours and discord.py's: an earlier test's HTTP client being garbage-collected
@@ -241,13 +243,25 @@ class Bot:
 
 
 def make_discord_config(
-    fake: FakeDiscord, model: FakeOpenAI, tmp_path: Path, **discord_options: Any
+    fake: FakeDiscord,
+    model: FakeOpenAI,
+    tmp_path: Path,
+    profiles: dict[str, Any] | None = None,
+    routes: list[dict[str, Any]] | None = None,
+    **discord_options: Any,
 ) -> Config:
     return Config(
         model=ModelConfig(base_url=model.base_url),
         memory=MemoryConfig(path=str(tmp_path / "memory.db")),
         discord=DiscordSettings(enabled=True, api_base=fake.api_base, **discord_options),
+        profiles=profiles or {},
+        routes=routes or [],
     )
+
+
+def profile_brains(config: Config, redis: Any = None) -> Any:
+    """The `brains` factory a host gets, as the CLI builds it: one Brain per profile."""
+    return lambda profile: build_brain(config, redis=redis, profile=profile)
 
 
 @contextlib.asynccontextmanager
@@ -270,7 +284,7 @@ async def running_discord_bot(
     level = logging.getLogger("streambot").level
     logging.getLogger("streambot").setLevel(logging.INFO)
     bot = Bot(fake, model, logs, config=config)
-    host = Host(config, build_brain(config), Pacer())
+    host = Host(config, build_brain(config), Pacer(), brains=profile_brains(config))
     host.on_finished.append(logs.finished)
     bot.task = asyncio.create_task(serve(host, config.discord))
     try:
@@ -316,6 +330,8 @@ async def running_slack_bot(
     limits: dict[str, Any] | None = None,
     store: Any = None,
     backend: Any = None,
+    profiles: dict[str, Any] | None = None,
+    routes: list[dict[str, Any]] | None = None,
     **slack_settings: Any,
 ) -> AsyncIterator[asyncio.Task[None]]:
     """Run `bots.slack_bot.serve` (the real adapter, bolt and slack_sdk) against `slack`.
@@ -357,13 +373,20 @@ async def running_slack_bot(
             stream=StreamConfig(**(stream or {})),
             limits=LimitsConfig(**(limits or {})),
             slack=SlackSettings(**settings),
+            profiles=profiles or {},
+            routes=routes or [],
         )
         if backend is not None:
             host = Host(
-                config, build_brain(config, redis=backend.redis), backend.pacer, backend.store, backend.gate
+                config,
+                build_brain(config, redis=backend.redis),
+                backend.pacer,
+                backend.store,
+                backend.gate,
+                brains=profile_brains(config, backend.redis),
             )
         else:
-            host = Host(config, build_brain(config), Pacer(), store)
+            host = Host(config, build_brain(config), Pacer(), store, brains=profile_brains(config))
         return asyncio.create_task(serve(host, config.slack))
 
     task: asyncio.Task[None] | None = None

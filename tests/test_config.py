@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from bots.cli import SECTIONS, main
-from core.config import Config, ConfigError, load, parse
+from core.config import (
+    Config,
+    ConfigError,
+    HandoffConfig,
+    McpServerConfig,
+    ModelConfig,
+    ProfileConfig,
+    RouteConfig,
+    load,
+    parse,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +28,10 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     text = (ROOT / "config.example.toml").read_text()
     config = parse(tomllib.loads(text), "config.example.toml", SECTIONS)
     sections = dict(re.findall(r"^\[(\w+)\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S))
-    models = {name: field.annotation for name, field in Config.model_fields.items()} | SECTIONS
+    tables = {"profiles", "routes"}  # [profiles.NAME] and [[routes]]: see the test below
+    models = {
+        name: field.annotation for name, field in Config.model_fields.items() if name not in tables
+    } | SECTIONS
     assert set(sections) == set(models)  # every core and adapter section, nothing else
     for name, model in models.items():
         for key in model.model_fields:  # set, or shown commented out
@@ -26,6 +39,24 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         # the example shows the defaults
         shown = getattr(config, name) if name in Config.model_fields else config.section(name, model)
         assert shown == model(), f"[{name}] differs from the defaults"
+
+
+def test_example_profile_and_route_parse_and_document_every_key() -> None:
+    text = (ROOT / "config.example.toml").read_text()
+    start = text.index("# [profiles.support]")
+    block = text[start : text.index("\n\n", start)]
+    uncommented = "\n".join(
+        line[2:] for line in block.splitlines() if line.startswith("# ") and not line.startswith("#   #")
+    )
+    config = parse(tomllib.loads(uncommented), "example", SECTIONS)
+    support = config.profiles["support"]
+    assert support.knowledge == ["docs/"] and support.tools == ["mypkg.tools:lookup_order"]
+    assert [s.command or s.url for s in support.mcp_servers] == ["npx", "http://127.0.0.1:9000/mcp"]
+    assert support.handoff == HandoffConfig(slack_group="S0ONCALL", discord_role=1234)
+    assert config.routes[0].profile == "support" and config.routes[0].channel_ids == ["C0SUPPORT"]
+    for model in (ProfileConfig, RouteConfig, McpServerConfig, HandoffConfig):
+        for key in model.model_fields.keys() - ModelConfig.model_fields.keys():  # "any [model] key"
+            assert re.search(rf"\b{key} = ", block), f"{model.__name__}.{key} undocumented"
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

@@ -32,8 +32,12 @@ def test_core_names_no_platform() -> None:
     platforms = [a.name for a in ADAPTERS if a.name != "console"]
     assert platforms  # the test means something only with chat adapters registered
     pattern = re.compile("|".join(platforms), re.I)
+    # The one exception: the `handoff` keys of a profile, fixed by the config contract
+    # (`handoff = { slack_group = "S…", discord_role = 1234 }`), name whom each platform pings.
+    contract = re.compile(r"\b(slack_group|discord_role)\b")
     for path in CORE:
         for n, line in enumerate(path.read_text().splitlines(), 1):
+            line = contract.sub("", line)
             assert not pattern.search(line), f"core/{path.name}:{n} names a platform: {line.strip()}"
 
 
