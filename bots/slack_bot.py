@@ -440,16 +440,16 @@ class SlackBot:
         user = body.get("user", {}).get("id", "")
         if not conversation or not await self.host.resolve(conversation, user):
             return
-        text = "✅ Resolved: I'm answering in this thread again."
-        await self.best_effort(
-            "chat.update", self.client.chat_update(channel=channel, ts=ts, **content(text))
-        )
         thread_ts = container.get("thread_ts")
         if thread_ts:
             await self.best_effort(
                 "reactions.remove",
                 self.client.reactions_remove(channel=channel, name="sos", timestamp=thread_ts),
             )
+        text = "✅ Resolved: I'm answering in this thread again."
+        await self.best_effort(
+            "chat.update", self.client.chat_update(channel=channel, ts=ts, **content(text))
+        )
 
     # --- answering -------------------------------------------------------------------------
 

@@ -194,6 +194,7 @@ class Reply:
                 elif isinstance(ev, HumanWanted):
                     if self._outcome.human is None:
                         self._outcome.human = ev.reason
+                    self.target.human = False  # a person is being asked: no button for it
                 elif isinstance(ev, Handoff):
                     self.status_line = f"↪️ {ev.agent} is taking over…"
                 elif isinstance(ev, Failed):
