@@ -25,8 +25,13 @@ def _text(value: bytes | str) -> str:
 
 
 class RedisLedger(Ledger):
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, owns_client: bool = False) -> None:
         self.redis = redis
+        self._owns_client = owns_client
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self.redis.aclose()
 
     async def record_answer(self, facts: AnswerFacts) -> None:
         await self.redis.hset(ANSWERS, facts.reply_id, facts.to_json())
