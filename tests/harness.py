@@ -471,3 +471,12 @@ async def start_streambot(
             cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=err, **options,
         )  # fmt: skip
+
+
+def no_stop(components: list[dict[str, Any]]) -> bool:
+    """A Discord message's components hold no Stop button (a finished answer may hold 👍/👎)."""
+    return not any(
+        str(c.get("custom_id", "")).startswith("streambot:stop:")
+        for row in components
+        for c in row.get("components", [])
+    )
