@@ -147,6 +147,14 @@ class SlackTarget(Target):
         if self._assistant is not None or self._status:  # (posting clears the thinking status)
             await self.bot.set_status(self.place, "")
 
+    async def resolved(self) -> None:
+        await self.bot.best_effort(
+            "reactions.remove",
+            self.client.reactions_remove(
+                channel=self.place.channel, name="sos", timestamp=self.place.thread_ts
+            ),
+        )
+
     async def hand_off(self, settings: Any, facts: Any) -> dict[str, Any]:
         """Ping the profile's user group once in the thread, with a Resolved button, and mark
         the thread with 🆘."""

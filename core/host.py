@@ -327,6 +327,7 @@ class Host:
                 return False
             if is_resolve_command(question.prompt):
                 await self.resolve(question.conversation, question.user)
+                await target.resolved()
                 await self.notice(target, RESOLVED)
                 return True
         except Exception as exc:  # a store that is down: answering beats silence

@@ -132,6 +132,9 @@ class Target(ABC):
         await self.notice(f"🆘 A person from the team has been asked to help: {facts.reason}")
         return {}
 
+    async def resolved(self) -> None:
+        """The conversation's handoff was resolved by a command: take the handoff mark off."""
+
     async def open(self) -> None:
         """Called once the question is admitted, before the reply starts: acknowledge it (a
         typing indicator, a status). If this fails the reply still runs."""

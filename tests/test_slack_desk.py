@@ -244,8 +244,16 @@ async def test_the_model_hands_off_once_and_resolved_command_reopens(
         tools = fake_openai.requests[0].body.get("tools", [])
         assert [t["name"] for t in tools] == ["request_human"]
 
+        assert slack.messages[(CHANNEL, ts)].reactions == {"sos"}
         await slack.mention(CHANNEL, "resolved", thread_ts=ts, user="U0AGENT")
         await slack.wait_for(
             lambda: any("Resolved" in m.text for m in slack.bot_messages(CHANNEL, ts)), WAIT, "resolved"
         )
+        assert slack.messages[(CHANNEL, ts)].reactions == set()
         assert len(slack.pings) == 1
+        # answering again: a new question in the thread reaches the model
+        fake_openai.reply("Back to you.")
+        await slack.mention(CHANNEL, "one more thing", thread_ts=ts)
+        await slack.wait_for(
+            lambda: any("Back to you." in m.text for m in slack.bot_messages(CHANNEL, ts)), WAIT, "an answer"
+        )
