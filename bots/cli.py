@@ -25,6 +25,7 @@ from core.errors import SetupError
 from core.host import Host
 from core.ops import OpsServer
 from core.sources import Brain, build_brain
+from core.tools import build_tools, knowledge_base
 from core.webserver import raise_descriptor_limit
 
 ADAPTERS: tuple[Adapter, ...] = (discord_bot.ADAPTER, slack_bot.ADAPTER, console.ADAPTER)
@@ -40,8 +41,15 @@ def _load(path: str | None) -> tuple[cfg.Config, str]:
 
 
 def problems_of(config: cfg.Config, source: str) -> list[cfg.Problem]:
-    """What the core and every enabled adapter need from the environment but do not have."""
-    return cfg.check_env(config, source) + [p for a in ADAPTERS for p in a.problems(config, source)]
+    """What the core and every enabled adapter need from the environment but do not have, and
+    what no profile can do without (its tools, its knowledge folders)."""
+    problems = cfg.check_env(config, source) + [p for a in ADAPTERS for p in a.problems(config, source)]
+    for name in profiles.names(config):
+        try:
+            build_tools(config, name, profiles.resolve(config, name))
+        except cfg.ConfigError as exc:
+            problems += exc.problems
+    return problems
 
 
 def enabled(config: cfg.Config) -> list[Adapter]:
@@ -74,10 +82,12 @@ def check_config(path: str | None) -> int:
     )  # host:port only: a Redis URL may hold a password
     print(
         f"{source}: OK\n  model: {model}\n  memory: {config.memory.backend} at "
-        f"{where}\n  adapters: {', '.join(a.name for a in enabled(config))}"
+        f"{where or '(nowhere: memory is off)'}\n  adapters: {', '.join(a.name for a in enabled(config))}"
     )
     if config.ops.enabled and config.ops.port:
         print(f"  ops: http://{config.ops.host}:{config.ops.port} (/metrics, /healthz)")
+    if config.profiles:
+        print(f"  profiles: {', '.join(profiles.names(config))} ({len(config.routes)} route(s))")
     return 0
 
 
@@ -229,12 +239,55 @@ async def report(config: cfg.Config, as_json: bool, top: int) -> int:
     return 0
 
 
+def kb(config: cfg.Config, command: str, profile: str | None, query: str = "", limit: int = 5) -> int:
+    """`streambot kb index|search`: what the bot's knowledge search has and finds."""
+    with_knowledge = [n for n in profiles.names(config) if profiles.resolve(config, n).knowledge]
+    if profile is None and len(with_knowledge) == 1:
+        profile = with_knowledge[0]
+    if profile is None or profile not in with_knowledge:
+        fix = (
+            f"use --profile {' or '.join(with_knowledge)}"
+            if with_knowledge
+            else ('add knowledge = ["docs/"] to a [profiles.NAME] table')
+        )
+        what = f"profile {profile!r} has no knowledge" if profile else "which profile's knowledge?"
+        print(f"{config.source}: --profile: {what}: {fix}", file=sys.stderr)
+        return 1
+    p = profiles.resolve(config, profile)
+    build_tools(config, profile, p)  # a missing knowledge folder is a config error
+    base = knowledge_base(config, profile, p)
+    assert base is not None
+    try:
+        if command == "index":
+            files, passages = base.size()
+            print(f"{profile}: {base.last_sync}")
+            print(f"{profile}: {files} files, {passages} passages in {base.db}")
+            return 0
+        hits = base.search(query, limit)
+        if not hits:
+            print(f"Nothing relevant for {query!r}: the bot would say the docs do not cover it.")
+            return 1
+        for n, hit in enumerate(hits, 1):
+            text = " ".join(hit.body.split())
+            print(f"{n}. {hit.heading or hit.path}  ({hit.link}, bm25 {hit.score:.2f})")
+            print(f"   {text[:300]}{'…' if len(text) > 300 else ''}")
+        return 0
+    finally:
+        base.close()
+
+
 def _address(value: str) -> tuple[str, int]:
     """HOST:PORT for --ops."""
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, e.g. 0.0.0.0:9108, not {value!r}")
     return host, int(port)
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, not {value!r}")
+    return int(value)
 
 
 def _level(value: str) -> str:
@@ -281,6 +334,20 @@ def main(argv: list[str] | None = None) -> int:
     p_report.add_argument(
         "--top", type=int, default=desk_report.TOP_UNANSWERED, help="unanswered questions shown"
     )
+    p_kb = sub.add_parser("kb", help="the knowledge search: index a profile's docs, or search them")
+    kb_sub = p_kb.add_subparsers(dest="kb_command", required=True)
+    for name, about in (
+        ("index", "bring the index up to date and say what it holds"),
+        ("search", "show the passages the bot would find"),
+    ):
+        p_kb_cmd = kb_sub.add_parser(name, help=about)
+        if name == "search":
+            p_kb_cmd.add_argument("query", nargs="+")
+            p_kb_cmd.add_argument("--limit", type=_positive, default=5, help="passages to show (default 5)")
+        p_kb_cmd.add_argument("--config", "-c")
+        p_kb_cmd.add_argument(
+            "--profile", help="the profile whose knowledge (default: the only one with any)"
+        )
     p_check = sub.add_parser("check-config", help="validate a config and the environment")
     p_check.add_argument("path", nargs="?")
     args = parser.parse_args(argv)
@@ -293,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.log_format and config.ops.log_format != "text":
         logs.setup(args.log_level, config.ops.log_format)
     try:
+        if command == "kb":
+            query = " ".join(getattr(args, "query", []))
+            return kb(config, args.kb_command, args.profile, query, getattr(args, "limit", 5))
         if getattr(args, "profile", None):
             use_profile(config, args.profile, source)
         if command == "ask":

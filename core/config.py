@@ -115,6 +115,7 @@ class ProfileConfig(ModelConfig):
 
     knowledge: list[str] = []  # folders or files to index, relative to the config file
     docs_url: str = ""  # the published docs' base URL: citations link there instead of to files
+    index: str = ""  # the search index file; default: .streambot/NAME.kb.db beside the config file
     tools: list[str] = []  # Python function tools, "package.module:function"
     mcp_servers: list[McpServerConfig] = []
     web_search: bool = False  # the hosted WebSearchTool (api = "responses" only)
@@ -154,6 +155,12 @@ class Config(Section):
     profiles: dict[str, ProfileConfig] = {}
     routes: list[RouteConfig] = []
     _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
+    _source: str = PrivateAttr("built-in defaults")
+
+    @property
+    def source(self) -> str:
+        """Where this config came from (the file), for error messages."""
+        return self._source
 
     def path(self, value: str) -> Path:
         """A path from the config (knowledge folders): relative ones start at the config
@@ -255,6 +262,18 @@ def _route_problems(config: Config, file: str, sections: Mapping[str, type[BaseM
     """Routes must name a defined profile and (when the adapters are known) a real platform."""
     known = sorted({DEFAULT_PROFILE, *config.profiles})
     problems = []
+    for name, profile in config.profiles.items():
+        api = profile.api if "api" in profile.model_fields_set else config.model.api
+        hosted = [k for k in ("web_search", "file_search") if getattr(profile, k)]
+        if hosted and api != "responses":
+            problems.append(
+                Problem(
+                    file,
+                    f"profiles.{name}.{hosted[0]}",
+                    "hosted tools need the Responses API",
+                    f'set api = "responses" for this profile (it uses {api}), or remove {hosted[0]}',
+                )
+            )
     for i, route in enumerate(config.routes):
         if route.profile not in known:
             problems.append(
@@ -328,7 +347,7 @@ def load(
             ]
         ) from None
     config = parse(data, str(p), sections)
-    config._base_dir = p.parent
+    config._base_dir, config._source = p.parent, str(p)
     return config, str(p)
 
 

@@ -1,7 +1,7 @@
 """Plain, typed events every model source is normalized into.
 
 The relay only understands these; sources (the Agents SDK, a test script, the demo model) only
-produce them. A stream is any number of TextDelta/ToolStarted/ToolFinished/Handoff/HumanWanted events
+produce them. A stream is any number of TextDelta/ToolStarted/ToolFinished/Searched/Handoff/HumanWanted events
 followed by exactly one Done or Failed.
 """
 
@@ -29,10 +29,20 @@ class ToolStarted:
 
 @dataclass(frozen=True, slots=True)
 class ToolFinished:
-    """A function tool returned; its status line goes away."""
+    """A function tool returned; its status line goes away (or says it failed)."""
 
     name: str
     call_id: str = ""
+    failed: bool = False  # it raised (or could not start): the model carries on without it
+
+
+@dataclass(frozen=True, slots=True)
+class Searched:
+    """The knowledge search ran: what was asked and the links of the passages found (none:
+    the docs do not cover it). Shown nowhere; reports and citations use it."""
+
+    query: str
+    hits: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +71,7 @@ class Done:
     """The model finished normally."""
 
 
-Event = TextDelta | ToolStarted | ToolFinished | Handoff | HumanWanted | Failed | Done
+Event = TextDelta | ToolStarted | ToolFinished | Searched | Handoff | HumanWanted | Failed | Done
 
 
 class ModelRun(Protocol):

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from core import metrics
 from core.config import DEFAULT_PROFILE, Config, HandoffConfig
-from core.events import ModelRun
+from core.events import Event, ModelRun, Searched
 from core.handoff import Handoffs, is_resolve_command
 from core.ledger import AnswerFacts, HandoffFacts, Ledger, SqliteLedger, Vote
 from core.limits import Gate, Refused, Slot
@@ -73,6 +74,34 @@ class Finished:
     profile: str = DEFAULT_PROFILE  # the profile that answered (reports group by it)
     sources: tuple[str, ...] = ()  # links the answer cites that came from knowledge search hits
     not_in_docs: bool = False  # the knowledge search ran and found nothing relevant
+
+
+class _Searches:
+    """A model run whose knowledge searches are noted on their way to the relay."""
+
+    def __init__(self, run: ModelRun) -> None:
+        self.run = run
+        self.searches: list[Searched] = []
+
+    async def events(self) -> AsyncIterator[Event]:
+        async for ev in self.run.events():
+            if isinstance(ev, Searched):
+                self.searches.append(ev)
+            yield ev
+
+    def cancel(self) -> None:
+        self.run.cancel()
+
+    async def remember(self, shown: str) -> None:
+        await self.run.remember(shown)
+
+    def citations(self, text: str) -> tuple[tuple[str, ...], bool]:
+        """(the search hits' links the answer cites, in order of appearance; whether it
+        searched and found nothing at all)."""
+        links = {link for s in self.searches for link in s.hits}
+        found = ((re.search(re.escape(link) + r"(?![\w#/.-])", text), link) for link in links)
+        cited = sorted((m.start(), link) for m, link in found if m)
+        return tuple(link for _, link in cited), bool(self.searches) and not links
 
 
 @dataclass
@@ -223,8 +252,9 @@ class Host:
                 self._track(running, key, index)
 
         profile = self.profile_for(q, target.platform)
+        run = _Searches(self.brain_for(profile).start(q.prompt, q.conversation))
         reply = Reply(
-            self.brain_for(profile).start(q.prompt, q.conversation),
+            run,
             target,
             self.pacer,
             self.config.stream,
@@ -252,7 +282,7 @@ class Host:
                 "first_text_after": outcome.first_text_after,
             },
         )
-        finished = Finished(q, target.platform, outcome, profile)
+        finished = Finished(q, target.platform, outcome, profile, *run.citations(outcome.text))
         self.spawn(self._record(finished))
         if outcome.human is not None:
             await self.request_human(q.conversation, profile, "model", outcome.human, target)

@@ -205,8 +205,8 @@ class Reply:
                 if self._tools:
                     name = list(self._tools.values())[-1]
                     self.status_line = f"🔧 {name.replace('_', ' ')}…"
-                elif isinstance(ev, ToolFinished):
-                    self.status_line = ""
+                elif isinstance(ev, ToolFinished):  # a failure stays shown until the text goes on
+                    self.status_line = f"⚠️ {ev.name.replace('_', ' ')} failed" if ev.failed else ""
                 self._changed.set()
             self._finish("done")
         except asyncio.CancelledError:

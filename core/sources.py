@@ -18,20 +18,41 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 from agents import Agent, MaxTurnsExceeded, Model, ModelBehaviorError, ModelSettings, RunConfig, Runner, Tool
+from agents.mcp import MCPServer, MCPServerManager
 from agents.memory import Session, SQLiteSession
 from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
 from agents.models.openai_responses import OpenAIResponsesModel
 from agents.result import RunResultStreaming
 
-from core.config import DEFAULT_PROFILE, Config, ModelConfig, env, redis_url
-from core.events import Done, Event, Failed, Handoff, HumanWanted, TextDelta, ToolFinished, ToolStarted
+from core.config import DEFAULT_PROFILE, Config, McpServerConfig, ModelConfig, env, redis_url
+from core.events import (
+    Done,
+    Event,
+    Failed,
+    Handoff,
+    HumanWanted,
+    Searched,
+    TextDelta,
+    ToolFinished,
+    ToolStarted,
+)
 from core.handoff import HANDOFF_TOOL, handoff_tool
+from core.knowledge import KnowledgeBase
 from core.profiles import resolve
+from core.tools import (
+    KNOWLEDGE_INSTRUCTIONS,
+    RunState,
+    build_tools,
+    knowledge_base,
+    knowledge_tool,
+    mcp_server,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 log = logging.getLogger("streambot.model")
+HOSTED_CALLS = {"web_search_call": "web_search", "file_search_call": "file_search"}
 _SECRETISH = re.compile(r"\b(sk|xox[abpr]|xapp)-[A-Za-z0-9_\-*]{6,}")
 
 
@@ -77,11 +98,16 @@ def describe_error(exc: BaseException) -> str:
     return "Model error — " + _SECRETISH.sub("***", msg)[:300]
 
 
-async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
-    """Turn `Runner.run_streamed(...).stream_events()` into core events; always ends in Done/Failed."""
+async def normalize(result: RunResultStreaming, state: RunState | None = None) -> AsyncIterator[Event]:
+    """Turn `Runner.run_streamed(...).stream_events()` into core events; always ends in Done/Failed.
+
+    With the run's `state` (its context), a tool call that raised ends as a failed ToolFinished
+    and each knowledge search becomes a Searched event."""
     tools: dict[str, str] = {}
+    hosted: dict[str, str] = {}  # hosted tool calls (web search…): done once the text goes on
     wrote = new_response = False
     last_item: str | None = None
+    reported = 0  # searches already turned into events
     try:
         async for ev in result.stream_events():
             if ev.type == "raw_response_event":
@@ -89,6 +115,9 @@ async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
                 if data.type == "response.created":
                     new_response = True
                 elif data.type == "response.output_text.delta" and data.delta:
+                    for call_id, name in hosted.items():
+                        yield ToolFinished(name, call_id)
+                    hosted.clear()
                     item = getattr(data, "item_id", None)
                     if wrote and (new_response or item != last_item):
                         yield TextDelta("\n\n")  # a new message after a tool call or handoff
@@ -99,13 +128,23 @@ async def normalize(result: RunResultStreaming) -> AsyncIterator[Event]:
                 if ev.name == "tool_called":
                     call_id = str(_get(raw, "call_id") or _get(raw, "id") or "")
                     name = str(_get(raw, "name") or _get(raw, "type") or "tool")
-                    tools[call_id] = name
+                    kind = _get(raw, "type")
+                    if kind in HOSTED_CALLS:
+                        name = HOSTED_CALLS[kind]
+                        hosted[call_id] = name
+                    else:
+                        tools[call_id] = name
                     yield ToolStarted(name, call_id)
                     if name == HANDOFF_TOOL:
                         yield HumanWanted(_reason(_get(raw, "arguments")))
                 elif ev.name == "tool_output":
                     call_id = str(_get(raw, "call_id") or "")
-                    yield ToolFinished(tools.pop(call_id, "tool"), call_id)
+                    failed = state is not None and call_id in state.failed
+                    yield ToolFinished(tools.pop(call_id, "tool"), call_id, failed)
+                    while state is not None and reported < len(state.searches):
+                        search = state.searches[reported]
+                        reported += 1
+                        yield Searched(search.query, tuple(h.link for h in search.hits))
                 elif ev.name == "handoff_occured":
                     yield Handoff(ev.item.target_agent.name)
     except asyncio.CancelledError:
@@ -154,10 +193,39 @@ class AgentRun:
     async def events(self) -> AsyncIterator[Event]:
         if self._cancelled:
             return
+        servers = self._brain.mcp_servers()
+        if not servers:
+            async for ev in self._run(self._brain.agent):
+                yield ev
+            return
+        # Connected for this run and cleaned up after it. Each server gets a worker task of its
+        # own, so the cleanup works from whichever task ends the run (a Stop, say).
+        async with MCPServerManager(
+            servers,
+            connect_timeout_seconds=max(s.timeout for s in self._brain.mcp),
+            connect_in_parallel=True,
+        ) as manager:
+            for server, error in manager.errors.items():
+                log.warning(
+                    "MCP server %s is unavailable (%s: %s); answering without it",
+                    server.name,
+                    type(error).__name__,
+                    error,
+                )
+                yield ToolStarted(server.name, f"mcp:{server.name}")
+                yield ToolFinished(server.name, f"mcp:{server.name}", failed=True)
+            async for ev in self._run(self._brain.agent.clone(mcp_servers=manager.active_servers)):
+                yield ev
+
+    async def _run(self, agent: Agent[Any]) -> AsyncIterator[Event]:
+        if self._cancelled:
+            return
+        state = RunState()
         try:
             self._result = Runner.run_streamed(
-                self._brain.agent,
+                agent,
                 self._prompt,
+                context=state,
                 session=self._session,
                 max_turns=self._brain.max_turns,
                 run_config=self._brain.run_config,
@@ -166,7 +234,7 @@ class AgentRun:
             log.warning("model run failed to start: %s: %s", type(exc).__name__, exc, exc_info=exc)
             yield Failed(describe_error(exc))
             return
-        async for ev in normalize(self._result):
+        async for ev in normalize(self._result, state):
             yield ev
 
     def cancel(self) -> None:
@@ -201,14 +269,24 @@ class Brain:
         tracing: bool = False,
         demo: bool = False,
         redis: Redis | None = None,
+        mcp: Sequence[McpServerConfig] = (),
+        mcp_cwd: str = "",
+        knowledge: KnowledgeBase | None = None,
     ) -> None:
         self.agent = agent
+        self.mcp = list(mcp)  # connected per run: see AgentRun.events
+        self.mcp_cwd = mcp_cwd
+        self.knowledge = knowledge
         self.max_turns = max_turns
         self.memory_path = memory_path
         self.redis = redis
         self.history_limit = history_limit
         self.run_config = RunConfig(tracing_disabled=not tracing)
         self.demo = demo
+
+    def mcp_servers(self) -> list[MCPServer]:
+        """Fresh server objects for one run (a connection serves one run at a time)."""
+        return [mcp_server(m, self.mcp_cwd) for m in self.mcp]
 
     def session(self, conversation: str) -> Session:
         settings = {"limit": self.history_limit} if self.history_limit else None
@@ -260,18 +338,25 @@ def build_brain(
     share its connections; without one, a client for the configured URL is made.
     """
     p = resolve(config, profile)
+    own_tools = build_tools(config, profile, p)  # first: a bad tool path stops before any work
     if config.memory.backend == "redis" and redis is None:
         from core.redis_state import connect
 
         redis = connect(redis_url(config))
+    kb = knowledge_base(config, profile, p)
     chosen = model or build_model(config, p)
     agent = Agent(
         name="streambot" if profile == DEFAULT_PROFILE else profile,
-        instructions=p.instructions,
+        instructions=p.instructions + (KNOWLEDGE_INSTRUCTIONS if kb else ""),
         model=chosen,
         model_settings=ModelSettings(max_tokens=p.max_output_tokens),
         # a profile with people to hand over to lets the model ask for them (core/handoff.py)
-        tools=[*tools, *([handoff_tool()] if p.handoff is not None else [])],
+        tools=[
+            *tools,
+            *own_tools,
+            *([knowledge_tool(kb)] if kb else []),
+            *([handoff_tool()] if p.handoff is not None else []),
+        ],
     )
     return Brain(
         agent,
@@ -281,6 +366,9 @@ def build_brain(
         tracing=p.tracing,
         demo=model is None and _is_demo(chosen),
         redis=redis,
+        mcp=p.mcp_servers,
+        mcp_cwd=str(config.path(".")),
+        knowledge=kb,
     )
 
 

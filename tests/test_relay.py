@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from core.config import StreamConfig
-from core.events import Done, Failed, TextDelta, ToolFinished, ToolStarted
+from core.events import Done, Failed, Searched, TextDelta, ToolFinished, ToolStarted
 from core.markdown import scan_fences
 from core.pacing import Pacer
 from core.platform import MessageGone, Rate, RateLimited, TransientError
@@ -170,6 +170,21 @@ async def test_tool_status_line_shows_while_the_tool_runs() -> None:
     texts = [f.text for f in target.messages[0]]
     assert any("🔧 search docs…" in t for t in texts)
     assert "🔧" not in texts[-1] and texts[-1] == "Let me check. Found it."
+
+
+async def test_a_failed_tool_shows_one_line_until_the_answer_goes_on() -> None:
+    steps = [
+        (0.1, ToolStarted("lookup_order", "c1")),
+        (2.0, ToolFinished("lookup_order", "c1", failed=True)),
+        (5.0, Searched("orders", ())),  # a search shows nothing of its own
+        (5.0, TextDelta("I could not look that up.")),
+        (0.1, Done()),
+    ]
+    clock, run, target, reply = setup(steps, limit=500, rate=Rate(100, 1.0))
+    outcome = await clock.run(reply.run())
+    texts = [f.text for f in target.messages[0]]
+    assert any(t.endswith("⚠️ lookup order failed") for t in texts)
+    assert outcome.status == "done" and texts[-1] == "I could not look that up."
 
 
 async def test_pages_roll_over_when_a_message_has_streamed_for_too_long() -> None:
