@@ -204,6 +204,7 @@ async def ask(config: cfg.Config, question: str, source: str = "built-in default
             host, config.section("console", console.ConsoleSettings), question, Console()
         )
     finally:
+        await host.shutdown()  # lets background work finish: the answer's facts for the report
         if host.brain.redis is not None:
             await host.brain.redis.aclose()
     return 0 if outcome is not None and outcome.status == "done" else 1

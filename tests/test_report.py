@@ -130,3 +130,26 @@ def test_unanswered_groups_by_wording_and_caps_the_list() -> None:
     [report] = build(facts, [], [], top=3)
     assert [u["count"] for u in report.unanswered] == [5, 5, 4]  # 30 over 7 wordings, the most first
     assert report.questions == 30 and report.not_in_docs == 30
+
+
+def test_the_offline_example_answer_is_counted_as_cited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end: `streambot ask` on the support-desk example (the offline demo model cites
+    the passage it quotes), then `streambot report` counts a cited answer for its profile."""
+    import shutil
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "support-desk"
+    shutil.copytree(example, tmp_path / "desk")
+    config = tmp_path / "desk" / "config.toml"
+    config.write_text(config.read_text().replace('path = ""', f'path = "{tmp_path / "memory.db"}"', 1))
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["ask", "--config", str(config), "--profile", "support", "How do I rotate an API key?"]) == 0
+    assert main(["ask", "--config", str(config), "--profile", "support", "Do you sell pizza?"]) in (0, 1)
+    capsys.readouterr()
+    assert main(["report", "--config", str(config), "--json"]) == 0
+    [support] = json.loads(capsys.readouterr().out)["profiles"]
+    assert support["profile"] == "support" and support["questions"] == 2
+    assert support["cited"] == 1 and support["not_in_docs"] == 1
+    assert support["unanswered"] == [{"question": "Do you sell pizza?", "count": 1}]
