@@ -336,6 +336,8 @@ class DiscordBot(discord.AutoShardedClient):
         )
         if result == "already":
             await interaction.followup.send("A person has already been asked to help here.", ephemeral=True)
+        elif result == "off":
+            await interaction.followup.send("Nobody is set up to take over here.", ephemeral=True)
 
     async def on_resolved_click(self, interaction: discord.Interaction, conversation: str) -> None:
         """ "Resolved" on the handoff message: the bot answers in that conversation again."""

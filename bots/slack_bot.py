@@ -61,6 +61,7 @@ from core.webserver import GuardedSite
 log = logging.getLogger("streambot.slack")
 
 EVENTS_PATH = "/slack/events"
+NO_HANDOFF = "Nobody is set up to take over here; please ask in the channel."
 
 
 class SlackBot:
@@ -108,6 +109,7 @@ class SlackBot:
         self._threads: Recent[tuple[str, str], bool] = Recent(50_000)  # is the bot in the thread?
         self._assistant_threads: Recent[tuple[str, str], bool] = Recent(10_000)  # still untitled?
         self._native_off: set[str] = set()
+        self.no_end_blocks = False  # the workspace refused the 👍/👎 blocks: answers go without
         self._socket: AsyncSocketModeHandler | None = None
         self._listening = False  # HTTP mode: the events endpoint is up
         self._register()
@@ -415,14 +417,12 @@ class SlackBot:
             f"<@{user}> asked for a person",
             target,
         )
-        if result == "already":
+        notes = {"already": "A person has already been asked to help here.", "off": NO_HANDOFF}
+        if result in notes:
             await self.best_effort(
                 "chat.postEphemeral",
                 self.client.chat_postEphemeral(
-                    channel=channel,
-                    user=user,
-                    thread_ts=thread_ts,
-                    text="A person has already been asked to help here.",
+                    channel=channel, user=user, thread_ts=thread_ts, text=notes[result]
                 ),
             )
 

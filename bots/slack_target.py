@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -227,10 +228,13 @@ class SlackTarget(Target):
                 self._posted(handle)
                 return handle
         # A first frame that is already final needs no stream: post it whole.
-        resp = await call(
-            "chat.postMessage",
-            self.client.chat_postMessage(
-                channel=self.place.channel, thread_ts=self.place.thread_ts, **self._content(frame)
+        resp = await self._ending(
+            frame,
+            lambda end: call(
+                "chat.postMessage",
+                self.client.chat_postMessage(
+                    channel=self.place.channel, thread_ts=self.place.thread_ts, **self._content(frame, end)
+                ),
             ),
         )
         handle = SlackMessage(self.place.channel, resp["ts"], native=False)
@@ -348,11 +352,13 @@ class SlackTarget(Target):
         chunks = self._chunks(handle, frame, delta)
         text: dict[str, Any] = {"chunks": chunks} if chunks else {"markdown_text": delta or None}
         if frame.final:
-            blocks = self._end_blocks(frame)
-            await call(
-                "chat.stopStream",
-                self.client.chat_stopStream(
-                    channel=handle.channel, ts=handle.ts, blocks=blocks or None, **text
+            await self._ending(
+                frame,
+                lambda end: call(
+                    "chat.stopStream",
+                    self.client.chat_stopStream(
+                        channel=handle.channel, ts=handle.ts, blocks=end or None, **text
+                    ),
                 ),
             )
             handle.sent = want
@@ -379,22 +385,38 @@ class SlackTarget(Target):
 
     # --- edit mode -------------------------------------------------------------------------
 
-    def _content(self, frame: Frame) -> dict[str, Any]:
+    def _content(self, frame: Frame, end: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         message = content(frame.text, self.reply_id if frame.streaming and not frame.final else None)
-        message["blocks"] += self._end_blocks(frame)
+        message["blocks"] += end or []
         return message
 
     def _end_blocks(self, frame: Frame) -> list[dict[str, Any]]:
         """👍/👎 and "Get a human" under the reply's last message once it ended (not when the
         asker stopped it)."""
-        if not frame.final or frame.ended in ("", "stopped"):
+        if not frame.final or frame.ended in ("", "stopped") or self.bot.no_end_blocks:
             return []
         return end_blocks(self.reply_id, feedback=self.feedback, human=self.human)
 
+    async def _ending(self, frame: Frame, send: Callable[[list[dict[str, Any]]], Awaitable[Any]]) -> Any:
+        """`send` the frame with its end blocks; a workspace that refuses them (an older Slack
+        without feedback buttons) gets the answer without them, from then on."""
+        end = self._end_blocks(frame)
+        try:
+            return await send(end)
+        except SlackCallError as exc:
+            if not end or not exc.error.startswith("invalid_blocks"):
+                raise
+            log.warning("Slack refused the 👍/👎 and handoff buttons (%s); answering without them", exc.error)
+            self.bot.no_end_blocks = True
+            return await send([])
+
     async def _update(self, handle: SlackMessage, frame: Frame) -> None:
-        await call(
-            "chat.update",
-            self.client.chat_update(channel=handle.channel, ts=handle.ts, **self._content(frame)),
+        await self._ending(
+            frame,
+            lambda end: call(
+                "chat.update",
+                self.client.chat_update(channel=handle.channel, ts=handle.ts, **self._content(frame, end)),
+            ),
         )
 
     def _posted(self, handle: SlackMessage) -> None:

@@ -168,6 +168,22 @@ async def test_feedback_can_be_turned_off(slack: FakeSlack, fake_openai: FakeOpe
         assert msg.feedback is None and msg.blocks == [{"type": "markdown", "text": "Plain."}]
 
 
+@pytest.mark.parametrize("mode", ["native", "edit"])
+async def test_a_slack_without_feedback_buttons_gets_the_answer_without_them(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, mode: str
+) -> None:
+    slack.feedback_blocks = False  # an older Slack: context_actions is an invalid block
+    fake_openai.reply("The answer.")
+    fake_openai.reply("The second answer.")
+    async with bot(slack, fake_openai, tmp_path, streaming=mode):
+        for question in ("one", "two"):
+            ts = await slack.mention("C0GENERAL", question)
+            await slack.wait_for(lambda: settled(slack, "C0GENERAL", ts), WAIT, "the reply")  # noqa: B023
+            [msg] = slack.bot_messages("C0GENERAL", ts)
+            assert msg.text.startswith("The") and msg.feedback is None
+    assert len([c for c in slack.calls if c.error == "invalid_blocks"]) == 1  # tried once, then never
+
+
 # --- handoff -----------------------------------------------------------------------------------
 
 

@@ -264,6 +264,7 @@ class FakeSlack:
         # Switches for failure tests.
         self.native_streaming = True
         self.native_error = "unknown_method"  # answered by chat.startStream when switched off
+        self.feedback_blocks = True  # False: refuse context_actions blocks like an older Slack
         self.stream_ttl: float | None = None  # streams expire this long after starting
         self.fail_streams_after: int | None = None  # appends before a stream breaks
         self.fail_next: dict[str, list[str | int]] = {}  # method -> errors (str) / statuses (int)
@@ -891,8 +892,7 @@ class FakeSlack:
             raise ApiError("message_not_found")
         return msg
 
-    @staticmethod
-    def _blocks(args: dict[str, Any]) -> list[dict[str, Any]]:
+    def _blocks(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         blocks = args.get("blocks")
         if isinstance(blocks, str):
             try:
@@ -911,6 +911,8 @@ class FakeSlack:
                 if not b.get("text"):
                     raise ApiError("invalid_blocks")
                 total += len(b["text"])
+            elif b["type"] == "context_actions" and not self.feedback_blocks:
+                raise ApiError("invalid_blocks", errors=["unsupported block type: context_actions"])
             elif b["type"] == "actions":
                 if not b.get("elements") or len(b["elements"]) > 25:
                     raise ApiError("invalid_blocks")
