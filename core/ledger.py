@@ -122,6 +122,8 @@ class SqliteLedger(Ledger):
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA busy_timeout=5000")  # the bot and `streambot report` share it
+        if path and path != ":memory:":  # WAL (set by the state store on the same file) makes
+            self._db.execute("PRAGMA synchronous=NORMAL")  # this safe but for a power cut
         with self._db:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS streambot_answers "
