@@ -327,9 +327,18 @@ class DiscordBot(discord.AutoShardedClient):
         target = ChannelTarget(self, reply_id, key, channel, None)
         target.messages.append(message)  # the answer: marked with 🆘
         await interaction.response.defer(ephemeral=True, thinking=False)
+        # the answer's profile; if its record is not written yet, the one the routes pick here
+        where = Question(
+            str(reply_id),
+            str(interaction.user.id),
+            str(channel.id),
+            key,
+            "",
+            **_origin(channel, interaction.guild_id),
+        )
         result = await self.host.request_human(
             key,
-            answer.profile if answer else "default",
+            answer.profile if answer else self.host.profile_for(where, "discord"),
             str(interaction.user.id),
             f"{interaction.user} asked for a person",
             target,

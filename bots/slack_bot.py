@@ -410,9 +410,11 @@ class SlackBot:
         conversation = answer.conversation if answer else f"slack:{team}:{channel}:{thread_ts}"
         place = Place(team, channel, thread_ts, user, is_dm=channel.startswith("D"))
         target = SlackTarget(self, place, reply_id=reply_id)
+        # the answer's profile; if its record is not written yet, the one the routes pick here
+        where = Question(reply_id, user, channel, conversation, "", team=team, dm=place.is_dm)
         result = await self.host.request_human(
             conversation,
-            answer.profile if answer else "default",
+            answer.profile if answer else self.host.profile_for(where, "slack"),
             user,
             f"<@{user}> asked for a person",
             target,
