@@ -189,8 +189,8 @@ class Reply:
                 elif isinstance(ev, ToolFinished):
                     key = ev.call_id or ev.name
                     self._tools.pop(key, None)
-                    if step := self._steps.get(key):
-                        self._steps[key] = Step(step.id, step.title, "complete")
+                    step = self._steps.get(key) or Step(key, ev.name.replace("_", " "))
+                    self._steps[key] = Step(step.id, step.title, "error" if ev.failed else "complete")
                 elif isinstance(ev, HumanWanted):
                     if self._outcome.human is None:
                         self._outcome.human = ev.reason

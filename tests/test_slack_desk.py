@@ -81,6 +81,31 @@ async def test_native_stream_shows_status_tool_steps_and_feedback(
         assert len(controls) == 1 and slack.count("chat.delete", ok=True) == 1
 
 
+async def test_a_failing_tool_is_an_error_task_in_the_native_stream(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_tools.py").write_text(
+        "def check_status(service: str) -> str:\n"
+        '    """Check a service."""\n'
+        '    raise RuntimeError("status page down")\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_openai.tool_call("check_status", {"service": "api"}, call_id="call_s")
+    fake_openai.reply("I could not check the status right now.")
+    desk = {
+        "profiles": {"support": {"tools": ["broken_tools:check_status"]}},
+        "routes": [{"platform": "slack", "profile": "support"}],
+    }
+    async with bot(slack, fake_openai, tmp_path, streaming="native", **desk):
+        ts = await slack.mention(CHANNEL, "is the API up?")
+        msg = await reply_in(slack, ts)
+        assert [(u["id"], u["status"]) for u in msg.task_updates] == [
+            ("call_s", "in_progress"),
+            ("call_s", "error"),
+        ]
+        assert msg.text == "I could not check the status right now."
+
+
 async def test_native_stream_stops_on_its_stop_button(
     slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
