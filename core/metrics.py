@@ -1,4 +1,5 @@
-"""Prometheus metrics, recorded by the relay (every reply of every platform passes through it).
+"""Prometheus metrics, recorded by the relay (every reply of every platform passes through it)
+and, for feedback and handoffs, by the host.
 
 All series carry a `platform` label (`Target.platform`: the adapter's name). They live in
 prometheus-client's default registry, next to its process metrics (CPU, memory, open files);

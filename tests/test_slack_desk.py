@@ -212,6 +212,12 @@ async def test_a_slack_without_feedback_buttons_gets_the_answer_without_them(
 # --- handoff -----------------------------------------------------------------------------------
 
 
+async def all_acked(slack: FakeSlack) -> None:
+    await slack.wait_for(
+        lambda: all(d.acked for d in slack.deliveries.values()), WAIT, "every delivery acked"
+    )
+
+
 async def wait_logged(caplog: pytest.LogCaptureFixture, slack: FakeSlack, text: str, times: int = 1) -> None:
     await slack.wait_for(
         lambda: sum(text in r.getMessage() for r in caplog.records) >= times, WAIT, f"log: {text}"
@@ -271,10 +277,11 @@ async def test_the_model_hands_off_once_and_resolved_command_reopens(
     fake_openai.tool_call("request_human", {"reason": "wants a refund <!channel>"})
     fake_openai.reply("I've asked a person to help with the refund.")
     async with bot(slack, fake_openai, tmp_path, streaming="edit", **SUPPORT):
-        ts = await slack.mention(CHANNEL, "I want a refund")
+        ts = await slack.mention(CHANNEL, "I want a refund", redeliver=2)  # Slack resends it twice
         await slack.wait_for(
             lambda: slack.pings and settled(slack, CHANNEL, ts), WAIT, "the answer and the ping"
         )
+        await all_acked(slack)
         answer = slack.bot_messages(CHANNEL, ts)[0]
         assert answer.text == "I've asked a person to help with the refund."
         assert answer.buttons == [] and answer.feedback is not None  # a person is asked already
