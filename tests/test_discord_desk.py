@@ -87,7 +87,7 @@ async def test_get_a_human_pings_the_role_once_and_silences_until_resolved(
         [(handoff, pings)] = pinging(fake)
         assert pings == (f"<@&{fake.member_role}>",) and handoff.channel_id == thread
         assert handoff.history[0].allowed_mentions["roles"] == [fake.member_role]  # that role only
-        assert "🆘" in page.reactions
+        await fake.wait_for(lambda: "🆘" in page.reactions, GUARD, "the 🆘 on the answer")
         assert handoff.custom_ids() == [f"streambot:resolved:discord:thread:{question.id}"]
 
         # in the handed-off thread the bot stays silent

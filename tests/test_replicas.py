@@ -334,4 +334,4 @@ async def test_get_a_human_on_two_replicas_pings_once(
             lambda: slack.pings and len(slack.ephemeral) >= 3, WAIT, "one ping and three 'already' notes"
         )
         assert [p[2] for p in slack.pings] == ["<!subteam^S0ONCALL>"]
-        assert slack.messages[(CHANNEL, ts)].reactions == {"sos"}
+        await slack.wait_for(lambda: slack.messages[(CHANNEL, ts)].reactions == {"sos"}, WAIT, "the 🆘")

@@ -248,7 +248,7 @@ async def test_get_a_human_pings_once_and_the_bot_stays_silent_until_resolved(
         handoff = slack.messages[(CHANNEL, slack.pings[0][1])]
         assert handoff.thread_ts == ts and "<@U0ASKER> asked for a person" not in handoff.text
         assert [b["action_id"] for b in handoff.buttons] == [RESOLVED_ACTION]
-        assert slack.messages[(CHANNEL, ts)].reactions == {"sos"}
+        await slack.wait_for(lambda: slack.messages[(CHANNEL, ts)].reactions == {"sos"}, WAIT, "the 🆘")
 
         # while a person has it, the bot does not answer in the thread
         requests = len(fake_openai.requests)
@@ -292,7 +292,7 @@ async def test_the_model_hands_off_once_and_resolved_command_reopens(
         tools = fake_openai.requests[0].body.get("tools", [])
         assert [t["name"] for t in tools] == ["request_human"]
 
-        assert slack.messages[(CHANNEL, ts)].reactions == {"sos"}
+        await slack.wait_for(lambda: slack.messages[(CHANNEL, ts)].reactions == {"sos"}, WAIT, "the 🆘")
         await slack.mention(CHANNEL, "resolved", thread_ts=ts, user="U0AGENT")
         await slack.wait_for(
             lambda: any("Resolved" in m.text for m in slack.bot_messages(CHANNEL, ts)), WAIT, "resolved"
