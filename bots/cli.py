@@ -14,11 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bots import console, discord_bot, slack_bot
+from bots import console, discord_bot, slack_bot, usage_report
 from core import config as cfg
 from core import logs, profiles
 from core import report as desk_report
 from core.adapter import Adapter
+from core.attachments import local_file
 from core.backend import Backend, open_backend, open_ledger
 from core.demo import DEMO_NOTICE
 from core.errors import SetupError
@@ -118,6 +119,8 @@ async def run(config: cfg.Config, source: str) -> int:
         return 0
     finally:
         await backend.store.close()
+        if backend.usage is not None:
+            await backend.usage.close()
         if ops is not None:
             await ops.stop()
 
@@ -188,20 +191,31 @@ def _cancel_on_sigterm() -> None:
             pass
 
 
-async def ask(config: cfg.Config, question: str, source: str = "built-in defaults") -> int:
+async def ask(
+    config: cfg.Config, question: str, source: str = "built-in defaults", paths: list[str] | None = None
+) -> int:
     # Only memory matters here: the chat adapters' tokens are not needed to ask one question.
     problems = cfg.check_env(config, source)
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
         return 1
+    try:
+        files = tuple(local_file(path) for path in paths or [])
+    except OSError as exc:
+        print(f"--file {exc}: give the path of a picture, text file or PDF", file=sys.stderr)
+        return 2
     host = _host(config)
     brain = host.brain_for(host.profile_for(console.make_question(question), console.ADAPTER.name))
     if brain.demo:
         Console(stderr=True).print(DEMO_NOTICE, style="yellow", markup=False)
     try:
         outcome = await console.ask(
-            host, config.section("console", console.ConsoleSettings), question, Console()
+            host,
+            config.section("console", console.ConsoleSettings),
+            question,
+            Console(),
+            files,
         )
     finally:
         await host.shutdown()  # lets background work finish: the answer's facts for the report
@@ -287,7 +301,7 @@ def _address(value: str) -> tuple[str, int]:
 
 def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 1, not {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {value!r}")
     return int(value)
 
 
@@ -327,6 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     p_console.add_argument("--profile", help="answer with this [profiles.NAME] (default: as [[routes]] say)")
     p_ask = sub.add_parser("ask", help="stream one answer to stdout and exit")
     p_ask.add_argument("question", nargs="+")
+    p_ask.add_argument(
+        "--file",
+        "-f",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a picture, text file or PDF to ask about",
+    )
     p_ask.add_argument("--config", "-c")
     p_ask.add_argument("--profile", help="answer with this [profiles.NAME] (default: as [[routes]] say)")
     p_report = sub.add_parser("report", help="questions, citations, handoffs and 👍/👎 per profile")
@@ -349,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
         p_kb_cmd.add_argument(
             "--profile", help="the profile whose knowledge (default: the only one with any)"
         )
+    p_usage = sub.add_parser("usage", help="the people and channels that used the most tokens")
+    p_usage.add_argument("--config", "-c")
+    p_usage.add_argument("--days", type=_positive, default=7, help="the last N days, today included (7)")
+    p_usage.add_argument("--top", type=_positive, default=10, help="rows per table (10)")
+    p_usage.add_argument("--json", action="store_true", help="one JSON object instead of tables")
     p_check = sub.add_parser("check-config", help="validate a config and the environment")
     p_check.add_argument("path", nargs="?")
     args = parser.parse_args(argv)
@@ -367,9 +394,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "profile", None):
             use_profile(config, args.profile, source)
         if command == "ask":
-            return asyncio.run(ask(config, " ".join(args.question), source))
+            return asyncio.run(ask(config, " ".join(args.question), source, args.file))
         if command == "report":
             return asyncio.run(report(config, args.json, args.top))
+        if command == "usage":
+            return asyncio.run(usage_report.report(config, source, args.days, args.top, args.json))
         if getattr(args, "ops", None):
             config.ops.enabled = True
             config.ops.host, config.ops.port = args.ops

@@ -19,6 +19,7 @@ from rich.markdown import Markdown
 from rich.text import Text
 
 from core.adapter import Adapter, AdapterSettings
+from core.attachments import Attachment
 from core.demo import DEMO_NOTICE
 from core.host import Host, Question
 from core.platform import Frame, Op, Rate, Target
@@ -84,15 +85,20 @@ class ConsoleSettings(AdapterSettings):
     edits_per_second: float = Field(20.0, gt=0)
 
 
-def make_question(prompt: str, conversation: str = "") -> Question:
+def make_question(prompt: str, conversation: str = "", files: tuple[Attachment, ...] = ()) -> Question:
     # The person at the terminal owns the bot: no per-person limits apply to them.
-    return Question(uuid.uuid4().hex[:16], USER, "console", conversation, prompt, limited=False)
+    return Question(
+        uuid.uuid4().hex[:16], USER, "console", conversation, prompt, limited=False, attachments=files
+    )
 
 
-async def ask(host: Host, settings: ConsoleSettings, question: str, console: Console) -> Outcome | None:
-    """Stream one answer to the console (plain text when it is not a terminal)."""
+async def ask(
+    host: Host, settings: ConsoleSettings, question: str, console: Console, files: tuple[Attachment, ...] = ()
+) -> Outcome | None:
+    """Stream one answer to the console (plain text when it is not a terminal), about `files`
+    too when given."""
     target = ConsoleTarget(console, settings.page_chars, settings.edits_per_second)
-    q = make_question(question)
+    q = make_question(question, files=files)
     with _stop_on_ctrl_c(lambda: asyncio.ensure_future(host.stop(q.reply_id, USER))):
         return await host.answer(q, target)
 

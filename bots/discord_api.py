@@ -49,6 +49,9 @@ class DiscordSettings(AdapterSettings):
     reply_ping: bool = False
     allow_dms: bool = True
     sync_commands: bool = True  # register /ask with Discord at start-up
+    # Discord shows Markdown tables as raw pipes: render them as monospace blocks at most this wide
+    # (lists when wider); 0 leaves them as the model wrote them
+    table_width: int = Field(60, ge=0, le=200)
     guild_ids: list[int] = []
     channel_ids: list[int] = []  # a channel, thread parent or category id
     role_ids: list[int] = []

@@ -58,6 +58,7 @@ from bots.discord_target import (
     StopButton,
 )
 from core.adapter import Adapter, Need
+from core.attachments import Attachment, http_fetch
 from core.config import env
 from core.errors import SetupError
 from core.host import Host, Question
@@ -88,6 +89,16 @@ def _origin(channel: Any, guild_id: int | None) -> dict[str, Any]:
     }
 
 
+def attachments(message: discord.Message) -> tuple[Attachment, ...]:
+    """The files of a message as the core describes them; downloaded only when answered.
+    (A paste too long for a message arrives as `message.txt`: a text file like any other.)"""
+    return _described(message.attachments)
+
+
+def _described(files: list[discord.Attachment]) -> tuple[Attachment, ...]:
+    return tuple(Attachment(a.filename, a.content_type or "", a.size, fetch=http_fetch(a.url)) for a in files)
+
+
 # --- the bot -----------------------------------------------------------------------------------
 
 
@@ -111,9 +122,22 @@ class DiscordBot(discord.AutoShardedClient):
         self.tree = app_commands.CommandTree(self)
 
         @self.tree.command(name="ask", description="Ask the model; the answer streams in as it is written")
-        @app_commands.describe(prompt="Your question")
-        async def ask(interaction: discord.Interaction, prompt: str) -> None:
-            await self._ask_command(interaction, prompt)
+        @app_commands.describe(
+            prompt="Your question",
+            new="Start a new conversation (forget this one)",
+            file="A picture or a file to ask about",
+        )
+        async def ask(
+            interaction: discord.Interaction,
+            prompt: str,
+            new: bool = False,
+            file: discord.Attachment | None = None,
+        ) -> None:
+            await self._ask_command(interaction, prompt, new, file)
+
+        @self.tree.command(name="forget", description="Start over: forget the conversation here")
+        async def forget(interaction: discord.Interaction) -> None:
+            await self._forget_command(interaction)
 
         self._keys: Recent[int, str] = Recent(KEY_CACHE)  # message id -> conversation key
         self._typing: dict[int, tuple[int, asyncio.Task[None]]] = {}
@@ -214,10 +238,15 @@ class DiscordBot(discord.AutoShardedClient):
             else _place_key(channel, message.guild and message.guild.id) or await self._chain_key(message)
         )
         target = ChannelTarget(self, message.id, key, channel, message, in_thread)
-        if not prompt:
+        files = attachments(message)
+        if not prompt and not files:
             await self.host.notice(target, "Ask me something after the mention, or use `/ask`.")
             return
         self.remember(message.id, key)
+        shared = not in_dm  # several people may talk here: the model is told who speaks
+        context = (
+            await self._unseen(message) if isinstance(channel, discord.Thread) and not in_our_thread else ()
+        )
         await self.host.answer(
             Question(
                 str(message.id),
@@ -226,35 +255,102 @@ class DiscordBot(discord.AutoShardedClient):
                 key,
                 prompt,
                 message=str(message.id),
+                author=message.author.display_name if shared else "",
+                attachments=files,
+                context=context,
                 **_origin(channel, message.guild and message.guild.id),
             ),
             target,
         )
 
-    async def _ask_command(self, interaction: discord.Interaction, prompt: str) -> None:
-        """/ask prompt: - deferred at once ("is thinking…"), then the original response is edited."""
+    async def _unseen(self, message: discord.Message) -> tuple[tuple[str, str], ...]:
+        """The thread's messages since the bot last spoke there (from its start if it never
+        did), bounded by `[memory] thread_messages`: what was said before the bot was asked.
+        Mentions of the bot are left out: each was a question of its own."""
+        me, limit = self.user, self.host.config.memory.thread_messages
+        if me is None or not limit:
+            return ()
+        thread = message.channel
+        earlier: list[tuple[str, str]] = []
+        seen, from_start = 0, True
+        try:
+            async for m in thread.history(limit=limit, before=message):
+                seen += 1
+                if m.author.id == me.id:
+                    from_start = False
+                    break
+                if not (m.author.bot or me in m.mentions or not m.content.strip()):
+                    earlier.append((m.author.display_name, re.sub(r"<@!?\d+>", "", m.content).strip()))
+            if from_start and seen < limit and (starter := await self._starter(thread)) is not None:
+                earlier.append(starter)  # a thread started on a message: that message comes first
+        except discord.HTTPException as exc:  # no Read Message History here: answer without
+            log.info("Discord: could not read the thread %s: %s", thread.id, exc)
+        return tuple(reversed(earlier))
+
+    async def _starter(self, thread: discord.Thread) -> tuple[str, str] | None:
+        """The message a thread was started on (it lives in the parent channel), if any."""
+        parent = thread.parent
+        if not isinstance(parent, discord.TextChannel):
+            return None
+        try:
+            m = await parent.fetch_message(thread.id)
+        except discord.HTTPException:  # a thread started on its own has no such message
+            return None
+        text = re.sub(r"<@!?\d+>", "", m.content).strip()
+        return (m.author.display_name, text) if text and not m.author.bot else None
+
+    async def _ask_command(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        new: bool = False,
+        file: discord.Attachment | None = None,
+    ) -> None:
+        """/ask prompt: - deferred at once ("is thinking…"), then the original response is edited.
+        With new:true a DM's or thread's conversation starts over first."""
         user = interaction.user
-        if interaction.channel is None or not is_allowed(
-            self.settings,
-            user_id=user.id,
-            role_ids=role_ids(user),
-            guild_id=interaction.guild_id,
-            channel_ids=channel_ids(interaction.channel),
-        ):
+        if interaction.channel is None or not self._may_use(interaction):
             await interaction.response.send_message("You can't use this bot here.", ephemeral=True)
             return
         # elsewhere the response message starts a reply chain of its own (see `_chain_key`)
-        key = _place_key(interaction.channel, interaction.guild_id) or f"discord:chain:{interaction.id}"
+        place = _place_key(interaction.channel, interaction.guild_id)
+        key = place or f"discord:chain:{interaction.id}"
         await self.host.answer(
             Question(
                 str(interaction.id),
                 str(user.id),
                 str(interaction.channel.id),
                 key,
-                prompt.strip() or "Hello!",
+                prompt.strip() or ("" if file else "Hello!"),
+                author=user.display_name if interaction.guild_id else "",
+                attachments=_described([file] if file else []),
+                fresh=new and place is not None,
                 **_origin(interaction.channel, interaction.guild_id),
             ),
             InteractionTarget(self, interaction, key),
+        )
+
+    async def _forget_command(self, interaction: discord.Interaction) -> None:
+        """/forget: a DM or a thread starts over; in a channel every mention already does."""
+        if interaction.channel is None or not self._may_use(interaction):
+            await interaction.response.send_message("You can't use this bot here.", ephemeral=True)
+            return
+        place = _place_key(interaction.channel, interaction.guild_id)
+        if place is None:
+            text = "Here every new mention starts a fresh conversation; replying to my answer continues one."
+        elif self.host.start_over(place):
+            text = "Done: I've forgotten our conversation here. The next question starts fresh."
+        else:
+            text = "I keep no memory of conversations, so there is nothing to forget."
+        await interaction.response.send_message(text, ephemeral=True)
+
+    def _may_use(self, interaction: discord.Interaction) -> bool:
+        return is_allowed(
+            self.settings,
+            user_id=interaction.user.id,
+            role_ids=role_ids(interaction.user),
+            guild_id=interaction.guild_id,
+            channel_ids=channel_ids(interaction.channel),
         )
 
     # --- user actions reported to the host ------------------------------------------------------

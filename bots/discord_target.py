@@ -42,6 +42,8 @@ class _DiscordTarget(Target):
         self.reply_id = reply_id
         self.key = key  # the conversation, remembered for every page so replies to it continue
         self.page_limit = bot.settings.page_chars
+        self.render_tables = bot.settings.table_width > 0  # Discord does not render tables
+        self.table_width = bot.settings.table_width
         self.messages: list[Any] = []
 
     def _budget_key(self) -> str:

@@ -51,10 +51,13 @@ BOT_SCOPES = {
     "assistant:write": "assistant.threads.setStatus / setSuggestedPrompts / setTitle",
     "channels:history": "thread follow-ups in public channels; conversations.replies",
     "chat:write": "chat.postMessage / update / delete / startStream / appendStream / stopStream",
+    "commands": "the /streambot slash command (/streambot new)",
+    "files:read": "pictures and files attached to questions (url_private with the bot token)",
     "groups:history": "thread follow-ups in private channels",
     "im:history": "direct messages and assistant threads",
     "mpim:history": "thread follow-ups in group DMs",
     "reactions:write": "🆘 on a thread handed off to a person",
+    "users:read": "people's display names, so the model knows who is speaking",
 }
 BOT_EVENTS = {
     "app_mention",
@@ -71,6 +74,7 @@ FEEDBACK_ACTION = "streambot_feedback"
 REASON_VIEW = "streambot_feedback_reason"
 HUMAN_ACTION = "streambot_human"
 RESOLVED_ACTION = "streambot_resolved"
+COMMAND = "/streambot"  # manifest.yml declares it
 MARKDOWN_LIMIT = 12_000  # markdown blocks, markdown_text
 FALLBACK_CHARS = 3_000  # plain `text` beside blocks: notifications and screen readers
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +29,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.slack_api import (
     APP_TOKEN,
     BOT_TOKEN,
+    COMMAND,
     FEEDBACK_ACTION,
     HUMAN_ACTION,
     NATIVE_OFF_FOR_WORKSPACE,
@@ -49,6 +51,7 @@ from bots.slack_api import (
 from bots.slack_http import screen
 from bots.slack_target import Place, SlackTarget
 from core.adapter import Adapter, Need
+from core.attachments import Attachment, http_fetch
 from core.config import env
 from core.errors import SetupError
 from core.host import Host, Question
@@ -62,6 +65,7 @@ log = logging.getLogger("streambot.slack")
 
 EVENTS_PATH = "/slack/events"
 NO_HANDOFF = "Nobody is set up to take over here; please ask in the channel."
+THREAD_PAGES = 5  # conversations.replies pages (200 messages each) read when joining a thread
 
 
 class SlackBot:
@@ -106,10 +110,13 @@ class SlackBot:
         self.bot_id = ""
         self.team_id = ""
         self._identity: AuthorizeResult | None = None
-        self._threads: Recent[tuple[str, str], bool] = Recent(50_000)  # is the bot in the thread?
+        # since when the bot is part of a thread (a message ts), None: not part of it
+        self._threads: Recent[tuple[str, str], str | None] = Recent(50_000)
         self._assistant_threads: Recent[tuple[str, str], bool] = Recent(10_000)  # still untitled?
         self._native_off: set[str] = set()
         self.no_end_blocks = False  # the workspace refused the 👍/👎 blocks: answers go without
+        self._names: Recent[str, str] = Recent(10_000)  # user id -> display name
+        self._last: Recent[tuple[str, str], str] = Recent(50_000)  # (channel, user) -> conversation
         self._socket: AsyncSocketModeHandler | None = None
         self._listening = False  # HTTP mode: the events endpoint is up
         self._register()
@@ -126,6 +133,7 @@ class SlackBot:
         self.app.view(REASON_VIEW)(self.on_reason)
         self.app.action(HUMAN_ACTION)(self.on_human)
         self.app.action(RESOLVED_ACTION)(self.on_resolved)
+        self.app.command(COMMAND)(self.on_command)
 
     async def identify(self) -> None:
         """Who the bot is (to ignore its own messages and spot its mentions)."""
@@ -252,9 +260,92 @@ class SlackBot:
             return s.allow_dms
         return not s.channel_ids or channel in s.channel_ids
 
-    def _prompt(self, text: str) -> str:
+    def _prompt(self, text: str, files: tuple[Attachment, ...] = ()) -> str:
         text = text.replace(f"<@{self.bot_user_id}>", "").strip() if self.bot_user_id else text
-        return text or "Hello!"
+        return text or ("" if files else "Hello!")  # a picture alone is a question too
+
+    def _files(self, event: dict[str, Any]) -> tuple[Attachment, ...]:
+        """The files shared with a message; downloaded with the bot token (files:read) only
+        from Slack's own hosts, and only when the question is answered."""
+        files = event.get("files")
+        found = []
+        for f in files if isinstance(files, list) else []:
+            if not isinstance(f, dict) or f.get("mode") == "tombstone":  # tombstone: deleted
+                continue
+            url = f.get("url_private_download") or f.get("url_private")
+            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+                continue
+            mimetype = str(f.get("mimetype") or "")
+            size = f.get("size")
+            headers = {"Authorization": f"Bearer {self.client.token}"} if self._slack_host(url) else {}
+            fetch = http_fetch(url, headers, reject_html=mimetype != "text/html")
+            name = str(f.get("name") or f.get("title") or "file")
+            found.append(Attachment(name, mimetype, size if isinstance(size, int) else 0, fetch))
+        return tuple(found)
+
+    def _slack_host(self, url: str) -> bool:
+        """The bot token goes to Slack only: slack.com, its file hosts, or `[slack] api_base`."""
+        host = (urlsplit(url).hostname or "").lower()
+        base = urlsplit(self.settings.api_base).hostname if self.settings.api_base else None
+        return (
+            host == "slack.com" or host.endswith(".slack.com") or (base is not None and host == base.lower())
+        )
+
+    async def _name(self, user: str, event: dict[str, Any] | None = None) -> str:
+        """A person's display name (users:read), cached; their id when Slack will not say."""
+        profile = (event or {}).get("user_profile") or {}
+        if name := profile.get("display_name") or profile.get("real_name"):
+            return str(name)
+        if user not in self._names:
+            try:
+                info = (await self.client.users_info(user=user)).get("user") or {}
+            except SlackApiError as exc:  # e.g. missing_scope (no users:read): ask once, not per question
+                log.info("could not look up the name of %s: %s", user, error_of(exc)[1])
+                info = {}
+            except (aiohttp.ClientError, TimeoutError) as exc:  # may work next time
+                log.info("could not look up the name of %s: %s", user, exc)
+                return user
+            profile = info.get("profile") or {}
+            self._names[user] = str(
+                profile.get("display_name") or profile.get("real_name") or info.get("name") or user
+            )
+        return self._names[user]
+
+    async def _thread_context(self, channel: str, thread_ts: str, ts: str) -> tuple[tuple[str, str], ...]:
+        """Mentioned in a thread it has not been part of, the bot reads the thread from its
+        start (`[memory] thread_messages` at most: the first and the latest) so "summarise
+        this thread" works."""
+        limit = self.host.config.memory.thread_messages
+        if not limit:
+            return ()
+        messages: list[dict[str, Any]] = []
+        cursor = None
+        try:
+            for _ in range(THREAD_PAGES):  # bounded: a huge thread costs at most a few calls
+                resp = await self.client.conversations_replies(
+                    channel=channel,
+                    ts=thread_ts,
+                    latest=ts,
+                    limit=200,
+                    **({"cursor": cursor} if cursor else {}),
+                )
+                messages += resp.get("messages", [])
+                cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+                if not (resp.get("has_more") and cursor):
+                    break
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            log.info("could not read thread %s: %s", thread_ts, exc)
+            return ()
+        if any(m.get("user") == self.bot_user_id or m.get("bot_id") == self.bot_id for m in messages):
+            return ()  # the bot answered here before: memory has the thread
+        earlier = [
+            m
+            for m in messages
+            if float(m.get("ts") or 0) < float(ts) and not self._from_bot(m) and m.get("text")
+        ]
+        if len(earlier) > limit:
+            earlier = earlier[:1] + earlier[len(earlier) - limit + 1 :]
+        return tuple([(await self._name(m["user"]), self._prompt(m["text"])) for m in earlier])
 
     async def ignore(self) -> None:
         """Events the bot receives but has nothing to do for."""
@@ -266,9 +357,27 @@ class SlackBot:
         if not await self._first_time(body.get("event_id"), f"msg:{channel}:{ts}"):
             return
         thread_ts = event.get("thread_ts") or ts
-        self._threads[(channel, thread_ts)] = True
+        known = self._threads.get((channel, thread_ts))
+        joined = thread_ts != ts and known is None  # mentioned into a thread mid-way, maybe
+        if known is None or float(ts) < float(known):
+            self._threads[(channel, thread_ts)] = ts  # part of the thread from this message on
         place = Place(body.get("team_id") or self.team_id, channel, thread_ts, user, is_dm=False)
-        self.host.spawn(self.answer(place, self._prompt(event.get("text", "")), ts))
+        files = self._files(event)
+        self.host.spawn(
+            self._mention(place, self._prompt(event.get("text", ""), files), ts, files, event, joined)
+        )
+
+    async def _mention(
+        self,
+        place: Place,
+        prompt: str,
+        ts: str,
+        files: tuple[Attachment, ...],
+        event: dict[str, Any],
+        joined: bool,
+    ) -> None:
+        context = await self._thread_context(place.channel, place.thread_ts, ts) if joined else ()
+        await self.answer(place, prompt, ts, files=files, event=event, context=context)
 
     async def on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         subtype = event.get("subtype")
@@ -288,7 +397,10 @@ class SlackBot:
             if not await self._first_time(body.get("event_id"), f"msg:{channel}:{ts}"):
                 return
             place = Place(team, channel, thread_ts or ts, user, is_dm=True)
-            self.host.spawn(self.answer(place, self._prompt(text), ts, assistant=bool(thread_ts)))
+            files = self._files(event)
+            self.host.spawn(
+                self.answer(place, self._prompt(text, files), ts, assistant=bool(thread_ts), files=files)
+            )
             return
         # In channels, mentions are answered via app_mention; other messages only in threads
         # the bot is part of.
@@ -299,29 +411,38 @@ class SlackBot:
         if not await self._first_time(body.get("event_id"), f"msg:{channel}:{ts}"):
             return
         place = Place(team, channel, thread_ts, user, is_dm=False)
-        self.host.spawn(self._follow_up(place, self._prompt(text), ts, event.get("parent_user_id")))
+        self.host.spawn(self._follow_up(place, text, ts, event))
 
-    async def _follow_up(self, place: Place, prompt: str, question_ts: str, parent_user: str | None) -> None:
-        if await self._bot_in_thread(place.channel, place.thread_ts, parent_user):
-            await self.answer(place, prompt, question_ts)
+    async def _follow_up(self, place: Place, text: str, question_ts: str, event: dict[str, Any]) -> None:
+        if await self._bot_in_thread(
+            place.channel, place.thread_ts, event.get("parent_user_id"), question_ts
+        ):
+            files = self._files(event)
+            await self.answer(place, self._prompt(text, files), question_ts, files=files, event=event)
 
-    async def _bot_in_thread(self, channel: str, thread_ts: str, parent_user: str | None) -> bool:
-        """Known from this process's replies, else asked once per thread (after a restart)."""
+    async def _bot_in_thread(self, channel: str, thread_ts: str, parent_user: str | None, ts: str) -> bool:
+        """Was the bot part of the thread when message `ts` was posted? Known from this
+        process's mentions, else asked once per thread (after a restart)."""
         key = (channel, thread_ts)
         if key not in self._threads:
             if parent_user and parent_user == self.bot_user_id:
-                self._threads[key] = True
+                self._threads[key] = thread_ts
             else:
                 try:
                     resp = await self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200)
                 except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
                     log.info("could not check thread %s for earlier replies: %s", thread_ts, exc)
                     return False
-                self._threads[key] = any(
-                    m.get("user") == self.bot_user_id or m.get("bot_id") == self.bot_id
+                ours = [
+                    str(m.get("ts"))
                     for m in resp.get("messages", [])
-                )
-        return self._threads[key]
+                    if m.get("user") == self.bot_user_id or m.get("bot_id") == self.bot_id
+                ]
+                # a mention may have brought the bot in while we asked: the earlier time wins
+                known = self._threads.get(key)
+                self._threads[key] = min([*ours, *([known] if known else [])], key=float, default=None)
+        joined = self._threads[key]
+        return joined is not None and float(ts) > float(joined)
 
     async def on_assistant_thread(self, event: dict[str, Any]) -> None:
         thread = event.get("assistant_thread", {})
@@ -467,31 +588,62 @@ class SlackBot:
             place.team if error in NATIVE_OFF_FOR_WORKSPACE else f"{place.team}:{place.channel}"
         )
 
-    async def answer(self, place: Place, prompt: str, question_ts: str, assistant: bool = False) -> None:
-        """Stream one reply into `place`'s thread (the host keeps one per conversation at a time)."""
+    async def answer(
+        self,
+        place: Place,
+        prompt: str,
+        question_ts: str,
+        assistant: bool = False,
+        *,
+        files: tuple[Attachment, ...] = (),
+        event: dict[str, Any] | None = None,
+        context: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """Stream one reply into `place`'s thread (the host keeps one per conversation at a time).
+        Outside DMs the model is told who is asking."""
         reply_id = uuid.uuid4().hex[:16]
         target = SlackTarget(
             self, place, reply_id=reply_id, question_ts=question_ts, assistant=prompt if assistant else None
         )
+        conversation = f"slack:{place.team}:{place.channel}:{place.thread_ts}"
+        self._last[(place.channel, place.user)] = conversation
         await self.host.answer(
             Question(
                 reply_id,
                 place.user,
                 place.channel,
-                f"slack:{place.team}:{place.channel}:{place.thread_ts}",
+                conversation,
                 prompt,
                 message=f"{place.channel}:{question_ts}",
+                author="" if place.is_dm else await self._name(place.user, event),
+                attachments=files,
+                context=context,
                 team=place.team,
                 dm=place.is_dm,
             ),
             target,
         )
 
+    async def on_command(self, ack: Callable[..., Awaitable[Any]], command: dict[str, Any]) -> None:
+        """/streambot new: the conversation this person last had with the bot here starts
+        over. (A new top-level message always starts a fresh one.)"""
+        words = str(command.get("text", "")).split()
+        if not words or words[0].lower() not in ("new", "forget", "reset"):
+            await ack(f"`{COMMAND} new` starts our conversation here over; mention me to ask something.")
+            return
+        key = self._last.pop((command.get("channel_id", ""), command.get("user_id", "")), None)
+        if key is None:
+            await ack("Nothing to forget here: a new message (outside a thread) always starts fresh.")
+        elif self.host.start_over(key):
+            await ack("Done: I've forgotten our last conversation here. Your next question starts fresh.")
+        else:
+            await ack("I keep no memory of conversations, so there is nothing to forget.")
+
     async def thinking(self, place: Place, prompt: str) -> None:
         """Assistant threads: show "is thinking…" and name the thread after its first question."""
         await self.set_status(place, self.settings.thinking_status)
         thread = (place.channel, place.thread_ts)
-        if self._assistant_threads.get(thread):
+        if self._assistant_threads.get(thread) and prompt.strip():  # a picture alone names nothing
             self._assistant_threads[thread] = False
             title = prompt if len(prompt) <= 60 else prompt[:59] + "…"
             await self.best_effort(

@@ -1,5 +1,6 @@
 """What `[memory] backend` names, opened: the state store, a pacer whose windows live beside
-it, the `[limits]` counters, and the Redis client conversation memory shares (None for SQLite).
+it, the `[limits]` counters, the token usage totals, and the Redis client conversation memory
+shares (None for SQLite).
 
 Kept apart from core/state.py so that storage and its backends do not import each other.
 """
@@ -17,6 +18,7 @@ from core.limits import Gate
 from core.ops import register_ready
 from core.pacing import Pacer
 from core.state import LocalStore, StateStore
+from core.usage import LocalUsage, UsageStore
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Backend:
     pacer: Pacer
     gate: Gate
     redis: Any = None  # redis.asyncio.Redis with the redis backend
+    usage: UsageStore | None = None  # tokens per person, channel and profile (the gate reads it)
 
 
 def open_store(config: Config) -> StateStore:
@@ -59,13 +62,29 @@ def open_ledger(config: Config) -> Ledger:
         ) from None
 
 
+def open_usage(config: Config, redis: Any = None) -> UsageStore:
+    """Where token usage is added up: the redis backend's Redis, else the SQLite file."""
+    if redis is not None:
+        from core.usage import RedisUsage
+
+        return RedisUsage(redis)
+    try:
+        return LocalUsage(config.memory.path)
+    except sqlite3.Error as exc:
+        raise SetupError(
+            f"memory.path: cannot open {config.memory.path} ({exc}): point it at a "
+            "file SQLite can create or open read-write"
+        ) from None
+
+
 def open_backend(config: Config) -> Backend:
     store = open_store(config)
     if config.memory.backend != "redis":
-        return Backend(store, Pacer(), Gate(config.limits))
+        usage = open_usage(config)
+        return Backend(store, Pacer(), Gate(config.limits, usage=usage), usage=usage)
     from core.redis_state import RedisGate, RedisStore, RedisWindows
 
     assert isinstance(store, RedisStore)
-    return Backend(
-        store, Pacer(shared=RedisWindows(store.redis)), RedisGate(config.limits, store.redis), store.redis
-    )
+    gate = RedisGate(config.limits, store.redis)
+    gate.usage = open_usage(config, store.redis)
+    return Backend(store, Pacer(shared=RedisWindows(store.redis)), gate, store.redis, gate.usage)

@@ -35,6 +35,9 @@ class ModelConfig(Section):
     instructions: str = "You are a helpful assistant."
     max_turns: int = Field(10, ge=1, le=100)
     max_output_tokens: int | None = Field(None, ge=1)  # per model call; None: the model's own
+    # OpenAI reasoning models stream a summary of their reasoning only when asked (Responses API;
+    # a model that does not reason rejects the request): "auto", "concise" or "detailed"
+    reasoning_summary: Literal["off", "auto", "concise", "detailed"] = "off"
     tracing: bool = False  # send Agents SDK traces to OpenAI; off so nothing leaves by surprise
 
 
@@ -49,6 +52,9 @@ class StreamConfig(Section):
     stall_timeout: float = Field(60.0, gt=0)  # silence mid-answer this long: give up
     max_reply_chars: int = Field(30000, ge=0)  # the answer is cut there, with a note; 0: no cap
     shutdown_grace: float = Field(20.0, ge=0)  # on SIGTERM, let replies finish this long
+    # a reasoning model's thinking is never part of the answer; while it thinks the message shows
+    # "💭 thinking…" (status), that plus the tail of its reasoning (summary), or nothing (off)
+    show_reasoning: Literal["status", "summary", "off"] = "status"
     interrupted_marker: str = Field(
         "⚠️ interrupted — please ask again", min_length=1, max_length=100
     )  # replies cut by a shutdown or crash
@@ -59,15 +65,24 @@ class MemoryConfig(Section):
     path: str = "streambot.db"  # sqlite backend
     url: str = ""  # redis backend; else env REDIS_URL (a URL with a password belongs there)
     max_items: int = Field(40, ge=0, le=10_000)  # history items sent to the model per turn; 0 = all
+    ttl_days: float = Field(0.0, ge=0)  # forget conversations this long after; 0 = keep them
+    thread_messages: int = Field(50, ge=0, le=1000)  # earlier messages read when joining a thread
 
 
 class LimitsConfig(Section):
     """Abuse and cost limits for chat platforms (0 turns a limit off)."""
 
     max_prompt_chars: int = Field(8000, ge=0)
+    max_images: int = Field(4, ge=0)  # pictures per question sent to the model
+    max_image_bytes: int = Field(8 << 20, ge=0)  # per picture
+    max_files: int = Field(5, ge=0)  # text files and PDFs per question
+    max_file_bytes: int = Field(10 << 20, ge=0)  # per file, as downloaded
+    max_file_chars: int = Field(20_000, ge=0)  # text the model reads of one file; cut with a note
     user_concurrent: int = Field(2, ge=0)  # replies one person may have streaming at once
     user_per_minute: int = Field(10, ge=0)  # questions one person may ask per minute
     channel_concurrent: int = Field(10, ge=0)  # replies streaming at once in one channel
+    user_tokens_per_day: int = Field(0, ge=0)  # model tokens (input + output) per person per UTC day
+    channel_tokens_per_day: int = Field(0, ge=0)  # model tokens per channel per UTC day
 
 
 class FeedbackConfig(Section):

@@ -1,8 +1,8 @@
 """Plain, typed events every model source is normalized into.
 
 The relay only understands these; sources (the Agents SDK, a test script, the demo model) only
-produce them. A stream is any number of TextDelta/ToolStarted/ToolFinished/Searched/Handoff/HumanWanted events
-followed by exactly one Done or Failed.
+produce them. A stream is any number of TextDelta/Thinking/ToolStarted/ToolFinished/Searched/
+Handoff/HumanWanted events, at most one Usage, followed by exactly one Done or Failed.
 """
 
 from __future__ import annotations
@@ -17,6 +17,23 @@ class TextDelta:
     """More answer text, to append to what is shown."""
 
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Thinking:
+    """The model is reasoning: never part of the answer, shown (if at all) as a status line.
+    `text` is more of its reasoning (a summary or raw thoughts); it may be empty."""
+
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens the run used so far (sent once, before Done or Failed, when the model said)."""
+
+    input_tokens: int
+    output_tokens: int
+    requests: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +88,18 @@ class Done:
     """The model finished normally."""
 
 
-Event = TextDelta | ToolStarted | ToolFinished | Searched | Handoff | HumanWanted | Failed | Done
+Event = (
+    TextDelta
+    | Thinking
+    | Usage
+    | ToolStarted
+    | ToolFinished
+    | Searched
+    | Handoff
+    | HumanWanted
+    | Failed
+    | Done
+)
 
 
 class ModelRun(Protocol):

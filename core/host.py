@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from core import metrics
+from core.attachments import Attachment, Turn
 from core.config import DEFAULT_PROFILE, Config, HandoffConfig
 from core.events import Event, ModelRun, Searched
 from core.handoff import Handoffs, is_resolve_command
@@ -30,6 +31,7 @@ from core.platform import Target
 from core.profiles import Origin, pick, resolve
 from core.relay import Outcome, Reply
 from core.state import ReplyRecord, StateStore, repair_orphans
+from core.usage import Spent, UsageStore
 
 log = logging.getLogger("streambot.host")
 
@@ -45,7 +47,7 @@ Finish = Callable[[dict[str, Any], str], Awaitable[None]]  # (record.place, fina
 class Brain(Protocol):
     """What the host needs of the model side (core/sources.py `Brain` is one)."""
 
-    def start(self, prompt: str, conversation: str | None = None) -> ModelRun: ...
+    def start(self, prompt: str | Turn, conversation: str | None = None) -> ModelRun: ...
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,16 @@ class Question:
     team: str = ""  # the workspace or server it was asked in ("" when there is none): routes
     dm: bool = False  # asked in a direct message: routes
     channels: tuple[str, ...] = ()  # more places it sits in (a thread's parent, a category): routes
+    author: str = ""  # display name, in channels and shared threads: "Sam: …" for the model
+    attachments: tuple[Attachment, ...] = ()  # pictures and files sent with it
+    context: tuple[tuple[str, str], ...] = ()  # (author, text) of earlier thread messages not yet seen
+    fresh: bool = False  # start the conversation over first (/ask new:true)
+
+    def model_input(self) -> str | Turn:
+        """What the brain is given: a plain question stays a string (any Brain takes that)."""
+        if not (self.author or self.attachments or self.context):
+            return self.prompt
+        return Turn(self.prompt, self.author, self.attachments, self.context)
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,7 @@ class Host:
         pacer: Pacer | None = None,
         store: StateStore | None = None,
         gate: Gate | None = None,
+        usage: UsageStore | None = None,
         brains: Callable[[str], Brain] | None = None,
         ledger: Ledger | None = None,
     ) -> None:
@@ -137,7 +150,8 @@ class Host:
         self._brains: dict[str, Brain] = {DEFAULT_PROFILE: brain}
         self.pacer = pacer or Pacer()
         self.store = store
-        self.gate = gate or Gate(config.limits, self.pacer.clock)
+        self.gate = gate or Gate(config.limits, self.pacer.clock, usage)
+        self.usage = usage if usage is not None else self.gate.usage  # where tokens are added up
         self.closing = False  # shutting down: no new questions
         self.on_finished: list[Callable[[Finished], None]] = []
         self._running: dict[str, _Running] = {}  # reply id -> the reply
@@ -229,6 +243,8 @@ class Host:
                 if running.stopped:  # stopped or deleted while waiting for its turn
                     await target.close()
                     return None
+                if question.fresh and (forget := getattr(self.brain, "forget", None)):
+                    await forget(question.conversation)  # in its turn: after the reply before it
                 return await self._run(running, target)
         except Exception:
             log.exception("reply %s failed", question.reply_id)
@@ -252,7 +268,7 @@ class Host:
                 self._track(running, key, index)
 
         profile = self.profile_for(q, target.platform)
-        run = _Searches(self.brain_for(profile).start(q.prompt, q.conversation))
+        run = _Searches(self.brain_for(profile).start(q.model_input(), q.conversation))
         reply = Reply(
             run,
             target,
@@ -280,10 +296,13 @@ class Host:
                 "status": outcome.status,
                 "placeholder_after": outcome.placeholder_after,
                 "first_text_after": outcome.first_text_after,
+                "input_tokens": outcome.usage.input_tokens if outcome.usage else None,
+                "output_tokens": outcome.usage.output_tokens if outcome.usage else None,
             },
         )
         finished = Finished(q, target.platform, outcome, profile, *run.citations(outcome.text))
         self.spawn(self._record(finished))
+        await self._count_usage(finished)
         if outcome.human is not None:
             await self.request_human(q.conversation, profile, "model", outcome.human, target)
         for hook in self.on_finished:
@@ -366,6 +385,30 @@ class Host:
         log.info("conversation %s is with a person; not answering", question.conversation)
         return True
 
+    async def _count_usage(self, finished: Finished) -> None:
+        """Add the reply's tokens to the metrics and to its person's, channel's and profile's
+        totals (which `[limits]` reads); a usage store that fails costs no reply."""
+        usage, q = finished.outcome.usage, finished.question
+        if usage is None:
+            return
+        metrics.TOKENS.labels(finished.platform, "input").inc(usage.input_tokens)
+        metrics.TOKENS.labels(finished.platform, "output").inc(usage.output_tokens)
+        if self.usage is None:
+            return
+        spent = Spent(
+            q.user,
+            q.channel,
+            finished.platform,
+            usage.input_tokens,
+            usage.output_tokens,
+            profile=finished.profile,
+            name=q.author,
+        )
+        try:
+            await self.usage.record(spent)
+        except Exception as exc:
+            log.warning("could not record the token usage of reply %s: %s", q.reply_id, exc)
+
     def _track(self, running: _Running, message: str, page: int | None) -> None:
         """Deleting `message` (the question: page None) stops `running`."""
         running.messages.add(message)
@@ -389,6 +432,31 @@ class Host:
                 del self._turns[conversation]
             else:
                 self._turns[conversation] = (lock, users - 1)
+
+    @property
+    def remembers(self) -> bool:
+        """Whether the brain keeps conversation memory (there is something to forget)."""
+        return bool(getattr(self.brain, "remembers", False))
+
+    def start_over(self, conversation: str) -> bool:
+        """`forget` in the background, for commands that must answer at once (chat platforms
+        want an answer within 3 s; a reply may be streaming in the conversation). The clearing
+        takes its turn now, so it comes after that reply and before any later one."""
+        if not (self.remembers and conversation):
+            return False
+        self.spawn(self.forget(conversation))
+        return True
+
+    async def forget(self, conversation: str) -> bool:
+        """Start `conversation` over (/forget, /streambot new): its memory is cleared once the
+        reply running in it, if any, has ended. False when the brain keeps no memory."""
+        forget = getattr(self.brain, "forget", None)
+        if forget is None or not conversation:
+            return False
+        async with self._turn(conversation):
+            forgotten = bool(await forget(conversation))
+        log.info("conversation %s started over", conversation)
+        return forgotten
 
     async def notice(self, target: Target, text: str) -> None:
         """A short message that is not a model reply (a hint, a refusal), paced like the rest."""

@@ -8,6 +8,7 @@ for every replica together.
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections import Counter, deque
@@ -15,6 +16,9 @@ from dataclasses import dataclass, field
 
 from core.config import LimitsConfig
 from core.pacing import Clock, RealClock
+from core.usage import UsageStore
+
+log = logging.getLogger("streambot.limits")
 
 
 @dataclass(frozen=True)
@@ -51,19 +55,56 @@ def too_many_asked(count: int, wait: float) -> Refused:
     )
 
 
-class Gate:
-    """The counters of this process. `RedisGate` (core/redis_state.py) counts for every replica."""
+def out_of_tokens(limit: int) -> Refused:
+    return Refused(f"You've used your {limit:,} tokens for today. You can ask again after midnight (UTC).")
 
-    def __init__(self, limits: LimitsConfig, clock: Clock | None = None) -> None:
+
+def channel_out_of_tokens(limit: int) -> Refused:
+    return Refused(
+        f"This channel has used its {limit:,} tokens for today. Questions here can be asked "
+        "again after midnight (UTC)."
+    )
+
+
+class Gate:
+    """The counters of this process. `RedisGate` (core/redis_state.py) counts for every replica.
+
+    With a `usage` store, `[limits] user_tokens_per_day` and `channel_tokens_per_day` refuse
+    new questions once today's tokens reach them (a reply already running may pass them)."""
+
+    def __init__(
+        self, limits: LimitsConfig, clock: Clock | None = None, usage: UsageStore | None = None
+    ) -> None:
         self.limits = limits
         self.clock = clock or RealClock()
+        self.usage = usage
         self._user_active: Counter[str] = Counter()
         self._channel_active: Counter[str] = Counter()
         self._asked: dict[str, deque[float]] = {}
 
     async def admit(self, user: str, channel: str, prompt: str) -> Slot:
         """Take a slot for a reply to `prompt`, or raise `Refused` saying why and what to do."""
+        await self.check_tokens(user, channel)
         return self.admit_here(user, channel, prompt)
+
+    async def check_tokens(self, user: str, channel: str) -> None:
+        """Refuse when the person or the channel has used today's tokens. A usage store that
+        cannot be read refuses no one (answering beats refusing everyone)."""
+        lim = self.limits
+        if self.usage is None or not (lim.user_tokens_per_day or lim.channel_tokens_per_day):
+            return
+        try:
+            if lim.user_tokens_per_day and await self.usage.used("user", user) >= lim.user_tokens_per_day:
+                raise out_of_tokens(lim.user_tokens_per_day)
+            if (
+                lim.channel_tokens_per_day
+                and await self.usage.used("channel", channel) >= lim.channel_tokens_per_day
+            ):
+                raise channel_out_of_tokens(lim.channel_tokens_per_day)
+        except Refused:
+            raise
+        except Exception as exc:
+            log.warning("could not read today's token usage for [limits] (%s): not counting it", exc)
 
     async def release(self, slot: Slot) -> None:
         self.release_here(slot)

@@ -28,6 +28,8 @@ FIELDS = (
     "status",
     "placeholder_after",
     "first_text_after",
+    "input_tokens",
+    "output_tokens",
 )
 # Values of these variables never reach a log line: the model key, what adapters register,
 # and, as a safety net, any variable whose name says it holds a secret.

@@ -66,3 +66,8 @@ HANDOFFS = Counter(
     "Conversations handed to a person, by who asked: the model or a person (each pinged once).",
     ["platform", "profile", "by"],
 )
+TOKENS = Counter(
+    "streambot_tokens",
+    "Model tokens the replies used, as the model reported them: kind is input or output.",
+    ["platform", "kind"],
+)

@@ -20,6 +20,7 @@ _GRAPHEME = regex.compile(r"\X")
 _LINK = re.compile(r"!?\[[^\]\n]*\]\([^)\n]*\)")
 _BREAKS = (re.compile(r"\n\n"), re.compile(r"\n"), re.compile(r"\s"))
 _FENCE_START = re.compile(r" {0,3}(```|~~~)")
+_FENCE_LINE = re.compile(r" {0,3}(`{3,}|~{3,})[ \t]*")
 _OPEN_LINK = re.compile(r"!?\[[^\]\n]*(\](\([^)\n]*)?)?\Z")
 
 
@@ -138,10 +139,13 @@ class Pager:
     def empty(self) -> bool:
         return not self.pages and not self.tail
 
-    def render(self, *, streaming: bool, cursor: str = "", status: str = "") -> str:
-        """The last page as it should look now, finishing full pages until it fits."""
+    def render(self, *, streaming: bool, cursor: str = "", status: str = "", pending: str = "") -> str:
+        """The last page as it should look now, finishing full pages until it fits.
+
+        `pending` is shown after the text while streaming, not part of it yet: a block still
+        being received, rendered whole (a table: core/tables.py); it must fit a page."""
         while True:
-            text = self._render(streaming, cursor, status)
+            text = self._render(streaming, cursor, status, pending)
             if self.measure(text) <= self.limit:
                 return text
             if not self.tail:  # nothing left to move on: drop the status line and cursor
@@ -161,15 +165,20 @@ class Pager:
         if self.tail:
             self._finish_page(len(self.tail), final=False)
 
-    def _render(self, streaming: bool, cursor: str, status: str) -> str:
+    def _render(self, streaming: bool, cursor: str, status: str, pending: str = "") -> str:
         body = (self._fence.opener if self._fence else "") + self.tail
         fence = scan_fences(self.tail, self._fence)
         if not streaming:
             return body + (closer(fence, body) if fence else "")
         if fence:
             body += closer(fence, body) + "\n" + cursor.strip()
+        elif pending:
+            body = tidy_tail(body) + pending + cursor.strip()
         else:
-            body = tidy_tail(body) + cursor
+            body = tidy_tail(body)
+            # a block closed by the last line: "``` ▌" would not close it, so the cursor goes below
+            closed = cursor and _FENCE_LINE.fullmatch(body, body.rfind("\n") + 1)
+            body += "\n" + cursor.strip() if closed else cursor
         return body + (f"\n{status}" if status else "")
 
     def _finish_page(self, room_limit: int, final: bool) -> None:

@@ -81,7 +81,8 @@ class Target(ABC):
     allowances a request uses, as (key, rate) pairs: every reply whose target returns the same
     key shares that budget, e.g. ("chat:channel:42", Rate(5, 5.0)). `page_max_age`, when set,
     makes the relay continue in a new message once a page has been streaming that long (for
-    transports whose messages expire while streaming).
+    transports whose messages expire while streaming). `render_tables` asks for Markdown tables
+    rendered (see core/tables.py).
     """
 
     platform: str = "console"  # names the adapter in metrics, logs and reply records
@@ -91,6 +92,10 @@ class Target(ABC):
     # ended (a frame with `ended`): 👍/👎 buttons, and a "Get a human" button.
     feedback: bool = False
     human: bool = False
+    # The platform does not render Markdown tables: the relay shows them as aligned monospace
+    # blocks at most `table_width` characters wide, as lists when wider (core/tables.py).
+    render_tables: bool = False
+    table_width: int = 60
 
     def measure(self, text: str) -> int:
         """How many characters `text` takes once sent, as the platform counts them against

@@ -376,6 +376,7 @@ class RedisGate(Gate):
         lim = self.limits
         if lim.max_prompt_chars and len(prompt) > lim.max_prompt_chars:
             raise too_long(len(prompt), lim.max_prompt_chars)
+        await self.check_tokens(user, channel)
         slot = Slot(user, channel)
         try:
             result = await self._admit(

@@ -18,16 +18,30 @@ from typing import Any, Literal
 
 from core import metrics
 from core.config import StreamConfig
-from core.events import Done, Failed, Handoff, HumanWanted, ModelRun, TextDelta, ToolFinished, ToolStarted
+from core.events import (
+    Done,
+    Failed,
+    Handoff,
+    HumanWanted,
+    ModelRun,
+    TextDelta,
+    Thinking,
+    ToolFinished,
+    ToolStarted,
+    Usage,
+)
 from core.pacing import Pacer
 from core.paging import Pager
 from core.platform import Frame, MessageGone, Op, RateLimited, Step, Target, TransientError
 from core.state import ReplyRecord, StateStore
+from core.tables import TableFormatter
 
 log = logging.getLogger("streambot.relay")
 
 Status = Literal["done", "stopped", "failed", "empty"]
 EMPTY_NOTE = "⚠️ The model returned no text."
+THOUGHT_NOTE = "💭 The model only thought and gave no answer (its thinking is not shown). Please ask again."
+THINKING_STATUS = "💭 thinking…"
 SLOW_STATUS = "⏳ The model is slow to answer…"
 _TRANSIENT = (TransientError, TimeoutError, ConnectionError)
 _PERMANENT_FINAL_TRIES = 3
@@ -47,6 +61,7 @@ class Outcome:
     retries: int = 0
     failed_requests: int = 0
     delivered: bool = True  # False if the final text could not be shown (deadline passed)
+    usage: Usage | None = None  # tokens the model reported for this reply
     placeholder_after: float | None = None  # seconds from the start until the first message showed
     first_text_after: float | None = None  # ... until the model's first text showed
     tools: list[str] = field(default_factory=list)  # the tools the model called, in order
@@ -78,6 +93,7 @@ class Reply:
         self.pacer = pacer
         self.settings = settings or StreamConfig()
         self.pager = Pager(target.page_limit, measure=target.measure)
+        self._tables = TableFormatter(target.table_width) if target.render_tables else None
         self.handles: list[Any] = []
         self.status_line = ""
         self._tools: dict[str, str] = {}
@@ -96,6 +112,8 @@ class Reply:
         self._started = 0.0  # clock time run() began: latencies count from here
         self._had_text = False  # the model said something before the reply ended
         self._forgotten: set[int] = set()  # messages deleted by someone: never edited again
+        self._thought = False  # the model reasoned (its thoughts are never part of the text)
+        self._thoughts = ""  # the end of its reasoning, for show_reasoning = "summary"
 
     @property
     def finished(self) -> bool:
@@ -159,11 +177,13 @@ class Reply:
     def _finish(self, status: Status, note: str = "") -> None:
         if self._end is not None:
             return
+        if self._tables is not None:
+            self.pager.feed(self._tables.end())  # a table the answer ended in
         self._had_text = bool(self.pager.text.strip())
         if status == "failed":
             metrics.MODEL_ERRORS.labels(self.target.platform).inc()
         if status == "done" and not self.pager.text.strip():
-            status, note = "empty", EMPTY_NOTE
+            status, note = "empty", THOUGHT_NOTE if self._thought else EMPTY_NOTE
         if note:
             self.pager.feed(("\n\n" if self.pager.text.strip() else "") + note)
         self._end = status
@@ -178,9 +198,13 @@ class Reply:
                 if isinstance(ev, TextDelta):
                     if self._too_long(ev.text):
                         return
-                    self.pager.feed(ev.text)
+                    self._feed(ev.text)
                     if not self._tools:
                         self.status_line = ""
+                elif isinstance(ev, Thinking):
+                    self._think(ev.text)
+                elif isinstance(ev, Usage):
+                    self._outcome.usage = ev
                 elif isinstance(ev, ToolStarted):
                     key = ev.call_id or ev.name
                     self._tools[key] = ev.name
@@ -215,6 +239,31 @@ class Reply:
             log.exception("model stream failed")
             self._finish("failed", f"⚠️ The model stream failed ({type(exc).__name__}).")
 
+    def _feed(self, text: str) -> None:
+        """Model text into the pager; tables, on platforms that need them rendered, once whole."""
+        self.pager.feed(self._tables.feed(text) if self._tables is not None else text)
+
+    def _pending(self) -> str:
+        """A table still being received, rendered, to show after the text (half a page at most)."""
+        if self._tables is None or self._end is not None:
+            return ""
+        return self._tables.preview(self.pager.limit // 2)
+
+    def _think(self, text: str) -> None:
+        """The model reasons: a status line until its next answer text, never text."""
+        self._thought = True
+        mode = self.settings.show_reasoning
+        if mode == "off" or self._tools:
+            return
+        status = THINKING_STATUS
+        if mode == "summary":
+            room = self.pager.limit // 4 - len(status) - 1
+            self._thoughts = " ".join((self._thoughts + text)[-4 * room :].split())
+            if self._thoughts:
+                tail = self._thoughts[-room:]
+                status += " " + ("…" + tail[1:] if len(self._thoughts) > room else tail)
+        self.status_line = status
+
     def _too_long(self, delta: str) -> bool:
         """Feed what fits under `max_reply_chars`; past it, cut the answer off with a note.
         (Counted as it arrives: measuring the pager's text would cost O(length) per delta.)"""
@@ -223,7 +272,7 @@ class Reply:
         self._model_chars += len(delta)
         if not cap or len(delta) <= room:
             return False
-        self.pager.feed(delta[: max(0, room)])
+        self._feed(delta[: max(0, room)])
         self.model.cancel()
         self._finish("stopped", f"✂️ The answer was cut off at {cap:,} characters.")
         return True
@@ -262,7 +311,8 @@ class Reply:
         self._finish("failed", note)
 
     def _page_count(self) -> int:
-        return len(self.pager.pages) + (1 if self.pager.tail.strip() or not self.pager.pages else 0)
+        more = self.pager.tail.strip() or self._pending() or not self.pager.pages
+        return len(self.pager.pages) + (1 if more else 0)
 
     def _frame(self, k: int) -> Frame:
         """The newest frame for message `k` (finishing full pages as a side effect)."""
@@ -270,11 +320,12 @@ class Reply:
         status = self.status_line[: self.pager.limit // 4]
         cursor = self.settings.cursor
         steps = tuple(self._steps.values())
-        if self.pager.empty:
+        pending = self._pending()
+        if self.pager.empty and not pending:
             text = self.settings.placeholder + (cursor if streaming else "")
             text += f"\n{status}" if status else ""
             return Frame(0, text, "", not streaming, streaming, self._end or "", status, steps)
-        last = self.pager.render(streaming=streaming, cursor=cursor, status=status)
+        last = self.pager.render(streaming=streaming, cursor=cursor, status=status, pending=pending)
         pages = self.pager.pages
         # the reply's last message carries how it ended (where feedback and handoff buttons go)
         ended = (self._end or "") if k == self._page_count() - 1 else ""

@@ -30,6 +30,7 @@ from core.host import Finished, Host
 from core.pacing import Pacer
 from core.relay import Outcome
 from core.sources import build_brain
+from core.usage import LocalUsage
 
 if TYPE_CHECKING:
     from fakes.discord_server import FakeDiscord, FakeMessage
@@ -142,7 +143,7 @@ def assert_pages_are(pages: list[str], text: str, limit: int) -> None:
             body, added = rest[:size], rest[size:]
             if size <= 0 or not text.startswith(body, pos):
                 continue
-            after = _fence_after(opener + body, fence)
+            after = _fence_after(body, fence)  # the opener only restates `fence` (a bare ``` would close it)
             closer = "" if after is None else ("" if (opener + body).endswith("\n") else "\n") + after[0]
             if added != closer:
                 continue
@@ -284,7 +285,14 @@ async def running_discord_bot(
     level = logging.getLogger("streambot").level
     logging.getLogger("streambot").setLevel(logging.INFO)
     bot = Bot(fake, model, logs, config=config)
-    host = Host(config, build_brain(config), Pacer(), brains=profile_brains(config))
+    # token usage is added up in the memory file, as `streambot run` does (core/backend.py)
+    host = Host(
+        config,
+        build_brain(config),
+        Pacer(),
+        usage=LocalUsage(config.memory.path),
+        brains=profile_brains(config),
+    )
     host.on_finished.append(logs.finished)
     bot.task = asyncio.create_task(serve(host, config.discord))
     try:
@@ -328,6 +336,7 @@ async def running_slack_bot(
     memory_path: str,
     stream: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
+    memory: dict[str, Any] | None = None,
     store: Any = None,
     backend: Any = None,
     profiles: dict[str, Any] | None = None,
@@ -371,7 +380,7 @@ async def running_slack_bot(
         }
         config = Config(
             model=ModelConfig(base_url=model_base_url),
-            memory=MemoryConfig(path=memory_path),
+            memory=MemoryConfig(path=memory_path, **(memory or {})),
             stream=StreamConfig(**(stream or {})),
             limits=LimitsConfig(**(limits or {})),
             feedback=FeedbackConfig(**(feedback or {})),

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from bots.console import ConsoleSettings, ConsoleTarget, ask
 from core.config import Config, MemoryConfig, ModelConfig
-from core.events import Done, Failed, TextDelta, ToolFinished, ToolStarted
+from core.events import Done, Failed, TextDelta, ToolFinished, ToolStarted, Usage
 from core.host import Host
 from core.pacing import Pacer
 from core.relay import EMPTY_NOTE, Reply
@@ -52,7 +52,11 @@ async def test_text_streams_as_deltas_without_duplicates(fake_openai, tmp_path, 
     fake_openai.reply(["Hel", "lo ", "wor", "ld"])
     brain = build_brain(config_for(fake_openai, tmp_path, api))
     events = await collect(brain.start("hi"))
+    usage = events.pop(-2)  # both APIs report what the answer cost (chat: include_usage asked)
     assert events == [TextDelta("Hel"), TextDelta("lo "), TextDelta("wor"), TextDelta("ld"), Done()]
+    assert isinstance(usage, Usage) and usage.output_tokens == 4 and usage.input_tokens > 0
+    body = fake_openai.requests[0].body
+    assert api == "responses" or body["stream_options"] == {"include_usage": True}
     path = "/v1/responses" if api == "responses" else "/v1/chat/completions"
     assert len(fake_openai.requests_to(path)) == 1
     assert fake_openai.requests[0].headers["Authorization"] == f"Bearer {key}"
@@ -156,6 +160,39 @@ async def test_cli_ask_pipes_plain_text(fake_openai, tmp_path, key) -> None:
     assert proc.returncode == 0, err.decode()
     assert out.decode() == "**Plain** answer\n\n```sh\necho hi\n```\n"
     assert key.encode() not in out + err
+
+
+async def test_cli_ask_about_a_file(fake_openai, tmp_path, key) -> None:
+    from test_attachments import PNG
+
+    from fakes.openai_server import images_in, user_texts
+
+    (tmp_path / "config.toml").write_text(f'[model]\nbase_url = "{fake_openai.base_url}"\n')
+    (tmp_path / "shot.png").write_bytes(PNG)
+    (tmp_path / "notes.md").write_text("# Notes\nship on Friday\n")
+    streambot = str(Path(sys.executable).parent / "streambot")
+    fake_openai.reply("A picture and your notes.")
+    proc = await asyncio.create_subprocess_exec(
+        streambot, "ask", "what are these?", "--file", "shot.png", "-f", "notes.md",
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode() == "A picture and your notes.\n"
+    body = fake_openai.requests[-1].body
+    assert images_in(body)
+    assert user_texts(body) == [
+        "what are these?\n\n[file: notes.md]\n# Notes\nship on Friday\n\n[image: shot.png]"
+    ]
+    # a path that is not there: a clear error, and nothing is asked
+    asked = len(fake_openai.requests)
+    proc = await asyncio.create_subprocess_exec(
+        streambot, "ask", "hi", "--file", "missing.png",
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2 and "--file missing.png: no such file" in err.decode()
+    assert len(fake_openai.requests) == asked
 
 
 async def test_answer_sync_inside_a_running_loop_fails_clearly(fake_openai, tmp_path, key) -> None:

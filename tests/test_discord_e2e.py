@@ -77,8 +77,8 @@ async def test_short_reply(bot: Bot) -> None:
     assert any(channel == fake.general.id for channel, _ in fake.typing)
     assert_never_pinged(fake)
     assert fake.throttled == []
-    # the model got the question without the bot's mention
-    assert bot.model.requests[-1].body["input"][-1]["content"] == "say hi"
+    # the model got the question without the bot's mention, and who asked (a shared channel)
+    assert bot.model.requests[-1].body["input"][-1]["content"] == "Alice: say hi"
 
 
 async def test_long_markdown_reply_is_paged(bot: Bot) -> None:
@@ -301,7 +301,7 @@ async def test_ask_slash_command(bot: Bot) -> None:
     assert all(no_stop(p.history[-1].components) for p in pages)
     assert_never_pinged(fake)
     assert fake.throttled == []
-    assert bot.model.requests[-1].body["input"][-1]["content"] == "write a lot"
+    assert bot.model.requests[-1].body["input"][-1]["content"] == "Alice: write a lot"
 
 
 async def test_gateway_reconnect(bot: Bot) -> None:

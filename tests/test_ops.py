@@ -265,6 +265,7 @@ async def test_slack_reply_logs_ids_at_info_and_never_the_prompt(
     done = [json.loads(line) for line in lines if '"status": "done"' in line]
     assert done and done[0]["reply_id"] and done[0]["conversation"].startswith("slack:")
     assert done[0]["platform"] == "slack"
+    assert done[0]["output_tokens"] > 0 and done[0]["input_tokens"] > 0  # what the reply cost
     # What the model and the test did bounds both latencies: the placeholder went out while the
     # model held its text back; the text could not show before the model was released, and both
     # were logged before the test saw the log line.

@@ -254,3 +254,10 @@ def test_break_page_never_cuts_where_the_next_delta_may_continue() -> None:
     [page] = pager.pages
     assert is_grapheme_boundary(pager.text, len(page.body))
     assert pager.text == "https://example.com/a-long-url-without-any-space-e\u0301tc"
+
+
+def test_the_cursor_goes_below_a_code_block_the_model_just_closed() -> None:
+    pager = Pager(2000)
+    pager.feed("Run:\n\n```sh\nmake\n```")
+    assert pager.render(streaming=True, cursor=" ▌") == "Run:\n\n```sh\nmake\n```\n▌"  # not "``` ▌"
+    assert scan_fences(pager.render(streaming=True, cursor=" ▌")) is None

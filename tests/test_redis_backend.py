@@ -358,3 +358,37 @@ async def test_streambot_runs_on_the_redis_backend(redis_url: str, tmp_path: Pat
         assert "hello bot" in str(await raw.lrange(key, 0, -1))
     finally:
         await raw.aclose()
+
+
+async def test_redis_memory_expires_keeps_markers_and_forgets(
+    fake_openai: FakeOpenAI, redis_url: str, monkeypatch
+) -> None:
+    from test_attachments import PNG
+
+    from core.attachments import Attachment, Turn
+    from fakes.openai_server import images_in
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    config = Config(
+        model=ModelConfig(base_url=fake_openai.base_url),
+        memory=MemoryConfig(backend="redis", url=redis_url, ttl_days=2),
+    )
+    brain = build_brain(config)
+    raw = connect(redis_url)
+    try:
+        await answer(brain, Turn("look", "Sam", (Attachment("a.png", "image/png", data=PNG),)), "ttl-1")
+        assert images_in(fake_openai.requests[-1].body)
+        key = "streambot:session:ttl-1:messages"
+        assert 0 < await raw.ttl(key) <= 2 * 86400  # [memory] ttl_days as the session's TTL
+        stored = str(await raw.lrange(key, 0, -1))
+        assert "[image: a.png]" in stored and "base64" not in stored
+        assert await host_forgets(config, brain, "ttl-1")
+        assert await raw.exists(key) == 0
+    finally:
+        await raw.aclose()
+        if brain.redis is not None:
+            await brain.redis.aclose()
+
+
+async def host_forgets(config: Config, brain: Any, conversation: str) -> bool:
+    return await Host(config, brain, Pacer()).forget(conversation)

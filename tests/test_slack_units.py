@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from slack_sdk.errors import SlackApiError
@@ -17,6 +18,7 @@ from bots.cli import SECTIONS
 from bots.slack_api import (
     BOT_EVENTS,
     BOT_SCOPES,
+    COMMAND,
     ZWJ,
     SlackCallError,
     StreamLost,
@@ -154,6 +156,8 @@ def test_manifest_grants_exactly_what_the_adapter_uses() -> None:
     text = MANIFEST.read_text()
     assert "socket_mode_enabled: true" in text
     assert re.search(r"interactivity:.*\n\s+is_enabled: true", text)
+    commands = yaml.safe_load(text)["features"]["slash_commands"]
+    assert [c["command"] for c in commands] == [COMMAND]
 
 
 def test_slack_config_keys() -> None:

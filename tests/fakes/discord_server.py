@@ -44,7 +44,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -119,6 +119,7 @@ class FakeMessage:
     edited: float | None = None
     history: list[Revision] = field(default_factory=list)
     reactions: set[str] = field(default_factory=set)  # the bot's own reactions
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # as the message JSON shows them
 
     @property
     def contents(self) -> list[str]:
@@ -357,6 +358,8 @@ class FakeDiscord:
         self._sockets: set[web.WebSocketResponse] = set()
         self._route_meta: dict[tuple[str, str], tuple[str, str, str]] = {}
         self._nonces: dict[tuple[int, str], int] = {}  # (channel id, nonce) -> message id
+        self.files: dict[int, tuple[bytes, str]] = {}  # attachment id -> (bytes, content type)
+        self.downloads: list[int] = []  # attachment ids fetched from the CDN, in order
 
     # --- running --------------------------------------------------------------------------
 
@@ -378,6 +381,7 @@ class FakeDiscord:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application(middlewares=[self._rest_middleware])
         app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
         prefix = f"/api/v{API_VERSION}"
         for method, path, handler, bucket, major in self._routes():
             app.router.add_route(method, prefix + path, handler)
@@ -479,9 +483,11 @@ class FakeDiscord:
         author: User | None = None,
         reply_to: FakeMessage | None = None,
         webhook_id: int | None = None,
+        files: Sequence[tuple[str, str | None, bytes]] = (),
     ) -> FakeMessage:
         """A user posts `content` (MESSAGE_CREATE). `reply_to` makes it a reply (no ping);
-        `webhook_id` makes it a webhook's message (its author is then the webhook's)."""
+        `webhook_id` makes it a webhook's message (its author is then the webhook's).
+        `files` are attachments (name, content type or None, bytes), served by the fake's CDN."""
         channel = channel or self.general
         author = author or self.alice
         msg = FakeMessage(
@@ -492,6 +498,7 @@ class FakeDiscord:
             content,
             reference=reply_to.id if reply_to else None,
             webhook_id=webhook_id,
+            attachments=[self._attachment(channel, *f) for f in files],
         )
         self._record(msg, content, None, [], "create")
         self.messages[msg.id] = msg
@@ -499,10 +506,61 @@ class FakeDiscord:
         return msg
 
     async def dm(
-        self, content: str, *, author: User | None = None, reply_to: FakeMessage | None = None
+        self,
+        content: str,
+        *,
+        author: User | None = None,
+        reply_to: FakeMessage | None = None,
+        files: Sequence[tuple[str, str | None, bytes]] = (),
     ) -> FakeMessage:
         author = author or self.alice
-        return await self.send(content, channel=self.dm_channel(author), author=author, reply_to=reply_to)
+        return await self.send(
+            content, channel=self.dm_channel(author), author=author, reply_to=reply_to, files=files
+        )
+
+    def _attachment(
+        self, channel: Channel, name: str, content_type: str | None, data: bytes
+    ) -> dict[str, Any]:
+        """An attachment's JSON, its bytes kept for the CDN route (Discord's CDN needs no token)."""
+        aid = self.snowflake()
+        self.files[aid] = (data, content_type or "application/octet-stream")
+        url = f"{self.origin}/attachments/{channel.id}/{aid}/{name}"
+        data_json: dict[str, Any] = {
+            "id": str(aid),
+            "filename": name,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+        }
+        if content_type:
+            data_json["content_type"] = content_type
+        return data_json
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        aid = int(request.match_info["attachment_id"])
+        if aid not in self.files:
+            return web.Response(status=404, text="not found")
+        self.downloads.append(aid)
+        data, content_type = self.files[aid]
+        return web.Response(body=data, headers={"Content-Type": content_type})
+
+    async def open_user_thread(
+        self,
+        name: str,
+        *,
+        channel: Channel | None = None,
+        owner: User | None = None,
+        on: FakeMessage | None = None,
+    ) -> Channel:
+        """A person starts a thread (not the bot), on message `on` or on its own: THREAD_CREATE,
+        and the bot is not its owner."""
+        parent = channel or self.general
+        tid = on.id if on is not None else self.snowflake()  # a thread on a message has its id
+        thread = self._add_channel(
+            Channel(tid, 11, name, parent.guild_id, parent.id, (owner or self.alice).id)
+        )
+        await self._dispatch("THREAD_CREATE", thread.json(self) | {"newly_created": True}, parent.guild_id)
+        return thread
 
     async def delete(self, message: FakeMessage, *, dispatch: bool = True) -> None:
         """Someone deletes `message`; later edits of it get 404 Unknown Message. With
@@ -568,21 +626,31 @@ class FakeDiscord:
         return inter
 
     async def slash(
-        self, name: str, options: dict[str, str], *, channel: Channel | None = None, user: User | None = None
+        self, name: str, options: dict[str, Any], *, channel: Channel | None = None, user: User | None = None
     ) -> FakeInteraction:
-        """A user runs `/name option:value ...` (a chat-input application command)."""
+        """A user runs `/name option:value ...` (a chat-input application command); a value
+        (name, content type, bytes) is an uploaded file."""
         channel = channel or self.general
         cmd = next((c for c in self.commands if c["name"] == name), None)
         if cmd is None:
             raise AssertionError(
                 f"/{name} was never registered; registered: {[c['name'] for c in self.commands]}"
             )
-        data = {
+        data: dict[str, Any] = {
             "id": cmd["id"],
             "name": name,
             "type": 1,
-            "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()],
+            "options": [
+                {"name": k, "type": 5 if isinstance(v, bool) else 3, "value": v}
+                for k, v in options.items()
+                if not isinstance(v, tuple)
+            ],
         }
+        uploads = {k: v for k, v in options.items() if isinstance(v, tuple)}  # (name, type, bytes)
+        if uploads:
+            attached = {k: self._attachment(channel, *v) for k, v in uploads.items()}
+            data["options"] += [{"name": k, "type": 11, "value": a["id"]} for k, a in attached.items()]
+            data["resolved"] = {"attachments": {a["id"]: a for a in attached.values()}}
         if channel.guild_id:
             data["guild_id"] = str(channel.guild_id)
         inter = self._new_interaction(2, channel, user or self.alice, data)
@@ -634,7 +702,7 @@ class FakeDiscord:
             "mention_everyone": "@everyone" in m.content,
             "mentions": mentions,
             "mention_roles": [],
-            "attachments": [],
+            "attachments": m.attachments,
             "embeds": [],
             "pinned": False,
             "type": 19 if m.reference else (20 if m.interaction_id else 0),
@@ -863,7 +931,7 @@ class FakeDiscord:
 
     @web.middleware
     async def _rest_middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
-        if request.path == "/gateway":
+        if request.path == "/gateway" or request.path.startswith("/attachments/"):
             return await handler(request)
         now = time.monotonic()
         resource = request.match_info.route.resource

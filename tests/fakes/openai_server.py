@@ -69,7 +69,9 @@ __all__ = [
     "Script",
     "TextReply",
     "ToolCallReply",
+    "images_in",
     "split_text",
+    "user_texts",
 ]
 
 DEFAULT_TEXT = "fake reply"
@@ -142,7 +144,16 @@ class _Paced(Script):
 
 @dataclass(kw_only=True)
 class TextReply(_Paced):
-    """Stream `chunks` as assistant text, then complete normally."""
+    """Stream `chunks` as assistant text, then complete normally.
+
+    `reasoning` pieces are streamed first, as a reasoning model's thoughts: Responses
+    `response.reasoning_summary_text.delta` events of a reasoning item (a new summary part for
+    each piece that starts with a blank line), Chat Completions `reasoning_field` deltas (as
+    vLLM and DeepSeek send them). Inline `<think>` text is just text: put it in `chunks`.
+    """
+
+    reasoning: list[str] = field(default_factory=list)
+    reasoning_field: str = "reasoning_content"  # chat: or "reasoning" (OpenRouter, newer vLLM)
 
     @property
     def text(self) -> str:
@@ -207,6 +218,8 @@ class FakeOpenAI:
         """Answered (in ~3-character chunks) when no scripted reply is queued."""
         self.requests: list[RecordedRequest] = []
         """Every request received, in order, including rejected ones."""
+        self.reject_images = False
+        """Answer 400 to any request carrying a picture, as a text-only model does."""
         self.disconnects = 0
         """Requests the client abandoned before the fake finished them (e.g. a cancelled run)."""
         self._queue: deque[Script] = deque()
@@ -219,13 +232,22 @@ class FakeOpenAI:
     # --- scripting --------------------------------------------------------------------------
 
     def reply(
-        self, chunks: str | Sequence[str], delay: float = 0.0, *, hold_after: int | None = None
+        self,
+        chunks: str | Sequence[str],
+        delay: float = 0.0,
+        *,
+        hold_after: int | None = None,
+        reasoning: Sequence[str] = (),
     ) -> TextReply:
         """Queue a text answer. A str is split into ~3-character deltas; a list is used as is.
 
         `reply("")` streams a message with no deltas; use `empty()` for no message at all.
+        `reasoning` is streamed before the text (see `TextReply`); `hold_after=0` then holds
+        the stream after the reasoning, before the first text chunk.
         """
-        return self._push(TextReply(chunks=_as_chunks(chunks), delay=delay, hold_after=hold_after))
+        script = TextReply(chunks=_as_chunks(chunks), delay=delay, hold_after=hold_after)
+        script.reasoning = list(reasoning)
+        return self._push(script)
 
     def tool_call(
         self,
@@ -435,6 +457,8 @@ class FakeOpenAI:
         if not isinstance(body, dict):
             return _json_error(400, _error_body(400, "The request body is not a JSON object."))
 
+        if self.reject_images and images_in(body):  # a text-only model, as OpenAI words it
+            return _json_error(400, _error_body(400, IMAGES_REFUSED, code="invalid_image"))
         script = self._pop()
         if isinstance(script, HttpErrorReply):
             return _json_error(script.status, script.body, script.retry_after)
@@ -497,7 +521,9 @@ class _ResponsesStream:
         if isinstance(script, ToolCallReply):
             output.append(await self.function_call(script))
         elif isinstance(script, TextReply):
-            output.append(await self.message(script))
+            if script.reasoning:
+                output.append(await self.reasoning(script.reasoning))
+            output.append(await self.message(script, output_index=len(output)))
         elif isinstance(script, MidStreamDrop):
             await self.message(script, finish=False)
             _drop(self.request)
@@ -519,7 +545,34 @@ class _ResponsesStream:
         await self.resp.write_eof()
         return self.resp
 
-    async def message(self, script: _Paced, *, finish: bool = True) -> dict[str, Any]:
+    async def reasoning(self, pieces: list[str]) -> dict[str, Any]:
+        """A reasoning item whose summary streams `pieces` (a blank line starts a new part)."""
+        item_id = self.fake._new_id("rs")
+        item: dict[str, Any] = {"id": item_id, "type": "reasoning", "summary": []}
+        await self.send("response.output_item.added", output_index=0, item=item)
+        parts: list[str] = []
+        for piece in pieces:
+            if not parts or piece.startswith("\n\n"):
+                if parts:
+                    await self.summary_done(item_id, len(parts) - 1, parts[-1])
+                parts.append("")
+                where = {"item_id": item_id, "output_index": 0, "summary_index": len(parts) - 1}
+                await self.send("response.reasoning_summary_part.added", **where, part=_summary(""))
+                piece = piece.removeprefix("\n\n")
+            parts[-1] += piece
+            where = {"item_id": item_id, "output_index": 0, "summary_index": len(parts) - 1}
+            await self.send("response.reasoning_summary_text.delta", **where, delta=piece)
+        await self.summary_done(item_id, len(parts) - 1, parts[-1])
+        item = item | {"summary": [_summary(p) for p in parts]}
+        await self.send("response.output_item.done", output_index=0, item=item)
+        return item
+
+    async def summary_done(self, item_id: str, index: int, text: str) -> None:
+        where = {"item_id": item_id, "output_index": 0, "summary_index": index}
+        await self.send("response.reasoning_summary_text.done", **where, text=text)
+        await self.send("response.reasoning_summary_part.done", **where, part=_summary(text))
+
+    async def message(self, script: _Paced, *, finish: bool = True, output_index: int = 0) -> dict[str, Any]:
         item_id = self.fake._new_id("msg")
         item = {
             "id": item_id,
@@ -528,8 +581,8 @@ class _ResponsesStream:
             "content": [],
             "role": "assistant",
         }
-        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-        await self.send("response.output_item.added", output_index=0, item=item)
+        where = {"item_id": item_id, "output_index": output_index, "content_index": 0}
+        await self.send("response.output_item.added", output_index=output_index, item=item)
         await self.send("response.content_part.added", **where, part=_output_text(""))
         for sent, chunk in enumerate(script.chunks):
             await script._before_chunk(sent)
@@ -540,7 +593,7 @@ class _ResponsesStream:
         await self.send("response.output_text.done", **where, text=text, logprobs=[])
         await self.send("response.content_part.done", **where, part=_output_text(text))
         item = item | {"status": "completed", "content": [_output_text(text)]}
-        await self.send("response.output_item.done", output_index=0, item=item)
+        await self.send("response.output_item.done", output_index=output_index, item=item)
         return item
 
     async def function_call(self, script: ToolCallReply) -> dict[str, Any]:
@@ -572,6 +625,10 @@ class _ResponsesStream:
         item = item | {"status": "completed", "arguments": script.arguments}
         await self.send("response.output_item.done", output_index=0, item=item)
         return item
+
+
+def _summary(text: str) -> dict[str, Any]:
+    return {"type": "summary_text", "text": text}
 
 
 def _output_text(text: str) -> dict[str, Any]:
@@ -642,6 +699,7 @@ def _token_counts(body: Mapping[str, Any], script: Script) -> tuple[int, int]:
     """Deterministic stand-in token counts: ~4 characters of input per token, a chunk each."""
     prompt = json.dumps([body.get("instructions"), body.get("input"), body.get("messages")])
     output = len(script.chunks) if isinstance(script, _Paced) else 0
+    output += len(script.reasoning) if isinstance(script, TextReply) else 0
     return len(prompt) // 4 + 1, output
 
 
@@ -712,6 +770,8 @@ class _ChatStream:
                 await self.send_chunk({"tool_calls": [argument_delta]})
         else:
             await self.send_chunk({"role": "assistant", "content": "", "refusal": None})
+            for piece in script.reasoning if isinstance(script, TextReply) else ():
+                await self.send_chunk({script.reasoning_field: piece})
             if isinstance(script, _Paced):
                 for sent, piece in enumerate(script.chunks):
                     await script._before_chunk(sent)
@@ -777,6 +837,50 @@ def _chat_completion(fake: FakeOpenAI, body: Mapping[str, Any], script: Script) 
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         "usage": _chat_usage(body, script),
     }
+
+
+# --- What the model was given (both APIs) ---------------------------------------------------
+
+IMAGES_REFUSED = "Invalid content type. image_url is only supported by certain models."
+
+
+def _messages(body: Mapping[str, Any]) -> list[Any]:
+    """The conversation items of a request: Responses `input` or Chat Completions `messages`."""
+    items = body.get("input", body.get("messages")) or []
+    return [{"role": "user", "content": items}] if isinstance(items, str) else list(items)
+
+
+def images_in(body: Any) -> list[str]:
+    """Every picture URL in a request (Responses `input_image`, Chat Completions `image_url`)."""
+    found: list[str] = []
+    if not isinstance(body, Mapping):
+        return found
+    for item in _messages(body):
+        content = item.get("content") if isinstance(item, Mapping) else None
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") == "input_image":
+                found.append(part.get("image_url") or "")
+            elif part.get("type") == "image_url":
+                found.append((part.get("image_url") or {}).get("url", ""))
+    return found
+
+
+def user_texts(body: Any) -> list[str]:
+    """The text of each user message in a request, in order (both APIs, parts joined)."""
+    texts: list[str] = []
+    if not isinstance(body, Mapping):
+        return texts
+    for item in _messages(body):
+        if not isinstance(item, Mapping) or item.get("role") != "user":
+            continue
+        content = item.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.append(
+                "\n".join(p.get("text", "") for p in content if p.get("type") in ("input_text", "text"))
+            )
+    return texts
 
 
 # --- Shared helpers -------------------------------------------------------------------------

@@ -213,12 +213,13 @@ class Message:
 class Delivery:
     """One event or interaction sent to the app, and when (if ever) it was acknowledged."""
 
-    kind: Literal["events_api", "interactive"]
+    kind: Literal["events_api", "interactive", "slash_commands"]
     payload: dict[str, Any]
     sent: float
     attempts: int = 0
     acked: float | None = None
     ack_event: asyncio.Event = field(default_factory=asyncio.Event)
+    response: Any = None  # what the app answered in its acknowledgement (a slash command's reply)
 
 
 def visible_text(text: str | None, blocks: list[dict[str, Any]] | None, markdown: str | None) -> str:
@@ -282,6 +283,11 @@ class FakeSlack:
         self.ephemeral: list[dict[str, Any]] = []  # chat.postEphemeral messages
         self.pings: list[tuple[str, str, str]] = []  # (channel, ts, mention) that notify people
         self.titles: dict[tuple[str, str], str] = {}
+        self.files: dict[str, tuple[str, str, bytes]] = {}  # file id -> (name, mimetype, bytes)
+        self.downloads: list[tuple[str, bool]] = []  # (file id, with the bot token) per download
+        self.names: dict[str, str] = {"U0HUMAN": "Sam", "U0OTHER": "Alex"}  # users.info display names
+        self.replies_pages = 0  # conversations.replies pages served
+        self.file_host = "127.0.0.1"  # where url_private points ("localhost": not the API's host)
 
         self._buckets: dict[str, _Bucket] = {}
         self._ts = itertools.count(1)
@@ -311,6 +317,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/socket", self._socket)
+        app.router.add_get("/files-pri/{file_id}/{name}", self._file)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -356,10 +363,13 @@ class FakeSlack:
         thread_ts: str | None = None,
         deliver: bool = True,
         redeliver: int = 0,
+        files: Iterable[tuple[str, str, bytes]] = (),
     ) -> str:
-        """A person posts `text`; the app gets `message` (and `app_mention` if mentioned)."""
+        """A person posts `text`; the app gets `message` (and `app_mention` if mentioned).
+        `files` (name, mimetype, bytes) are shared with it: private, served only with the token."""
         self.add_channel(channel)
         ts = self.new_ts()
+        shared = [self._share(*f) for f in files]
         msg = Message(channel, ts, user, text, thread_ts=thread_ts)
         msg.show(text)
         self.messages[(channel, ts)] = msg
@@ -375,16 +385,68 @@ class FakeSlack:
                 "team": TEAM_ID,
                 "client_msg_id": str(uuid.uuid4()),
             }
+            if shared:
+                event |= {"subtype": "file_share", "files": shared}
             if thread_ts:
                 event["thread_ts"] = thread_ts
                 root = self.messages.get((channel, thread_ts))
                 event["parent_user_id"] = root.user if root else user
             await self.send_event(event, redeliver=redeliver)
             if f"<@{BOT_USER_ID}>" in text and channel_type(channel) != "im":
-                mention = {k: v for k, v in event.items() if k not in ("channel_type", "parent_user_id")}
+                mention = {
+                    k: v for k, v in event.items() if k not in ("channel_type", "parent_user_id", "subtype")
+                }
                 mention["type"] = "app_mention"
                 await self.send_event(mention, redeliver=redeliver)
         return ts
+
+    def _share(self, name: str, mimetype: str, data: bytes) -> dict[str, Any]:
+        fid = f"F{next(self._ids):08d}"
+        self.files[fid] = (name, mimetype, data)
+        url = f"http://{self.file_host}:{self._port}/files-pri/{fid}/{name}"
+        return {
+            "id": fid,
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": name.rsplit(".", 1)[-1],
+            "size": len(data),
+            "mode": "hosted",
+            "url_private": url,
+            "url_private_download": url + "?download=1",
+        }
+
+    async def _file(self, request: web.Request) -> web.Response:
+        """A private file: only with the bot token; without it Slack answers 200 with its
+        sign-in page, which is what a bot missing files:read gets."""
+        fid = request.match_info["file_id"]
+        authed = request.headers.get("Authorization") == f"Bearer {BOT_TOKEN}"
+        self.downloads.append((fid, authed))
+        if fid not in self.files:
+            return web.Response(status=404, text="file not found")
+        if not authed:
+            return web.Response(text="<html><body>Sign in to Slack</body></html>", content_type="text/html")
+        _, mimetype, data = self.files[fid]
+        return web.Response(body=data, headers={"Content-Type": mimetype})
+
+    async def slash(self, command: str, text: str, channel: str, user: str = "U0HUMAN") -> Delivery:
+        """A person runs `command text` in `channel`; the app's acknowledgement is `response`."""
+        payload = {
+            "token": "verification-token",
+            "team_id": TEAM_ID,
+            "team_domain": "fake",
+            "channel_id": channel,
+            "channel_name": channel.lower(),
+            "user_id": user,
+            "user_name": user.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": APP_ID,
+            "is_enterprise_install": "false",
+            "response_url": f"http://127.0.0.1:{self._port}/commands/{next(self._ids)}",
+            "trigger_id": f"trigger.{next(self._ids)}",
+        }
+        return await self._deliver("slash_commands", payload)
 
     async def mention(self, channel: str, text: str, **kwargs: Any) -> str:
         """A person mentions the bot: `<@bot> text`."""
@@ -638,7 +700,7 @@ class FakeSlack:
 
     async def _deliver(
         self,
-        kind: Literal["events_api", "interactive"],
+        kind: Literal["events_api", "interactive", "slash_commands"],
         payload: dict[str, Any],
         *,
         attempt: int = 0,
@@ -663,7 +725,7 @@ class FakeSlack:
                 await asyncio.wait_for(d.ack_event.wait(), self.ack_timeout)
                 return
             except TimeoutError:
-                if attempt >= self.max_retries or d.kind == "interactive":
+                if attempt >= self.max_retries or d.kind != "events_api":
                     return
                 attempt += 1
                 reason = "timeout" if self.mode == "socket" else "http_timeout"
@@ -673,7 +735,7 @@ class FakeSlack:
             "envelope_id": did,
             "payload": d.payload,
             "type": d.kind,
-            "accepts_response_payload": d.kind == "interactive",
+            "accepts_response_payload": d.kind != "events_api",
         }
         if d.kind == "events_api":
             envelope["retry_attempt"] = attempt
@@ -702,6 +764,9 @@ class FakeSlack:
         if d.kind == "events_api":
             body = json.dumps(d.payload).encode()
             ctype = "application/json"
+        elif d.kind == "slash_commands":  # a form, as Slack posts slash commands
+            body = urlencode(d.payload).encode()
+            ctype = "application/x-www-form-urlencoded"
         else:
             body = urlencode({"payload": json.dumps(d.payload)}).encode()
             ctype = "application/x-www-form-urlencoded"
@@ -726,8 +791,12 @@ class FakeSlack:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.ack_timeout),
             ) as r:
-                await r.read()
+                answer = await r.read()
                 if r.status == 200 and d.acked is None:
+                    try:
+                        d.response = json.loads(answer) if answer else None
+                    except ValueError:  # a plain-text answer
+                        d.response = answer.decode()
                     d.acked = time.monotonic()
                     d.ack_event.set()
         except (aiohttp.ClientError, TimeoutError):
@@ -756,6 +825,7 @@ class FakeSlack:
                 data = json.loads(msg.data)
                 d = self.deliveries.get(data.get("envelope_id", ""))
                 if d is not None and d.acked is None:
+                    d.response = data.get("payload")
                     d.acked = time.monotonic()
                     d.ack_event.set()
         finally:
@@ -1173,6 +1243,15 @@ class FakeSlack:
         )
         return {}
 
+    def _m_users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        user = str(args.get("user", ""))
+        if not user.startswith(("U", "W")):
+            raise ApiError("user_not_found")
+        name = self.names.get(user, user.lower())  # everyone has a profile; tests name a few
+        return {
+            "user": {"id": user, "name": name.lower(), "profile": {"display_name": name, "real_name": name}}
+        }
+
     def _m_conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(args)
         ts = str(args.get("ts"))
@@ -1185,7 +1264,16 @@ class FakeSlack:
             if m.channel == channel and (m.ts == ts or m.thread_ts == ts) and not m.deleted
         ]
         thread.sort(key=lambda m: float(m.ts))
-        return {"messages": [m.as_event_message() for m in thread], "has_more": False}
+        if "latest" in args:  # only what came before it (inclusive=false, Slack's default)
+            thread = [m for m in thread if float(m.ts) < float(args["latest"])]
+        start, limit = int(args.get("cursor") or 0), int(args.get("limit") or 1000)
+        page, more = thread[start : start + limit], start + limit < len(thread)
+        self.replies_pages += 1
+        return {
+            "messages": [m.as_event_message() for m in page],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
 
 
 def texts(messages: Iterable[Message]) -> list[str]:
