@@ -4,15 +4,34 @@ discord.py's errors map onto the core's, one attempt per relay request, and poin
 client at a proxy or a fake.
 
 Kept apart from bots/discord_bot.py, which turns Discord events into host calls.
+
+Rate budgets are learned, not hard-coded (Discord: "rate limits should not be hard coded").
+Every answer carries `X-RateLimit-Bucket/Limit/Remaining/Reset-After`. `Buckets` reads them
+through an aiohttp `TraceConfig` handed to discord.py (`Client(http_trace=...)`): its
+`on_request_end` sees every response of the client's one session - REST calls and interaction
+webhooks, through a proxy or not, the 429s `relayed` hands to the relay and those discord.py
+retries by itself (typing, notices) - through a public aiohttp hook rather than discord.py's
+private `Ratelimit` objects (which keep the numbers but not which budget of ours they belong
+to). Each message route (create, edit; the webhook's two) is mapped to the pacer key
+`discord:<route>:<channel or webhook>`, and learns the limit, window and remaining count
+Discord reports for it (`Pacer.learn`): creates and edits are budgeted apart when Discord names
+two buckets (as it does today), together when it names one. Until both buckets of a pair are
+named, the two routes split one guessed bucket, so no guess can cause a 429 (`Buckets`). A 429
+pauses and slows the budget (`Pacer.pause`). `GUESS` and `GLOBAL_RATE` are only the starting
+point (the global limit is never described by headers, so it stays a guess) and
+`edits_per_5s` a ceiling.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import discord
@@ -23,20 +42,45 @@ from pydantic import Field, model_validator
 from redis.asyncio import Redis
 
 from core.adapter import AdapterSettings
+from core.pacing import Pacer
 from core.platform import MessageGone, Rate, RateLimited, TransientError
 
-# Discord counts a bucket's window from the first request it *receives*; our pacer counts from
-# when it *grants*. Grants come in bursts exactly one window apart (each waits for the oldest to
-# expire), so a few ms of network jitter can land a burst inside Discord's previous window. Padding
-# our windows by more than the jitter keeps every Discord window at or under our count.
-JITTER = 0.5
-WINDOW = 5.0 + JITTER  # Discord: ~5 message creates/edits per 5 s per channel
-GLOBAL_RATE = Rate(45, 1.0 + JITTER / 5)  # Discord: 50 requests/s; the rest: typing, callbacks
+log = logging.getLogger("streambot.discord")
+
+# The starting guess for a message bucket before Discord has described it: 5 per 5 s per
+# channel (and per interaction webhook). Discord counts a window from the first request it
+# *receives*, our pacer from when it *grants*; the headers of each answer realign the two
+# (`Pacer.learn`), so the guess needs only a little padding for the first window.
+GUESS = Rate(5, 5.1)
+GLOBAL_RATE = Rate(45, 1.1)  # Discord: 50 requests/s, never described in headers; the rest of
+# the 50 is for requests the pacer does not see (discord.py's own retries, interaction callbacks)
+# The share of GUESS each route of a pair gets while Discord has not named both buckets (a
+# webhook mostly edits: its first "post" is an edit of the deferred response).
+_SHARE = {"create": 3, "edit": 2, "webhook-create": 1, "webhook-edit": 4}
+_PAIR = {
+    "create": "edit",
+    "edit": "create",
+    "webhook-create": "webhook-edit",
+    "webhook-edit": "webhook-create",
+}
+# A route that carries nearly all of its pair's requests (an /ask reply edits; it posts a
+# follow-up only for a second page). It takes the rate Discord reports as soon as its own bucket
+# is named; its partner, until named, also takes a slot in its budget (they may be one bucket).
+_MAIN = {"webhook-edit"}
+# Message routes, by method and URL path; the major parameter is the channel or the webhook.
+_ROUTES = (
+    ("POST", re.compile(r"/channels/(\d+)/messages$"), "create"),
+    ("PATCH", re.compile(r"/channels/(\d+)/messages/\d+$"), "edit"),
+    ("POST", re.compile(r"/webhooks/\d+/([^/]+)$"), "webhook-create"),
+    ("PATCH", re.compile(r"/webhooks/\d+/([^/]+)/messages/[^/]+$"), "webhook-edit"),
+)
 # Longest a post or edit of a reply may take, discord.py's own bucket waits included (capped at
 # half of `[stream] final_deadline`); without it a hung request waits out aiohttp's 300 s.
 REQUEST_TIMEOUT = 30.0
-# Discord: one IDENTIFY per 5 s in each `shard_id % max_concurrency` bucket, across all processes
+# Discord: one IDENTIFY per 5 s in each `shard_id % max_concurrency` bucket, across all processes.
+# Discord counts from when an IDENTIFY arrives, we from when we send it: JITTER covers the skew.
 IDENTIFY_EVERY = 5.0
+JITTER = 0.5
 
 
 class DiscordSettings(AdapterSettings):
@@ -44,8 +88,8 @@ class DiscordSettings(AdapterSettings):
 
     api_base: str = ""  # replaces https://discord.com/api/v10 (a proxy or a fake); gateway via it
     page_chars: int = Field(2000, ge=200, le=2000)
-    edits_per_5s: int = Field(4, ge=1, le=5)  # per channel, shared by every reply in it
-    open_threads: bool = False
+    edits_per_5s: int = Field(5, ge=1, le=5)  # at most, per bucket per channel (a ceiling)
+    open_threads: bool | Literal["auto"] = False
     reply_ping: bool = False
     allow_dms: bool = True
     sync_commands: bool = True  # register /ask with Discord at start-up
@@ -195,9 +239,14 @@ class FirstAnswer:
             if response.status >= 500:
                 raise discord.DiscordServerError(response, data)
             retry = data.get("retry_after") if isinstance(data, dict) else None
-            raise discord.RateLimited(
+            throttled = discord.RateLimited(
                 float(retry if retry is not None else response.headers.get("Retry-After", 1))
             )
+            # `Buckets` (the client's trace) has seen this answer and paused the budgets it
+            # applies to: the global one, or the message route's own; not any other request's.
+            route = message_route(response.method, response.url)
+            throttled.paused = is_global(response.headers) or route is not None  # type: ignore[attr-defined]
+            raise throttled
         return response
 
     async def __aexit__(self, *exc: Any) -> Any:
@@ -295,14 +344,177 @@ async def identify_turn(redis: Redis, key: str) -> None:
 # --- requests: budgets and errors ------------------------------------------------------------
 
 
+MessageRoute = Literal["create", "edit", "webhook-create", "webhook-edit"]
+
+
 def global_budget() -> list[tuple[str, Rate]]:
     """Every request the bot makes counts towards Discord's 50 requests/s."""
     return [("discord:global", GLOBAL_RATE)]
 
 
-def budgets(key: str, config: DiscordSettings) -> list[tuple[str, Rate]]:
-    """A message create or edit in one channel (or interaction): its bucket plus the global one."""
-    return [(key, Rate(config.edits_per_5s, WINDOW)), *global_budget()]
+def webhook_major(token: str) -> str:
+    """An interaction webhook's budget name: a digest, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+class Buckets:
+    """Discord's message buckets as its answers describe them, taught to the pacer.
+
+    Each route has a budget per channel (or webhook), `discord:<route>:<major>`; the key never
+    changes, so no request is left waiting in a budget that no longer applies. What changes is
+    what the budget knows. Routes come in pairs (a channel's creates and edits; a webhook's),
+    which Discord may serve from one bucket or from two. Until Discord has named the buckets of
+    both routes of a pair, the two split one guessed bucket (`_SHARE`), so that no guess can
+    overrun a bucket they turn out to share, and what Discord says is kept aside (a webhook's
+    edits, nearly all of its requests, learn at once instead: `_MAIN`). Once both are
+    named, each budget learns what Discord said (`Pacer.learn`): from its own route's answers
+    if the buckets are two; from both routes' answers if they are one, and then the two budgets
+    are linked (`Pacer.link`), so that each counts every request of both.
+    """
+
+    def __init__(self, pacer: Pacer, settings: DiscordSettings) -> None:
+        self.pacer = pacer
+        self.ceiling = settings.edits_per_5s
+        self.guess = Rate(min(GUESS.count, self.ceiling), GUESS.per)
+        self.hashes: dict[str, str] = {}  # route -> the bucket hash Discord named for it
+        self._kept: dict[str, tuple[str, int, int, float, float]] = {}  # while a pair is unknown
+
+    def _known(self, route: str) -> bool:
+        """Discord has named the buckets of both routes of `route`'s pair."""
+        return route in self.hashes and _PAIR[route] in self.hashes
+
+    def _settled(self, route: str) -> bool:
+        """`route`'s budget can take the rate Discord reports for it."""
+        return self._known(route) or (route in _MAIN and route in self.hashes)
+
+    def key(self, route: MessageRoute, major: str | int) -> str:
+        """The pacer key of `route` requests for one channel or webhook."""
+        return f"discord:{route}:{major}"
+
+    def rate(self, route: MessageRoute) -> Rate:
+        """The starting guess for `route`'s budget: its share of a bucket until the pair is known."""
+        if self._settled(route):
+            return self.guess
+        return Rate(max(1, min(_SHARE[route], self.ceiling)), self.guess.per)
+
+    def budgets(self, route: MessageRoute, major: str | int) -> list[tuple[str, Rate]]:
+        """One message request: its bucket, then the global one. (If Discord serves the pair
+        from one bucket, the two budgets are linked: each counts the other's requests.)"""
+        if len(keys := self._sharing(route, major)) > 1:
+            self.pacer.link(*keys)
+        budgets = [(keys[0], self.rate(route))]
+        if not self._settled(route) and self._settled(main := _PAIR[route]):
+            budgets.append((self.key(main, major), self.guess))  # type: ignore[arg-type]
+        return budgets + global_budget()
+
+    def spacing(self, route: MessageRoute, major: str | int) -> float:
+        """Seconds between requests if the bucket's allowance is spread evenly over its window
+        (as Discord describes it, or as guessed: not a share of a guess split in two)."""
+        rate = (self.pacer.current(self.key(route, major)) if self._settled(route) else None) or self.guess
+        return rate.per / rate.count
+
+    def trace(self) -> aiohttp.TraceConfig:
+        """Hand to discord.py as `http_trace`: every response it gets is then `observe`d."""
+        config = aiohttp.TraceConfig()
+
+        async def on_request_end(session: Any, context: Any, params: Any) -> None:
+            self.observe(params.method, params.url, params.response.status, params.response.headers)
+
+        config.on_request_end.append(on_request_end)
+        return config
+
+    def observe(self, method: str, url: Any, status: int, headers: Any) -> None:
+        """Learn from one response: which bucket its route uses, and that bucket's state."""
+        if status == 429 and is_global(headers):  # whatever the route: every request waits
+            self.pacer.pause(global_budget(), retry_after(headers))
+            return
+        if (found := message_route(method, url)) is None:
+            return
+        route, major = found
+        if route.startswith("webhook"):
+            major = webhook_major(major)
+        was_known = self._known(route)
+        if (bucket := headers.get("X-RateLimit-Bucket")) and self.hashes.get(route) != bucket:
+            log.debug("Discord: %s requests use bucket %s", route, bucket)
+            self.hashes[route] = bucket
+        if status == 429:
+            self._throttled(self._sharing(route, major), headers)
+        else:
+            try:
+                limit = int(headers["X-RateLimit-Limit"])
+                remaining = int(headers["X-RateLimit-Remaining"])
+                reset_after = float(headers["X-RateLimit-Reset-After"])
+            except (KeyError, TypeError, ValueError):
+                return
+            if limit > self.ceiling:  # fewer than Discord allows: as if the rest were used
+                limit, remaining = self.ceiling, max(0, remaining - (limit - self.ceiling))
+            if self._settled(route):
+                if len(keys := self._sharing(route, major)) > 1:
+                    self.pacer.link(*keys)
+                for key in keys:
+                    self.pacer.learn(key, limit, remaining, reset_after, self.guess)
+            elif len(self._kept) < 10_000:
+                self._kept[self.key(route, major)] = (
+                    route,
+                    limit,
+                    remaining,
+                    reset_after,
+                    self.pacer.clock.now(),
+                )
+        if self._known(route) and not was_known:
+            self._catch_up()
+
+    def _sharing(self, route: MessageRoute, major: str | int) -> list[str]:
+        """The budgets one bucket of `route` serves: its own, and its pair's if they share it."""
+        keys = [self.key(route, major)]
+        pair = _PAIR[route]
+        if self._known(route) and self.hashes[route] == self.hashes[pair]:
+            keys.append(self.key(pair, major))  # type: ignore[arg-type]
+        return keys
+
+    def _catch_up(self) -> None:
+        """A pair became known: teach its budgets what Discord said while it was not."""
+        now = self.pacer.clock.now()
+        for key, (route, limit, remaining, reset_after, at) in list(self._kept.items()):
+            if self._known(route):
+                del self._kept[key]
+                if (left := reset_after - (now - at)) > 0:
+                    window = reset_after if limit - remaining == 1 else None  # as if just seen
+                    keys = self._sharing(route, key.rsplit(":", 1)[1])  # type: ignore[arg-type]
+                    if len(keys) > 1:
+                        self.pacer.link(*keys)
+                    for shared in keys:
+                        self.pacer.learn(shared, limit, remaining, left, self.guess, window)
+
+    def _throttled(self, keys: list[str], headers: Any) -> None:
+        # a "shared" resource limit is not our doing: wait, but do not slow down
+        scope = headers.get("X-RateLimit-Scope", "user")
+        self.pacer.pause(
+            [(key, self.guess) for key in keys], retry_after(headers), slow_down=scope != "shared"
+        )
+
+
+def message_route(method: str, url: Any) -> tuple[MessageRoute, str] | None:
+    """The message route (and its major parameter) a request takes; None for other routes."""
+    path = yarl.URL(str(url)).path
+    for verb, pattern, route in _ROUTES:
+        if verb == method and (m := pattern.search(path)):
+            return route, m[1]  # type: ignore[return-value]
+    return None
+
+
+def is_global(headers: Any) -> bool:
+    """A 429 of the global limit (every request of the bot waits), not of one route's bucket."""
+    return bool(headers.get("X-RateLimit-Global")) or headers.get("X-RateLimit-Scope") == "global"
+
+
+def retry_after(headers: Any) -> float:
+    """How long a 429 says to wait: Retry-After, or the bucket's reset if that is later."""
+    waits = []
+    for name in ("Retry-After", "X-RateLimit-Reset-After"):
+        with contextlib.suppress(TypeError, ValueError):
+            waits.append(float(headers.get(name)))
+    return max(waits, default=1.0)
 
 
 NO_PINGS = discord.AllowedMentions.none
@@ -316,7 +528,7 @@ def platform_errors() -> Iterator[None]:
     except discord.NotFound as exc:  # Unknown Message / Channel / Webhook: it was deleted
         raise MessageGone(str(exc)) from exc
     except discord.RateLimited as exc:  # a 429 (see FirstAnswer), or a wait over max_ratelimit_timeout
-        raise RateLimited(exc.retry_after) from exc
+        raise RateLimited(exc.retry_after, paused=getattr(exc, "paused", False)) from exc
     except discord.DiscordServerError as exc:
         raise TransientError(str(exc)) from exc
     except discord.HTTPException as exc:

@@ -6,12 +6,13 @@ out. This module turns Discord events into `host.answer/stop/deleted` calls. Its
 (bots/discord_target.py) only post, edit and continue in new messages; set-up facts, rates and
 error mapping live in bots/discord_api.py.
 
-Rate limits: Discord allows about 5 message creates/edits per 5 s per channel and 50 requests/s
-per bot. Every reply in a channel draws from one pacer budget per channel (`edits_per_5s`, 4 by
-default, per 5.5 s: see JITTER) and from one global budget, so the newest frame is coalesced
-*before* it reaches discord.py. discord.py still keeps its own per-bucket queues underneath,
-but a reply's posts and edits get one attempt each: the relay retries a 429 or 5xx through the
-pacer, which discord.py's own retries would bypass (see `relayed`).
+Rate limits: Discord allows 5 message creates and 5 edits (two buckets) per 5 s per channel and
+50 requests/s per bot. Every reply in a channel draws from the channel's pacer budget for its
+kind of request, learned from Discord's headers (`Buckets` in bots/discord_api.py), and from one
+global budget, so the newest frame is coalesced *before* it reaches discord.py. discord.py
+still keeps its own per-bucket queues underneath, but a reply's posts and edits get one attempt
+each: the relay retries a 429 or 5xx through the pacer, which discord.py's own retries would
+bypass (see `relayed`).
 
 `[discord] api_base` points one client - REST, interaction webhooks and the gateway - at a proxy
 or a fake without touching discord.py's process-wide `Route.BASE` (see `RebasedHTTP`).
@@ -34,9 +35,9 @@ from redis.exceptions import RedisError
 
 from bots.discord_api import (
     NO_PINGS,
+    Buckets,
     DiscordSettings,
     RebasedHTTP,
-    budgets,
     channel_ids,
     global_budget,
     identify_key,
@@ -47,6 +48,7 @@ from bots.discord_api import (
     portal,
     role_ids,
     setup_summary,
+    webhook_major,
 )
 from bots.discord_target import (
     ChannelTarget,
@@ -63,6 +65,7 @@ from core.config import env
 from core.errors import SetupError
 from core.host import Host, Question
 from core.ops import register_ready
+from core.pacing import ACK
 from core.recent import Recent
 
 log = logging.getLogger("streambot.discord")
@@ -70,6 +73,9 @@ log = logging.getLogger("streambot.discord")
 MAX_CHAIN_HOPS = 40  # how far up a reply chain to look for its first message after a restart
 KEY_CACHE = 20_000  # message id -> conversation key entries kept in memory
 TYPING_EVERY = 8.0  # Discord shows "is typing" for ~10 s per request
+# `open_threads = "auto"`: a channel is busy when its edit budget, shared by the replies streaming
+# there, cannot give one more a fresh frame at least this often; the next answer gets a thread.
+FRESH_EVERY = 3.5
 TOKEN = "DISCORD_BOT_TOKEN"
 
 
@@ -108,7 +114,9 @@ class DiscordBot(discord.AutoShardedClient):
     def __init__(self, host: Host, settings: DiscordSettings) -> None:
         self.host = host
         self.settings = settings
+        self.buckets = Buckets(host.pacer, settings)  # learns Discord's buckets from its answers
         super().__init__(
+            http_trace=self.buckets.trace(),
             intents=intents(),
             allowed_mentions=discord.AllowedMentions.none(),  # model output never pings
             shard_count=settings.shard_count,
@@ -142,6 +150,7 @@ class DiscordBot(discord.AutoShardedClient):
         self._keys: Recent[int, str] = Recent(KEY_CACHE)  # message id -> conversation key
         self._typing: dict[int, tuple[int, asyncio.Task[None]]] = {}
         self._max_concurrency: int | None = None  # IDENTIFY buckets, from GET /gateway/bot
+        self._in_channel: dict[int, int] = {}  # channel id -> replies answering in the channel
 
     # --- start-up --------------------------------------------------------------------------
 
@@ -230,7 +239,7 @@ class DiscordBot(discord.AutoShardedClient):
         prompt = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
         # A thread opened on a message has that message's id: its key is known before it exists.
         in_thread = (
-            self.settings.open_threads and not replying_to_us and isinstance(channel, discord.TextChannel)
+            not replying_to_us and isinstance(channel, discord.TextChannel) and self._wants_thread(channel.id)
         )
         key = (
             f"discord:thread:{message.id}"
@@ -247,21 +256,36 @@ class DiscordBot(discord.AutoShardedClient):
         context = (
             await self._unseen(message) if isinstance(channel, discord.Thread) and not in_our_thread else ()
         )
-        await self.host.answer(
-            Question(
-                str(message.id),
-                str(message.author.id),
-                str(channel.id),
-                key,
-                prompt,
-                message=str(message.id),
-                author=message.author.display_name if shared else "",
-                attachments=files,
-                context=context,
-                **_origin(channel, message.guild and message.guild.id),
-            ),
-            target,
-        )
+        here = 0 if in_thread else 1
+        self._in_channel[channel.id] = self._in_channel.get(channel.id, 0) + here
+        try:
+            await self.host.answer(
+                Question(
+                    str(message.id),
+                    str(message.author.id),
+                    str(channel.id),
+                    key,
+                    prompt,
+                    message=str(message.id),
+                    author=message.author.display_name if shared else "",
+                    attachments=files,
+                    context=context,
+                    **_origin(channel, message.guild and message.guild.id),
+                ),
+                target,
+            )
+        finally:
+            if (left := self._in_channel.pop(channel.id, 0) - here) > 0:
+                self._in_channel[channel.id] = left
+
+    def _wants_thread(self, channel_id: int) -> bool:
+        """Whether a new answer in this text channel goes to a thread of its own: always, never,
+        or with "auto" while the channel is busy (see FRESH_EVERY)."""
+        mode = self.settings.open_threads
+        if mode != "auto":
+            return bool(mode)
+        streaming = self._in_channel.get(channel_id, 0)
+        return (streaming + 1) * self.buckets.spacing("edit", channel_id) > FRESH_EVERY
 
     async def _unseen(self, message: discord.Message) -> tuple[tuple[str, str], ...]:
         """The thread's messages since the bot last spoke there (from its start if it never
@@ -504,13 +528,14 @@ class DiscordBot(discord.AutoShardedClient):
 
     async def _finish(self, place: dict[str, Any], content: str) -> None:
         """Finish a reply a crash or kill left streaming (the host wrote `content`)."""
-        await self.host.pacer.acquire(budgets(f"discord:channel:{place['channel']}", self.settings))
         if "token" in place:
+            await self.host.pacer.acquire(self.buckets.budgets("webhook-edit", webhook_major(place["token"])))
             webhook = discord.Webhook.partial(place["application"], place["token"], client=self)
             await webhook.edit_message(
                 place["message"], content=content, view=None, allowed_mentions=NO_PINGS()
             )
         else:
+            await self.host.pacer.acquire(self.buckets.budgets("edit", place["channel"]))
             message = self.get_partial_messageable(place["channel"]).get_partial_message(place["message"])
             await message.edit(content=content, view=None, allowed_mentions=NO_PINGS())
 
@@ -530,8 +555,9 @@ class DiscordBot(discord.AutoShardedClient):
         while True:
             try:
                 # Typing counts towards Discord's 50 requests/s too: with a hundred busy
-                # channels it would otherwise push message requests into global 429s.
-                await self.host.pacer.acquire(global_budget())
+                # channels it would otherwise push message requests into global 429s. It tells
+                # the asker they were heard, so it goes before edits (as placeholders do).
+                await self.host.pacer.acquire(global_budget(), ACK)
                 await channel.typing()
             except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
                 log.debug("Discord: typing indicator failed in %s: %s", channel.id, exc)

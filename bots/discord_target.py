@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.utils import MISSING
 
-from bots.discord_api import NO_PINGS, WINDOW, budgets, global_budget, platform_errors, relayed
+from bots.discord_api import NO_PINGS, MessageRoute, global_budget, platform_errors, relayed, webhook_major
 from core.platform import Frame, Op, Rate, Target, TransientError
 
 if TYPE_CHECKING:
@@ -46,18 +46,20 @@ class _DiscordTarget(Target):
         self.table_width = bot.settings.table_width
         self.messages: list[Any] = []
 
-    def _budget_key(self) -> str:
+    def _route(self, op: Op) -> tuple[MessageRoute, str | int]:
+        """The message route an `op` request takes, and its major parameter."""
         raise NotImplementedError
 
     def budgets(self, op: Op) -> list[tuple[str, Rate]]:
-        shared = budgets(self._budget_key(), self.bot.settings)
+        route, major = self._route(op)
+        shared = self.bot.buckets.budgets(route, major)
         if op != "edit":
             return shared
-        # Spread one reply's edits over the window instead of spending it in a burst: otherwise a
-        # quick answer uses every slot on half-written frames and its final text waits ~5 s.
-        # The key sorts before the others: the pacer takes budgets in key order, recording a
-        # slot in each as it goes, so the one that waits longest must come first.
-        return [(f"discord:burst:{self.reply_id}", Rate(1, WINDOW / self.bot.settings.edits_per_5s)), *shared]
+        # Spread one reply's edits over the bucket's window instead of spending it in a burst:
+        # otherwise a quick answer uses every slot on half-written frames and its final text
+        # waits a whole window. It comes first: it is the budget that waits longest.
+        spacing = self.bot.buckets.spacing(route, major)
+        return [(f"discord:burst:{self.reply_id}", Rate(1, spacing)), *shared]
 
     def locate(self, handle: Any) -> dict[str, Any]:
         return {"channel": handle.channel.id, "message": handle.id}
@@ -130,8 +132,8 @@ class ChannelTarget(_DiscordTarget):
         self.in_thread = in_thread
         self.typing = False
 
-    def _budget_key(self) -> str:
-        return f"discord:channel:{getattr(self.channel, 'id', self.reply_id)}"
+    def _route(self, op: Op) -> tuple[MessageRoute, str | int]:
+        return ("edit" if op == "edit" else "create"), getattr(self.channel, "id", self.reply_id)
 
     def _handoff_channel(self) -> Any:
         return self.channel
@@ -193,8 +195,14 @@ class InteractionTarget(_DiscordTarget):
         self.interaction = interaction
         self._unsure: int | None = None  # a page whose follow-up failed but may have been posted
 
-    def _budget_key(self) -> str:
-        return f"discord:interaction:{self.interaction.id}"
+    def _route(self, op: Op) -> tuple[MessageRoute, str | int]:
+        # The first "post" edits the deferred original response; notices and later pages are
+        # follow-ups. Both go through the interaction's webhook.
+        first = op == "post" and not self.messages
+        return (
+            "webhook-edit" if op == "edit" or first else "webhook-create",
+            webhook_major(self.interaction.token),
+        )
 
     def _handoff_channel(self) -> Any:
         return self.bot.get_partial_messageable(self.interaction.channel_id or 0)

@@ -53,10 +53,10 @@ BOT_SCOPES = {
     "chat:write": "chat.postMessage / update / delete / startStream / appendStream / stopStream",
     "commands": "the /streambot slash command (/streambot new)",
     "files:read": "pictures and files attached to questions (url_private with the bot token)",
+    "reactions:write": "👀 on a question while its placeholder waits its turn; 🆘 on a handed-off thread",
     "groups:history": "thread follow-ups in private channels",
     "im:history": "direct messages and assistant threads",
     "mpim:history": "thread follow-ups in group DMs",
-    "reactions:write": "🆘 on a thread handed off to a person",
     "users:read": "people's display names, so the model knows who is speaking",
 }
 BOT_EVENTS = {
@@ -78,15 +78,27 @@ COMMAND = "/streambot"  # manifest.yml declares it
 MARKDOWN_LIMIT = 12_000  # markdown blocks, markdown_text
 FALLBACK_CHARS = 3_000  # plain `text` beside blocks: notifications and screen readers
 
-# Slack evaluates limits per method per workspace (chat.postMessage: per channel). These stay a
-# little under the documented rates so the pacer's clock and Slack's never disagree into a 429.
-# The frequent methods get one request per window, i.e. evenly spaced requests: a window of a
-# minute would let one reply spend the whole allowance in a burst and then freeze every reply
-# (and a burst of a few followed by a gap only makes the text jerkier).
-POST_RATE = Rate(1, 1.0)  # chat.postMessage: about one per second per channel
-UPDATE_RATE = Rate(1, 1.4)  # chat.update: Tier 3, 50+ per minute (this is ~43)
-START_RATE = Rate(18, 60.0)  # chat.startStream: Tier 2, 20+ per minute; rare, so let it burst
-APPEND_RATE = Rate(1, 0.7)  # chat.appendStream: Tier 4, 100+ per minute (this is ~86)
+# Slack evaluates limits per method per workspace (chat.postMessage: per channel) and answers
+# only 429s, never "how much is left": these rates are the starting guess, a little under the
+# documented tiers, and each 429 pauses and slows its budget (core/pacing.py). Slack allows
+# bursts ("sporadic bursts are welcome" on Tier 3, "generous burst behaviour" on Tier 4), so the
+# budgets are token buckets holding about half a minute's allowance: when many replies start at
+# once, every one shows its first text at once, and the steady rate below the tier's takes over.
+# One reply's own requests are still spread out (`*_SPACING`, per reply): a quick answer would
+# otherwise spend the burst on half-written frames that nobody has time to read.
+# chat.postMessage: about 1/s per channel, short bursts. Slack counts a request when it arrives,
+# we when we send it: a burst as big as Slack's leaves no room for requests that arrive bunched
+# (a busy event loop, the network), so ours keeps one message of it spare, as the others keep
+# half of theirs.
+POST_RATE = Rate(55, 60.0, burst=2)
+UPDATE_RATE = Rate(48, 60.0, burst=25)  # chat.update: Tier 3, 50+ per minute
+UPDATE_SPACING = 1.0
+START_RATE = Rate(18, 60.0, burst=10)  # chat.startStream: Tier 2, 20+ per minute
+STOP_RATE = Rate(18, 60.0, burst=10)  # chat.stopStream: Tier 2 as well
+APPEND_RATE = Rate(95, 60.0, burst=50)  # chat.appendStream: Tier 4, 100+ per minute
+APPEND_SPACING = 0.5
+REACTION_RATE = Rate(48, 60.0, burst=20)  # reactions.add: Tier 3
+ACK_EMOJI = "eyes"  # added to a question whose placeholder is held up by chat.postMessage's limit
 
 GONE_ERRORS = {"message_not_found", "channel_not_found", "thread_not_found", "is_archived"}
 TRANSIENT_ERRORS = {

@@ -20,6 +20,7 @@ Two ways to stream, chosen by `[slack] streaming`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,10 +30,15 @@ from typing import TYPE_CHECKING, Any
 from slack_sdk.models.messages.chunk import Chunk, MarkdownTextChunk, TaskUpdateChunk
 
 from bots.slack_api import (
+    ACK_EMOJI,
     APPEND_RATE,
+    APPEND_SPACING,
     POST_RATE,
+    REACTION_RATE,
     START_RATE,
+    STOP_RATE,
     UPDATE_RATE,
+    UPDATE_SPACING,
     SlackCallError,
     StreamLost,
     call,
@@ -43,7 +49,8 @@ from bots.slack_api import (
     stable_prefix,
     stop_control,
 )
-from core.platform import Frame, Op, Rate, Step, Target, TransientError
+from core.pacing import ACK
+from core.platform import Frame, Op, Rate, RateLimited, Step, Target, TransientError
 
 if TYPE_CHECKING:
     from bots.slack_bot import SlackBot
@@ -51,6 +58,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("streambot.slack")
 
 NATIVE_PAGE_AGE = 240.0  # native streams expire ~5 minutes after they start
+# A question whose placeholder has not appeared this long after it was admitted, or will wait
+# longer than this behind the placeholders queued before it (chat.postMessage allows about one
+# message per second per channel), gets a 👀 reaction: it was heard.
+ACK_AFTER = 1.0
 
 
 @dataclass
@@ -104,6 +115,7 @@ class SlackTarget(Target):
         self._status = ""  # native: the status line last shown as the thread's status
         self._waiting = False  # native: a stream is waiting for its first text (starts next)
         self._stop_control: asyncio.Task[str | None] | None = None  # the Stop button's message
+        self._ack: asyncio.Task[None] | None = None
 
     # --- the core's questions --------------------------------------------------------------
 
@@ -127,18 +139,50 @@ class SlackTarget(Target):
         if self.native and op != "notice":
             if op == "post" or self._waiting:  # the edit that starts a waiting stream
                 return [(f"slack:{team}:chat.startStream", START_RATE)]
-            return [(f"slack:{team}:chat.appendStream", APPEND_RATE)]
+            return [
+                (f"slack:reply:{self.reply_id}", Rate(1, APPEND_SPACING)),
+                (f"slack:{team}:chat.appendStream", APPEND_RATE),
+            ]
         if op != "edit":
             return [(f"slack:{team}:chat.postMessage:{self.place.channel}", POST_RATE)]
-        return [(f"slack:{team}:chat.update", UPDATE_RATE)]
+        return [
+            (f"slack:reply:{self.reply_id}", Rate(1, UPDATE_SPACING)),
+            (f"slack:{team}:chat.update", UPDATE_RATE),
+        ]
 
     async def open(self) -> None:
         if self._assistant is not None:  # assistant threads: "is thinking…" and a title
             await self.bot.thinking(self.place, self._assistant)
-        elif self.native:  # the placeholder of native streams
+        elif self.native:  # the placeholder of native streams (no 👀 needed: it shows at once)
             await self.bot.set_status(self.place, self.bot.settings.thinking_status)
+        elif self._question_ts:
+            # the placeholders queued before this one, as things stand now (before it queues)
+            held_up = self.bot.host.pacer.backlog(self.budgets("post")[0][0]) > ACK_AFTER
+            self._ack = asyncio.create_task(self._acknowledge_if_slow(held_up))
+
+    async def _acknowledge_if_slow(self, held_up: bool) -> None:
+        """👀 on the question if its placeholder waits for chat.postMessage's limit: at once if
+        the placeholders queued before it hold it up longer than ACK_AFTER, else if it has not
+        appeared by then."""
+        pacer = self.bot.host.pacer
+        if not held_up:
+            await pacer.clock.sleep(ACK_AFTER)
+            if self._posted_ts:
+                return
+        await pacer.acquire([(f"slack:{self.place.team}:reactions.add", REACTION_RATE)], ACK)
+        if not self._posted_ts:
+            await self.bot.best_effort(
+                "reactions.add",
+                self.client.reactions_add(
+                    channel=self.place.channel, timestamp=self._question_ts, name=ACK_EMOJI
+                ),
+            )
 
     async def close(self) -> None:
+        if self._ack is not None:
+            self._ack.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ack
         if self._stop_control is not None:
             ts = await self._stop_control
             if ts:
@@ -167,6 +211,7 @@ class SlackTarget(Target):
                 channel=self.place.channel, thread_ts=self.place.thread_ts, **message
             ),
         )
+        await self.bot.host.pacer.acquire([(f"slack:{self.place.team}:reactions.add", REACTION_RATE)])
         await self.bot.best_effort(
             "reactions.add",
             self.client.reactions_add(channel=self.place.channel, name="sos", timestamp=self.place.thread_ts),
@@ -352,15 +397,22 @@ class SlackTarget(Target):
         chunks = self._chunks(handle, frame, delta)
         text: dict[str, Any] = {"chunks": chunks} if chunks else {"markdown_text": delta or None}
         if frame.final:
-            await self._ending(
-                frame,
-                lambda end: call(
-                    "chat.stopStream",
-                    self.client.chat_stopStream(
-                        channel=handle.channel, ts=handle.ts, blocks=end or None, **text
+            stop = [(f"slack:{self.place.team}:chat.stopStream", STOP_RATE)]
+            pacer = self.bot.host.pacer
+            await pacer.acquire(stop)
+            try:
+                await self._ending(
+                    frame,
+                    lambda end: call(
+                        "chat.stopStream",
+                        self.client.chat_stopStream(
+                            channel=handle.channel, ts=handle.ts, blocks=end or None, **text
+                        ),
                     ),
-                ),
-            )
+                )
+            except RateLimited as exc:
+                pacer.pause(stop, exc.retry_after)
+                raise
             handle.sent = want
             handle.native = False
             if handle.rewrite:

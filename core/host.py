@@ -25,7 +25,7 @@ from core.handoff import Handoffs, is_resolve_command
 from core.ledger import AnswerFacts, HandoffFacts, Ledger, SqliteLedger, Vote
 from core.limits import Gate, Refused, Slot
 from core.logs import tag_reply
-from core.pacing import Pacer
+from core.pacing import ACK, Pacer
 from core.paging import with_marker
 from core.platform import Target
 from core.profiles import Origin, pick, resolve
@@ -461,7 +461,7 @@ class Host:
     async def notice(self, target: Target, text: str) -> None:
         """A short message that is not a model reply (a hint, a refusal), paced like the rest."""
         try:
-            await self.pacer.acquire(target.budgets("notice"))
+            await self.pacer.acquire(target.budgets("notice"), ACK)
             await target.notice(text)
         except Exception as exc:  # a notice is best effort: it must never break the adapter
             log.info("could not send a notice: %s", exc)

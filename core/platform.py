@@ -16,10 +16,13 @@ Op = Literal["post", "edit", "notice"]  # a notice: a finished message that is n
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """At most `count` requests in any window of `per` seconds."""
+    """At most `count` requests in any window of `per` seconds; or, with `burst`, a token
+    bucket: up to `burst` requests at once, refilled at `count` per `per` seconds (for
+    platforms that welcome short bursts)."""
 
     count: int
     per: float
+    burst: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +62,15 @@ class Frame:
 
 
 class RateLimited(Exception):
-    """The platform said 429: wait `retry_after` seconds before this budget is used again."""
+    """The platform said 429: wait `retry_after` seconds before this budget is used again.
 
-    def __init__(self, retry_after: float, message: str = "rate limited") -> None:
+    `paused`: the adapter has already paused the budgets the 429 applies to (it could tell which
+    from the answer); otherwise the relay pauses every budget of the request."""
+
+    def __init__(self, retry_after: float, message: str = "rate limited", *, paused: bool = False) -> None:
         super().__init__(f"{message} (retry after {retry_after:.2f}s)")
         self.retry_after = max(0.0, float(retry_after))
+        self.paused = paused
 
 
 class TransientError(Exception):

@@ -274,6 +274,29 @@ return math.max(1, tonumber(oldest[2]) + window - now)
 """
 
 
+# The same for a token bucket (a Rate with a burst): KEYS[1] holds "tokens time_ms", KEYS[2]
+# the pause key. ARGV: burst, refill interval in ms per token. Returns 0 or ms to wait.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local paused = redis.call('PTTL', KEYS[2])
+if paused > 0 then return paused end
+local burst, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tokens, at = burst, now
+local kept = redis.call('GET', KEYS[1])
+if kept then
+  local sep = string.find(kept, ' ')
+  tokens, at = tonumber(string.sub(kept, 1, sep - 1)), tonumber(string.sub(kept, sep + 1))
+  tokens = math.min(burst, tokens + (now - at) / interval)
+end
+if tokens >= 1 then
+  redis.call('SET', KEYS[1], (tokens - 1) .. ' ' .. now, 'PX', math.ceil(burst * interval) + 1000)
+  return 0
+end
+return math.max(1, math.ceil((1 - tokens) * interval))
+"""
+
+
 class RedisWindows:
     """Pacing budgets shared by every process (core.pacing.SharedBudgets) in one Redis.
 
@@ -284,14 +307,21 @@ class RedisWindows:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._reserve = redis.register_script(_RESERVE)
+        self._take = redis.register_script(_TAKE)
         self._degraded = False
 
     async def reserve(self, key: str, rate: Rate) -> float:
         try:
-            wait_ms = await self._reserve(
-                keys=[f"{PREFIX}pace:{key}", f"{PREFIX}pause:{key}"],
-                args=[rate.count, max(1, round(rate.per * 1000)), uuid.uuid4().hex],
-            )
+            if rate.burst:
+                wait_ms = await self._take(
+                    keys=[f"{PREFIX}bucket:{key}", f"{PREFIX}pause:{key}"],
+                    args=[rate.burst, max(1.0, rate.per * 1000 / rate.count)],
+                )
+            else:
+                wait_ms = await self._reserve(
+                    keys=[f"{PREFIX}pace:{key}", f"{PREFIX}pause:{key}"],
+                    args=[rate.count, max(1, round(rate.per * 1000)), uuid.uuid4().hex],
+                )
         except RedisError as exc:
             self._lost(exc)
             return 0.0

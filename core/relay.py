@@ -30,7 +30,7 @@ from core.events import (
     ToolStarted,
     Usage,
 )
-from core.pacing import Pacer
+from core.pacing import ACK, NORMAL, SOON, Pacer
 from core.paging import Pager
 from core.platform import Frame, MessageGone, Op, RateLimited, Step, Target, TransientError
 from core.state import ReplyRecord, StateStore
@@ -367,10 +367,18 @@ class Reply:
         """Deliver the newest frame of message `k`, retrying as the error calls for."""
         op: Op = "post" if k >= len(self.handles) else "edit"
         budgets = self.target.budgets(op)
+        # The placeholder tells the asker they were heard: it goes before other replies' edits;
+        # then the first text and the final text, which people wait for; then progress.
+        if op == "post" and k == 0:
+            priority = ACK
+        elif self._end is not None or self._outcome.first_text_after is None:
+            priority = SOON
+        else:
+            priority = NORMAL
         clock, o = self.pacer.clock, self._outcome
         attempt, deadline = 0, None
         while True:
-            await self.pacer.acquire(budgets)
+            await self.pacer.acquire(budgets, priority)
             if k in self._forgotten:  # deleted: no request at all, and the reply stops
                 self._gone = True
                 self.stop()
@@ -401,7 +409,8 @@ class Reply:
             except RateLimited as exc:
                 o.rate_limited += 1
                 metrics.RATE_LIMITED.labels(self.target.platform).inc()
-                self.pacer.pause(budgets, exc.retry_after)
+                if not exc.paused:  # (a limit of one bucket must not slow the others)
+                    self.pacer.pause(budgets, exc.retry_after)
                 if frame.final:  # a 429 storm must not hold the final text past the deadline
                     deadline = deadline or clock.now() + self.settings.final_deadline
                     if clock.now() >= deadline:

@@ -234,6 +234,7 @@ class Bot:
     logs: _Collector
     task: asyncio.Task[None] | None = None
     config: Config = field(default_factory=Config)
+    host: Host | None = None  # its pacer shows what the budgets learned
 
     async def outcome(self, reply_id: int) -> Outcome:
         return await self.fake.wait_for(lambda: self.logs.outcomes.get(reply_id), GUARD)
@@ -286,7 +287,7 @@ async def running_discord_bot(
     logging.getLogger("streambot").setLevel(logging.INFO)
     bot = Bot(fake, model, logs, config=config)
     # token usage is added up in the memory file, as `streambot run` does (core/backend.py)
-    host = Host(
+    host = bot.host = Host(
         config,
         build_brain(config),
         Pacer(),

@@ -88,6 +88,30 @@ async def test_each_failed_request_reaches_the_relay_once(
     assert fake.throttled == []  # and so no 429 from a request the pacer did not grant
 
 
+async def test_a_429_of_one_bucket_slows_that_bucket_not_every_request(
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay sees the 429 (one attempt) but leaves the pausing to the adapter, which knows
+    from Discord's answer which bucket it was: the channel's edits wait and slow down; the
+    global budget, which every reply in every channel draws on, does not."""
+    text = answer()
+    fake_openai.reply(text, delay=0.02)
+    async with FakeDiscord() as fake:
+        async with running_bot(fake, fake_openai, tmp_path, monkeypatch) as bot:
+            fake.faults = Faults(upcoming=[None, "rate_limit"], seed=3)  # the placeholder's first edit
+            question, outcome = await bot.ask("hello")
+            assert bot.host is not None
+            pacer = bot.host.pacer
+            edits, every_request = (
+                pacer.current(f"discord:edit:{fake.general.id}"),
+                pacer.current("discord:global"),
+            )
+    assert [final(p) for p in fake.reply_pages(question)] == [text]
+    assert outcome.rate_limited == 1 and fake.faults.injected["rate_limit"] == 1
+    assert edits is not None and edits.per > 5.0  # Discord's 5 per 5 s, slowed after the 429
+    assert every_request == bots.discord_api.GLOBAL_RATE
+
+
 async def test_ask_follow_up_failures_reach_the_relay_once(
     fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,10 +8,14 @@ It runs an aiohttp server on 127.0.0.1 with:
   shapes and error bodies (50035 for content over 2000 characters, 50006 for an empty message,
   10008 Unknown Message, 10003 Unknown Channel, 40060 interaction already acknowledged);
 * Discord's rate limits: per-route buckets keyed by the major parameter (channel, webhook
-  token), a global 50 requests/s limit, `X-RateLimit-*` headers on every answer, and a 429 with
-  a `retry_after` body and `Retry-After` header when a bucket is exceeded. Every 429 is recorded
-  in `FakeDiscord.throttled` so tests can assert there were none. By default message create and
-  edit share one bucket of 5 per 5 s per channel, as the brief for this fake asks;
+  token), a global 50 requests/s limit, `X-RateLimit-*` headers (Limit, Remaining, Reset,
+  Reset-After and an opaque Bucket hash) on every answer, and a 429 with a `retry_after` body
+  and `Retry-After` header when a bucket is exceeded. Every 429 is recorded in
+  `FakeDiscord.throttled` so tests can assert there were none. As on Discord today, message
+  creates and message edits are two buckets of 5 per 5 s per channel, each with its own hash;
+  `message_buckets="shared"` makes them one bucket (one hash), as they were once, so the bot's
+  learning of buckets can be tested both ways. An interaction's webhook (follow-ups and edits
+  of its messages) is one bucket of 5 per 5 s per token;
 * a gateway websocket: HELLO, IDENTIFY -> READY + GUILD_CREATE (with intents and sharding
   checked: close code 4014 when the Message Content intent is requested but "not enabled"; when
   each IDENTIFY arrived is kept in `identify_times`, against Discord's one per 5 s per
@@ -48,7 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from aiohttp import WSMsgType, web
 from harness import wait_for
@@ -60,7 +64,8 @@ DISCORD_EPOCH_MS = 1420070400000
 MESSAGE_CONTENT_INTENT = 1 << 15
 PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | MESSAGE_CONTENT_INTENT  # members, presences, content
 
-# Discord's real numbers: 5 messages per 5 s per channel, 50 requests per second per bot.
+# Discord's real numbers: 5 message creates and 5 edits per 5 s per channel (two buckets), 50
+# requests per second per bot.
 CHANNEL_MESSAGES = (5, 5.0)
 GLOBAL = (50, 1.0)
 WEBHOOK_MESSAGES = (5, 5.0)  # per interaction token
@@ -293,7 +298,8 @@ def would_ping(
 class FakeDiscord:
     """One bot's view of Discord: a guild with two text channels, users, DMs, the gateway.
 
-    Limits are Discord's by default; pass `channel_messages=(limit, seconds)` etc. to change.
+    Limits are Discord's by default; pass `channel_messages=(limit, seconds)` (each of the
+    create and edit buckets) etc. to change them.
     `message_content_intent=False` makes IDENTIFY fail like an app whose Message Content
     intent is not enabled in the developer portal (close code 4014).
     """
@@ -309,10 +315,18 @@ class FakeDiscord:
         recommended_shards: int = 1,
         max_concurrency: int = 1,
         heartbeat_interval: float = 41.25,
+        message_buckets: Literal["separate", "shared"] = "separate",
     ) -> None:
         self.token = token
         self.message_content_intent = message_content_intent
-        self.limits = {"messages": channel_messages, "webhook": webhook_messages, "other": OTHER}
+        self.limits = {
+            "create": channel_messages,
+            "edit": channel_messages,
+            "messages": channel_messages,
+            "webhook": webhook_messages,
+            "other": OTHER,
+        }
+        self.message_buckets = message_buckets
         self.global_limit = global_limit
         self.recommended_shards = recommended_shards
         self.max_concurrency = max_concurrency  # session_start_limit: IDENTIFY buckets per 5 s
@@ -854,7 +868,7 @@ class FakeDiscord:
 
     def _routes(self) -> list[tuple[str, str, Callable[..., Any], str, str]]:
         """(method, path, handler, bucket kind, major parameter) for every route."""
-        m, w = "messages", "webhook"
+        c, e, w = "create", "edit", "webhook"
         return [
             ("GET", "/users/@me", self._get_me, "other", ""),
             ("GET", "/gateway", self._get_gateway, "other", ""),
@@ -862,10 +876,10 @@ class FakeDiscord:
             ("GET", "/applications/@me", self._get_application, "other", ""),
             ("GET", "/oauth2/applications/@me", self._get_application, "other", ""),
             ("GET", "/channels/{channel_id}", self._get_channel, "other", "channel_id"),
-            ("POST", "/channels/{channel_id}/messages", self._create_message, m, "channel_id"),
+            ("POST", "/channels/{channel_id}/messages", self._create_message, c, "channel_id"),
             ("GET", "/channels/{channel_id}/messages", self._get_messages, "other", "channel_id"),
             ("GET", "/channels/{channel_id}/messages/{message_id}", self._get_message, "other", "channel_id"),
-            ("PATCH", "/channels/{channel_id}/messages/{message_id}", self._edit_message, m, "channel_id"),
+            ("PATCH", "/channels/{channel_id}/messages/{message_id}", self._edit_message, e, "channel_id"),
             (
                 "DELETE",
                 "/channels/{channel_id}/messages/{message_id}",
@@ -954,8 +968,12 @@ class FakeDiscord:
                 return self._too_many(request, template, now, wait, headers, body, is_global=True)
             bucket = None
             if kind != "none":
-                # Message create and edit share one bucket per channel; other routes get their own.
-                name = kind if kind != "other" else "other-" + hashlib.md5(template.encode()).hexdigest()[:8]
+                # Message creates and edits have a bucket each per channel (one if "shared");
+                # other routes get their own. Bucket names are opaque hashes, as Discord's are.
+                if kind in ("create", "edit") and self.message_buckets == "shared":
+                    kind = "messages"
+                name = kind if kind != "other" else "other-" + template
+                name = hashlib.md5(name.encode()).hexdigest()
                 key = (name, request.match_info.get(major, "") if major else "")
                 bucket = self._buckets.get(key)
                 if bucket is None:
@@ -965,7 +983,7 @@ class FakeDiscord:
                     return self._too_many(request, template, now, wait, headers, body, is_global=False)
                 headers |= bucket.headers(now)
             fault = None
-            if kind in ("messages", "webhook") and request.method in ("POST", "PATCH"):
+            if kind in ("create", "edit", "messages", "webhook") and request.method in ("POST", "PATCH"):
                 fault = self.faults.draw("post" if request.method == "POST" else "edit")
             if fault == "rate_limit":
                 return self._too_many(

@@ -6,7 +6,7 @@ would against slack.com. What it models, because the adapter's behaviour depends
 
 * Web API methods the bot uses (auth.test, chat.postMessage/update/delete,
   chat.startStream/appendStream/stopStream, assistant.threads.*, conversations.replies,
-  apps.connections.open), with Slack's error codes (invalid_auth, channel_not_found,
+  reactions.add, apps.connections.open), with Slack's error codes (invalid_auth, channel_not_found,
   message_not_found, msg_too_long, invalid_blocks, message_not_in_streaming_state,
   missing_recipient_user_id, ...).
 * Rate limits per method per workspace (chat.postMessage: per channel), as token buckets with
@@ -288,6 +288,7 @@ class FakeSlack:
         self.names: dict[str, str] = {"U0HUMAN": "Sam", "U0OTHER": "Alex"}  # users.info display names
         self.replies_pages = 0  # conversations.replies pages served
         self.file_host = "127.0.0.1"  # where url_private points ("localhost": not the API's host)
+        self.reactions: list[tuple[str, str, str, float]] = []  # (channel, ts, name, monotonic)
 
         self._buckets: dict[str, _Bucket] = {}
         self._ts = itertools.count(1)
@@ -1174,6 +1175,18 @@ class FakeSlack:
         self._echo(msg, "message_changed")
         return {"channel": msg.channel, "ts": msg.ts, "message": msg.as_event_message()}
 
+    def _m_reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(args)
+        msg = self._message(channel, args.get("timestamp"))
+        name = str(args.get("name") or "")
+        if not name:
+            raise ApiError("invalid_name")
+        if name in msg.reactions:
+            raise ApiError("already_reacted")
+        msg.reactions.add(name)  # what the message shows now
+        self.reactions.append((channel, msg.ts, name, time.monotonic()))  # every one ever added
+        return {}
+
     def _m_assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
         # any thread since 2026-03 (chat:write); before, assistant threads (DMs) only
         channel = self._channel(args, "channel_id")
@@ -1185,14 +1198,6 @@ class FakeSlack:
             if len(loading) > 10:
                 raise ApiError("invalid_arguments")
             self.loading_messages.append(list(loading))
-        return {}
-
-    def _m_reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
-        msg = self._message(self._channel(args), args.get("timestamp"))
-        name = str(args.get("name", ""))
-        if name in msg.reactions:
-            raise ApiError("already_reacted")
-        msg.reactions.add(name)
         return {}
 
     def _m_reactions_remove(self, args: dict[str, Any]) -> dict[str, Any]:
