@@ -140,6 +140,8 @@ async def test_slack_usage_is_shared_through_the_backend_with_a_channel_limit(
             await slack.wait_for(lambda: settled(slack, "C0GENERAL", late), 30.0, "the refusal")
             assert "This channel has used its 1 tokens for today" in slack.reply_text("C0GENERAL", late)
         assert await backend.usage.used("channel", "C0GENERAL") > 0
+        [person] = await backend.usage.top("user", 1)
+        assert person.key == "U0HUMAN" and person.name  # the display name the question carried
         assert tokens("slack", "output") == before + 2
         assert len(fake_openai.requests) == 1
     finally:
