@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
 from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from bots import console, discord_bot, slack_bot, usage_report
 from core import config as cfg
 from core import logs, profiles
+from core import report as desk_report
 from core.adapter import Adapter
 from core.attachments import local_file
-from core.backend import Backend, open_backend
+from core.backend import Backend, open_backend, open_ledger
 from core.demo import DEMO_NOTICE
 from core.errors import SetupError
 from core.host import Host
@@ -214,9 +218,40 @@ async def ask(
             files,
         )
     finally:
+        await host.shutdown()  # lets background work finish: the answer's facts for the report
         if host.brain.redis is not None:
             await host.brain.redis.aclose()
     return 0 if outcome is not None and outcome.status == "done" else 1
+
+
+async def report(config: cfg.Config, as_json: bool, top: int) -> int:
+    """Per profile: questions, cited answers, "not in the docs", handoffs, 👍/👎 and the
+    questions most often left unanswered; a table, or JSON with `--json`."""
+    ledger = open_ledger(config)
+    try:
+        answers, votes, handoffs = await ledger.everything()
+    finally:
+        await ledger.close()
+    reports = desk_report.build(answers, votes, handoffs, top)
+    if as_json:
+        print(json.dumps(desk_report.as_json(reports), ensure_ascii=False, indent=2))
+        return 0
+    out = Console()
+    if not reports:
+        out.print("No answers recorded yet.")
+        return 0
+    table = Table(title="streambot report")
+    for column in ("profile", "questions", "cited", "not in docs", "handed off", "👍", "👎"):
+        table.add_column(column, justify="left" if column == "profile" else "right")
+    for r in reports:
+        table.add_row(r.profile, *map(str, (r.questions, r.cited, r.not_in_docs, r.handed_off, r.up, r.down)))
+    out.print(table)
+    for r in reports:
+        if r.unanswered:
+            out.print(f"\nMost often unanswered ({r.profile}):")
+            for item in r.unanswered:
+                out.print(f"  {item['count']:>4} × {escape(item['question'])}")
+    return 0
 
 
 def kb(config: cfg.Config, command: str, profile: str | None, query: str = "", limit: int = 5) -> int:
@@ -316,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_ask.add_argument("--config", "-c")
     p_ask.add_argument("--profile", help="answer with this [profiles.NAME] (default: as [[routes]] say)")
+    p_report = sub.add_parser("report", help="questions, citations, handoffs and 👍/👎 per profile")
+    p_report.add_argument("--config", "-c")
+    p_report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_report.add_argument(
+        "--top", type=int, default=desk_report.TOP_UNANSWERED, help="unanswered questions shown"
+    )
     p_kb = sub.add_parser("kb", help="the knowledge search: index a profile's docs, or search them")
     kb_sub = p_kb.add_subparsers(dest="kb_command", required=True)
     for name, about in (
@@ -354,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             use_profile(config, args.profile, source)
         if command == "ask":
             return asyncio.run(ask(config, " ".join(args.question), source, args.file))
+        if command == "report":
+            return asyncio.run(report(config, args.json, args.top))
         if command == "usage":
             return asyncio.run(usage_report.report(config, source, args.days, args.top, args.json))
         if getattr(args, "ops", None):

@@ -50,7 +50,15 @@ from bots.discord_api import (
     setup_summary,
     webhook_major,
 )
-from bots.discord_target import ChannelTarget, InteractionTarget, StopButton
+from bots.discord_target import (
+    ChannelTarget,
+    FeedbackButton,
+    HumanButton,
+    InteractionTarget,
+    ReasonModal,
+    ResolvedButton,
+    StopButton,
+)
 from core.adapter import Adapter, Need
 from core.attachments import Attachment, http_fetch
 from core.config import env
@@ -147,7 +155,7 @@ class DiscordBot(discord.AutoShardedClient):
     # --- start-up --------------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(StopButton)
+        self.add_dynamic_items(StopButton, FeedbackButton, HumanButton, ResolvedButton)
         # REST works from here on: finish what a crash left
         self.host.repair("discord", self._finish, self.settings.page_chars)
         app_id = self.application_id or 0
@@ -397,6 +405,75 @@ class DiscordBot(discord.AutoShardedClient):
             await interaction.response.edit_message(
                 content=content or marker, view=None, allowed_mentions=NO_PINGS()
             )
+
+    # --- the support desk: feedback, handoff --------------------------------------------------
+
+    async def on_feedback_click(self, interaction: discord.Interaction, vote: str, reply_id: int) -> None:
+        """👍/👎: store it (the person's last click counts); a 👎 asks why, in a modal."""
+        try:
+            await self.host.feedback(
+                str(reply_id), str(interaction.user.id), "up" if vote == "up" else "down", "discord"
+            )
+        except Exception as exc:
+            log.warning("Discord: could not store feedback on reply %s: %s", reply_id, exc)
+        if vote == "down":
+            await interaction.response.send_modal(ReasonModal(reply_id))
+        else:
+            await interaction.response.send_message("Thanks for the feedback!", ephemeral=True)
+
+    async def on_reason_submit(self, interaction: discord.Interaction, reply_id: int, reason: str) -> None:
+        if reason.strip():
+            try:
+                await self.host.feedback_reason(str(reply_id), str(interaction.user.id), reason)
+            except Exception as exc:
+                log.warning("Discord: could not store a feedback reason: %s", exc)
+        await interaction.response.send_message("Thanks: the team will see that.", ephemeral=True)
+
+    async def on_human_click(self, interaction: discord.Interaction, reply_id: int) -> None:
+        """ "Get a human": ping the profile's role in this conversation, once."""
+        channel, message = interaction.channel, interaction.message
+        if channel is None or message is None:
+            return
+        try:
+            answer = await self.host.ledger.answer(str(reply_id))
+        except Exception as exc:
+            log.warning("Discord: could not look up reply %s: %s", reply_id, exc)
+            answer = None
+        key = (
+            answer.conversation
+            if answer
+            else _place_key(channel, interaction.guild_id) or await self._chain_key(message)
+        )
+        target = ChannelTarget(self, reply_id, key, channel, None)
+        target.messages.append(message)  # the answer: marked with 🆘
+        await interaction.response.defer(ephemeral=True, thinking=False)
+        # the answer's profile; if its record is not written yet, the one the routes pick here
+        where = Question(
+            str(reply_id),
+            str(interaction.user.id),
+            str(channel.id),
+            key,
+            "",
+            **_origin(channel, interaction.guild_id),
+        )
+        result = await self.host.request_human(
+            key,
+            answer.profile if answer else self.host.profile_for(where, "discord"),
+            str(interaction.user.id),
+            f"{interaction.user} asked for a person",
+            target,
+        )
+        if result == "already":
+            await interaction.followup.send("A person has already been asked to help here.", ephemeral=True)
+        elif result == "off":
+            await interaction.followup.send("Nobody is set up to take over here.", ephemeral=True)
+
+    async def on_resolved_click(self, interaction: discord.Interaction, conversation: str) -> None:
+        """ "Resolved" on the handoff message: the bot answers in that conversation again."""
+        await self.host.resolve(conversation, str(interaction.user.id))
+        await interaction.response.edit_message(
+            content="✅ Resolved: I'm answering here again.", view=None, allowed_mentions=NO_PINGS()
+        )
 
     # --- helpers ---------------------------------------------------------------------------
 

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("streambot.discord")
 
 STOP_PREFIX = "streambot:stop:"
+FEEDBACK_PREFIX = "streambot:fb:"
+HUMAN_PREFIX = "streambot:human:"
+RESOLVED_PREFIX = "streambot:resolved:"
+
+
+def escape_mentions(text: str) -> str:
+    """`text` (a reason the model or a person gave) without working mentions."""
+    return discord.utils.escape_mentions(text)
 
 
 # --- targets: where one reply goes -------------------------------------------------------------
@@ -60,7 +68,35 @@ class _DiscordTarget(Target):
         return str(handle.id)
 
     def _view(self, frame: Frame) -> discord.ui.View | None:
-        return stop_view(self.reply_id) if frame.streaming else None
+        if frame.streaming:
+            return stop_view(self.reply_id)
+        if frame.final and frame.ended not in ("", "stopped"):  # the answer's last message
+            return end_view(self.reply_id, feedback=self.feedback, human=self.human)
+        return None
+
+    async def hand_off(self, settings: Any, facts: Any) -> dict[str, Any]:
+        """Ping the profile's role once (allowed_mentions lets exactly that role through), with
+        a Resolved button; 🆘 on the answer marks the conversation as handed off."""
+        role = getattr(settings, "discord_role", None)
+        ping = f"<@&{role}> " if role else ""
+        text = f"{ping}🆘 A person is needed here: {escape_mentions(facts.reason)}"[:2000]
+        mentions = discord.AllowedMentions(
+            everyone=False, users=False, replied_user=False, roles=[discord.Object(role)] if role else False
+        )
+        channel = self._handoff_channel()
+        async with self._relayed():
+            message = await channel.send(
+                text, allowed_mentions=mentions, view=resolved_view(facts.conversation)
+            )
+        if self.messages:
+            try:
+                await self.messages[-1].add_reaction("🆘")
+            except discord.HTTPException as exc:  # the ping went out: the mark is a nicety
+                log.info("could not mark reply %s with 🆘: %s", self.reply_id, exc)
+        return {"channel": message.channel.id, "message": message.id}
+
+    def _handoff_channel(self) -> Any:
+        raise NotImplementedError
 
     def _posted(self, message: Any) -> Any:
         self.messages.append(message)
@@ -98,6 +134,9 @@ class ChannelTarget(_DiscordTarget):
 
     def _route(self, op: Op) -> tuple[MessageRoute, str | int]:
         return ("edit" if op == "edit" else "create"), getattr(self.channel, "id", self.reply_id)
+
+    def _handoff_channel(self) -> Any:
+        return self.channel
 
     async def open(self) -> None:
         if self.in_thread and self.question is not None:
@@ -164,6 +203,9 @@ class InteractionTarget(_DiscordTarget):
             "webhook-edit" if op == "edit" or first else "webhook-create",
             webhook_major(self.interaction.token),
         )
+
+    def _handoff_channel(self) -> Any:
+        return self.bot.get_partial_messageable(self.interaction.channel_id or 0)
 
     def locate(self, handle: Any) -> dict[str, Any]:
         # The response is the interaction's webhook message: only its token may edit it.
@@ -270,4 +312,118 @@ class StopButton(discord.ui.DynamicItem[discord.ui.Button], template=STOP_PREFIX
 def stop_view(reply_id: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(StopButton(reply_id))
+    return view
+
+
+# --- under a finished answer: 👍/👎 and "Get a human"; on a handoff: Resolved ------------------------
+
+
+class FeedbackButton(
+    discord.ui.DynamicItem[discord.ui.Button], template=FEEDBACK_PREFIX + r"(?P<vote>up|down):(?P<id>[0-9]+)"
+):
+    """👍 or 👎 on the answer `reply_id`; any process understands a click (matched by pattern)."""
+
+    def __init__(self, vote: str, reply_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                style=discord.ButtonStyle.secondary,
+                emoji="👍" if vote == "up" else "👎",
+                custom_id=f"{FEEDBACK_PREFIX}{vote}:{reply_id}",
+            )
+        )
+        self.vote, self.reply_id = vote, reply_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> FeedbackButton:
+        return cls(match["vote"], int(match["id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if on_click := getattr(interaction.client, "on_feedback_click", None):
+            await on_click(interaction, self.vote, self.reply_id)
+
+
+class HumanButton(discord.ui.DynamicItem[discord.ui.Button], template=HUMAN_PREFIX + r"(?P<id>[0-9]+)"):
+    def __init__(self, reply_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                style=discord.ButtonStyle.primary,
+                label="Get a human",
+                emoji="🙋",
+                custom_id=f"{HUMAN_PREFIX}{reply_id}",
+            )
+        )
+        self.reply_id = reply_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> HumanButton:
+        return cls(int(match["id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if on_click := getattr(interaction.client, "on_human_click", None):
+            await on_click(interaction, self.reply_id)
+
+
+class ResolvedButton(discord.ui.DynamicItem[discord.ui.Button], template=RESOLVED_PREFIX + r"(?P<c>.+)"):
+    """On the handoff message: the conversation it names is answered by the bot again."""
+
+    def __init__(self, conversation: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                style=discord.ButtonStyle.success,
+                label="Resolved",
+                emoji="✅",
+                custom_id=f"{RESOLVED_PREFIX}{conversation}"[:100],
+            )
+        )
+        self.conversation = conversation
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> ResolvedButton:
+        return cls(match["c"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if on_click := getattr(interaction.client, "on_resolved_click", None):
+            await on_click(interaction, self.conversation)
+
+
+class ReasonModal(discord.ui.Modal, title="What was wrong?"):
+    """Asked after a 👎: an optional reason, stored with the vote."""
+
+    reason: discord.ui.TextInput[ReasonModal] = discord.ui.TextInput(
+        label="What was missing or wrong (optional)",
+        style=discord.TextStyle.paragraph,
+        required=False,
+        max_length=1000,
+    )
+
+    def __init__(self, reply_id: int) -> None:
+        super().__init__(custom_id=f"streambot:reason:{reply_id}")
+        self.reply_id = reply_id
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        if on_submit := getattr(interaction.client, "on_reason_submit", None):
+            await on_submit(interaction, self.reply_id, self.reason.value or "")
+
+
+def end_view(reply_id: int, *, feedback: bool, human: bool) -> discord.ui.View | None:
+    if not (feedback or human):
+        return None
+    view = discord.ui.View(timeout=None)
+    if feedback:
+        view.add_item(FeedbackButton("up", reply_id))
+        view.add_item(FeedbackButton("down", reply_id))
+    if human:
+        view.add_item(HumanButton(reply_id))
+    return view
+
+
+def resolved_view(conversation: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(ResolvedButton(conversation))
     return view

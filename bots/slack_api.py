@@ -16,6 +16,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import Field
 from slack_sdk.errors import SlackApiError
+from slack_sdk.models.blocks import ContextActionsBlock, FeedbackButtonObject, FeedbackButtonsElement
 
 from core.adapter import AdapterSettings
 from core.platform import MessageGone, Rate, RateLimited, TransientError
@@ -38,7 +39,10 @@ class SlackSettings(AdapterSettings):
     suggested_prompts: list[str] = Field(  # offered when an assistant thread opens (at most 4)
         ["What can you help me with?", "Explain a concept simply", "Review a piece of code"], max_length=4
     )
-    thinking_status: str = Field("is thinking…", max_length=50)  # assistant threads, while answering
+    thinking_status: str = Field("is thinking…", max_length=50)  # assistant threads and native streams
+    # rotated under the status until the first text shows (native streams, assistant threads)
+    loading_messages: list[str] = Field([], max_length=10)
+    native_stop_button: bool = True  # native streams: a Stop button beside the stream while it runs
 
 
 # What manifest.yml must grant, and why (tests/test_slack_units.py keeps the two in step).
@@ -49,7 +53,7 @@ BOT_SCOPES = {
     "chat:write": "chat.postMessage / update / delete / startStream / appendStream / stopStream",
     "commands": "the /streambot slash command (/streambot new)",
     "files:read": "pictures and files attached to questions (url_private with the bot token)",
-    "reactions:write": "reactions.add: 👀 on a question while its placeholder waits its turn",
+    "reactions:write": "👀 on a question while its placeholder waits its turn; 🆘 on a handed-off thread",
     "groups:history": "thread follow-ups in private channels",
     "im:history": "direct messages and assistant threads",
     "mpim:history": "thread follow-ups in group DMs",
@@ -65,6 +69,11 @@ BOT_EVENTS = {
 }
 
 STOP_ACTION = "streambot_stop"
+STOP_CONTROL = "streambot_stop_control"  # block id of the Stop button posted beside a native stream
+FEEDBACK_ACTION = "streambot_feedback"
+REASON_VIEW = "streambot_feedback_reason"
+HUMAN_ACTION = "streambot_human"
+RESOLVED_ACTION = "streambot_resolved"
 COMMAND = "/streambot"  # manifest.yml declares it
 MARKDOWN_LIMIT = 12_000  # markdown blocks, markdown_text
 FALLBACK_CHARS = 3_000  # plain `text` beside blocks: notifications and screen readers
@@ -154,6 +163,88 @@ def content(text: str, stop_id: str | None = None) -> dict[str, Any]:
     if stop_id:
         blocks.append(stop_block(stop_id))
     return {"text": plain_fallback(text), "blocks": blocks}
+
+
+def end_blocks(reply_id: str, *, feedback: bool, human: bool) -> list[dict[str, Any]]:
+    """What goes under a finished answer: Slack's native 👍/👎 and a "Get a human" button."""
+    blocks: list[dict[str, Any]] = []
+    if feedback:
+        buttons = FeedbackButtonsElement(
+            action_id=FEEDBACK_ACTION,
+            positive_button=FeedbackButtonObject(
+                text="Good answer", accessibility_label="This answer helped", value=f"up:{reply_id}"
+            ),
+            negative_button=FeedbackButtonObject(
+                text="Bad answer", accessibility_label="This answer did not help", value=f"down:{reply_id}"
+            ),
+        )
+        blocks.append(ContextActionsBlock(elements=[buttons]).to_dict())
+    if human:
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": HUMAN_ACTION,
+                        "value": reply_id,
+                        "text": {"type": "plain_text", "text": "🙋 Get a human", "emoji": True},
+                    }
+                ],
+            }
+        )
+    return blocks
+
+
+def reason_view(reply_id: str) -> dict[str, Any]:
+    """The modal a 👎 opens: an optional reason."""
+    return {
+        "type": "modal",
+        "callback_id": REASON_VIEW,
+        "private_metadata": reply_id,
+        "title": {"type": "plain_text", "text": "What was wrong?"},
+        "submit": {"type": "plain_text", "text": "Send"},
+        "close": {"type": "plain_text", "text": "Skip"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": "reason",
+                "optional": True,
+                "label": {"type": "plain_text", "text": "What was missing or wrong (optional)"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "text",
+                    "multiline": True,
+                    "max_length": 1000,
+                },
+            }
+        ],
+    }
+
+
+def handoff_message(group: str, reason: str, resolve_value: str) -> dict[str, Any]:
+    """The one message that pings the team (`<!subteam^…>`, only when a group is set up)."""
+    ping = f"<!subteam^{group}> " if group else ""
+    text = f"{ping}🆘 A person is needed in this thread: {neutralize(reason)}"
+    button = {
+        "type": "button",
+        "action_id": RESOLVED_ACTION,
+        "value": resolve_value,
+        "style": "primary",
+        "text": {"type": "plain_text", "text": "✅ Resolved", "emoji": True},
+    }
+    return {
+        "text": text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "actions", "elements": [button]},
+        ],
+    }
+
+
+def stop_control(reply_id: str) -> dict[str, Any]:
+    """The Stop button posted beside a native stream (a stream cannot hold buttons)."""
+    return {"text": "⏹ Stop", "blocks": [{**stop_block(reply_id), "block_id": STOP_CONTROL}]}
 
 
 def stop_block(reply_id: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ only posts and streams what the relay hands it; Web API conventions live in bots
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -29,9 +30,14 @@ from bots.slack_api import (
     APP_TOKEN,
     BOT_TOKEN,
     COMMAND,
+    FEEDBACK_ACTION,
+    HUMAN_ACTION,
     NATIVE_OFF_FOR_WORKSPACE,
+    REASON_VIEW,
+    RESOLVED_ACTION,
     SIGNING_SECRET,
     STOP_ACTION,
+    STOP_CONTROL,
     UPDATE_RATE,
     SlackSettings,
     api_base_url,
@@ -40,6 +46,7 @@ from bots.slack_api import (
     error_of,
     neutralize,
     quiet_token_notice,
+    reason_view,
 )
 from bots.slack_http import screen
 from bots.slack_target import Place, SlackTarget
@@ -57,6 +64,7 @@ from core.webserver import GuardedSite
 log = logging.getLogger("streambot.slack")
 
 EVENTS_PATH = "/slack/events"
+NO_HANDOFF = "Nobody is set up to take over here; please ask in the channel."
 THREAD_PAGES = 5  # conversations.replies pages (200 messages each) read when joining a thread
 
 
@@ -106,6 +114,7 @@ class SlackBot:
         self._threads: Recent[tuple[str, str], str | None] = Recent(50_000)
         self._assistant_threads: Recent[tuple[str, str], bool] = Recent(10_000)  # still untitled?
         self._native_off: set[str] = set()
+        self.no_end_blocks = False  # the workspace refused the 👍/👎 blocks: answers go without
         self._names: Recent[str, str] = Recent(10_000)  # user id -> display name
         self._last: Recent[tuple[str, str], str] = Recent(50_000)  # (channel, user) -> conversation
         self._socket: AsyncSocketModeHandler | None = None
@@ -120,6 +129,10 @@ class SlackBot:
         self.app.event("assistant_thread_started")(self.on_assistant_thread)
         self.app.event("assistant_thread_context_changed")(self.ignore)
         self.app.action(STOP_ACTION)(self.on_stop)
+        self.app.action(FEEDBACK_ACTION)(self.on_feedback)
+        self.app.view(REASON_VIEW)(self.on_reason)
+        self.app.action(HUMAN_ACTION)(self.on_human)
+        self.app.action(RESOLVED_ACTION)(self.on_resolved)
         self.app.command(COMMAND)(self.on_command)
 
     async def identify(self) -> None:
@@ -206,6 +219,10 @@ class SlackBot:
         if place.get("native"):  # a stream left open: close it (it may have expired already)
             await self.best_effort(
                 "chat.stopStream", self.client.chat_stopStream(channel=place["channel"], ts=place["ts"])
+            )
+        if place.get("stop"):  # the Stop button posted beside that stream
+            await self.best_effort(
+                "chat.delete", self.client.chat_delete(channel=place["channel"], ts=place["stop"])
             )
         await self.host.pacer.acquire([(f"slack:{self.team_id}:chat.update", UPDATE_RATE)])
         await call(
@@ -447,7 +464,115 @@ class SlackBot:
         self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]
     ) -> None:
         await ack()
-        await self.host.stop(action.get("value", ""), body.get("user", {}).get("id", ""))
+        result = await self.host.stop(action.get("value", ""), body.get("user", {}).get("id", ""))
+        container = body.get("container", {})
+        if result == "unknown" and action.get("block_id") == STOP_CONTROL:
+            # the Stop button of a stream that ended (its process died before deleting it)
+            await self.best_effort(
+                "chat.delete",
+                self.client.chat_delete(
+                    channel=container.get("channel_id", ""), ts=container.get("message_ts", "")
+                ),
+            )
+
+    # --- the support desk: feedback, handoff ------------------------------------------------------
+
+    async def on_feedback(
+        self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]
+    ) -> None:
+        """👍/👎 (Slack's feedback buttons): store the click; a 👎 asks why, in a modal."""
+        await ack()
+        vote, _, reply_id = str(action.get("value", "")).partition(":")
+        user = body.get("user", {}).get("id", "")
+        if vote not in ("up", "down") or not reply_id or not user:
+            return
+        try:
+            await self.host.feedback(reply_id, user, "up" if vote == "up" else "down", "slack")
+        except Exception as exc:
+            log.warning("could not store feedback on reply %s: %s", reply_id, exc)
+            return
+        if vote == "down" and body.get("trigger_id"):
+            await self.best_effort(
+                "views.open",
+                self.client.views_open(trigger_id=body["trigger_id"], view=reason_view(reply_id)),
+            )
+
+    async def on_reason(
+        self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any], view: dict[str, Any]
+    ) -> None:
+        await ack()
+        reason = view.get("state", {}).get("values", {}).get("reason", {}).get("text", {}).get("value") or ""
+        if reason.strip():
+            try:
+                await self.host.feedback_reason(
+                    view.get("private_metadata", ""), body.get("user", {}).get("id", ""), reason
+                )
+            except Exception as exc:
+                log.warning("could not store a feedback reason: %s", exc)
+
+    async def on_human(
+        self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]
+    ) -> None:
+        """ "Get a human" under an answer: ping the profile's group in the thread, once."""
+        await ack()
+        container = body.get("container", {})
+        channel = container.get("channel_id", "")
+        thread_ts = container.get("thread_ts") or container.get("message_ts", "")
+        user = body.get("user", {}).get("id", "")
+        team = body.get("team", {}).get("id") or self.team_id
+        if not (channel and thread_ts and user):
+            return
+        reply_id = str(action.get("value", ""))
+        try:
+            answer = await self.host.ledger.answer(reply_id)
+        except Exception as exc:
+            log.warning("could not look up reply %s: %s", reply_id, exc)
+            answer = None
+        conversation = answer.conversation if answer else f"slack:{team}:{channel}:{thread_ts}"
+        place = Place(team, channel, thread_ts, user, is_dm=channel.startswith("D"))
+        target = SlackTarget(self, place, reply_id=reply_id)
+        # the answer's profile; if its record is not written yet, the one the routes pick here
+        where = Question(reply_id, user, channel, conversation, "", team=team, dm=place.is_dm)
+        result = await self.host.request_human(
+            conversation,
+            answer.profile if answer else self.host.profile_for(where, "slack"),
+            user,
+            f"<@{user}> asked for a person",
+            target,
+        )
+        notes = {"already": "A person has already been asked to help here.", "off": NO_HANDOFF}
+        if result in notes:
+            await self.best_effort(
+                "chat.postEphemeral",
+                self.client.chat_postEphemeral(
+                    channel=channel, user=user, thread_ts=thread_ts, text=notes[result]
+                ),
+            )
+
+    async def on_resolved(
+        self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]
+    ) -> None:
+        """ "Resolved" on the handoff message: the bot answers in the thread again."""
+        await ack()
+        try:
+            conversation = json.loads(action.get("value") or "{}").get("c", "")
+        except ValueError:
+            return
+        container = body.get("container", {})
+        channel, ts = container.get("channel_id", ""), container.get("message_ts", "")
+        user = body.get("user", {}).get("id", "")
+        if not conversation or not await self.host.resolve(conversation, user):
+            return
+        thread_ts = container.get("thread_ts")
+        if thread_ts:
+            await self.best_effort(
+                "reactions.remove",
+                self.client.reactions_remove(channel=channel, name="sos", timestamp=thread_ts),
+            )
+        text = "✅ Resolved: I'm answering in this thread again."
+        await self.best_effort(
+            "chat.update", self.client.chat_update(channel=channel, ts=ts, **content(text))
+        )
 
     # --- answering -------------------------------------------------------------------------
 
@@ -516,12 +641,7 @@ class SlackBot:
 
     async def thinking(self, place: Place, prompt: str) -> None:
         """Assistant threads: show "is thinking…" and name the thread after its first question."""
-        await self.best_effort(
-            "assistant.threads.setStatus",
-            self.client.assistant_threads_setStatus(
-                channel_id=place.channel, thread_ts=place.thread_ts, status=self.settings.thinking_status
-            ),
-        )
+        await self.set_status(place, self.settings.thinking_status)
         thread = (place.channel, place.thread_ts)
         if self._assistant_threads.get(thread) and prompt.strip():  # a picture alone names nothing
             self._assistant_threads[thread] = False
@@ -532,6 +652,20 @@ class SlackBot:
                     channel_id=place.channel, thread_ts=place.thread_ts, title=neutralize(title)
                 ),
             )
+
+    async def set_status(self, place: Place, status: str) -> None:
+        """The thread's "is thinking…" status (with the loading messages while waiting for
+        the first text); "" clears it. Slack clears it by itself when the reply is posted."""
+        loading = self.settings.loading_messages if status == self.settings.thinking_status else []
+        await self.best_effort(
+            "assistant.threads.setStatus",
+            self.client.assistant_threads_setStatus(
+                channel_id=place.channel,
+                thread_ts=place.thread_ts,
+                status=status,
+                loading_messages=loading or None,
+            ),
+        )
 
     async def best_effort(self, method: str, request: Awaitable[Any]) -> None:
         """Nice-to-have calls (status, title, prompts) never hold up or break a reply."""

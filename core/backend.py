@@ -13,6 +13,7 @@ from typing import Any
 
 from core.config import Config, redis_url
 from core.errors import SetupError
+from core.ledger import Ledger, SqliteLedger
 from core.limits import Gate
 from core.ops import register_ready
 from core.pacing import Pacer
@@ -43,6 +44,21 @@ def open_store(config: Config) -> StateStore:
         raise SetupError(
             f"memory.path: cannot open {config.memory.path} ({exc}): point it at a "
             "file SQLite can create or open read-write"
+        ) from None
+
+
+def open_ledger(config: Config) -> Ledger:
+    """The desk's ledger where the bot keeps it (for `streambot report`, outside the bot)."""
+    if config.memory.backend == "redis":
+        from core.redis_ledger import RedisLedger
+        from core.redis_state import connect
+
+        return RedisLedger(connect(redis_url(config)), owns_client=True)
+    try:
+        return SqliteLedger(config.memory.path)
+    except sqlite3.Error as exc:
+        raise SetupError(
+            f"memory.path: cannot open {config.memory.path} ({exc}): point it at the bot's memory file"
         ) from None
 
 

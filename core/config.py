@@ -85,6 +85,10 @@ class LimitsConfig(Section):
     channel_tokens_per_day: int = Field(0, ge=0)  # model tokens per channel per UTC day
 
 
+class FeedbackConfig(Section):
+    enabled: bool = True  # 👍/👎 under every finished answer, stored for `streambot report`
+
+
 class OpsConfig(Section):
     enabled: bool = False  # off so nothing listens by surprise; the Docker image turns it on
     host: str = "127.0.0.1"  # /metrics and /healthz; "0.0.0.0" inside a container
@@ -161,6 +165,7 @@ class Config(Section):
     stream: StreamConfig = StreamConfig()
     memory: MemoryConfig = MemoryConfig()
     limits: LimitsConfig = LimitsConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     ops: OpsConfig = OpsConfig()
     profiles: dict[str, ProfileConfig] = {}
     routes: list[RouteConfig] = []

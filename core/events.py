@@ -2,7 +2,7 @@
 
 The relay only understands these; sources (the Agents SDK, a test script, the demo model) only
 produce them. A stream is any number of TextDelta/Thinking/ToolStarted/ToolFinished/Searched/
-Handoff events, at most one Usage, followed by exactly one Done or Failed.
+Handoff/HumanWanted events, at most one Usage, followed by exactly one Done or Failed.
 """
 
 from __future__ import annotations
@@ -70,6 +70,13 @@ class Handoff:
 
 
 @dataclass(frozen=True, slots=True)
+class HumanWanted:
+    """The model asked for a person to take over (the handoff tool); the host pings once."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The model run failed; the text so far is kept and this message is shown after it."""
 
@@ -81,7 +88,18 @@ class Done:
     """The model finished normally."""
 
 
-Event = TextDelta | Thinking | Usage | ToolStarted | ToolFinished | Searched | Handoff | Failed | Done
+Event = (
+    TextDelta
+    | Thinking
+    | Usage
+    | ToolStarted
+    | ToolFinished
+    | Searched
+    | Handoff
+    | HumanWanted
+    | Failed
+    | Done
+)
 
 
 class ModelRun(Protocol):

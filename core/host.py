@@ -19,14 +19,16 @@ from typing import Any, Literal, Protocol
 
 from core import metrics
 from core.attachments import Attachment, Turn
-from core.config import DEFAULT_PROFILE, Config
+from core.config import DEFAULT_PROFILE, Config, HandoffConfig
 from core.events import Event, ModelRun, Searched
+from core.handoff import Handoffs, is_resolve_command
+from core.ledger import AnswerFacts, HandoffFacts, Ledger, SqliteLedger, Vote
 from core.limits import Gate, Refused, Slot
 from core.logs import tag_reply
 from core.pacing import ACK, Pacer
 from core.paging import with_marker
 from core.platform import Target
-from core.profiles import Origin, pick
+from core.profiles import Origin, pick, resolve
 from core.relay import Outcome, Reply
 from core.state import ReplyRecord, StateStore, repair_orphans
 from core.usage import Spent, UsageStore
@@ -37,6 +39,8 @@ RESTARTING = "I'm restarting: please ask again in a minute."  # questions during
 FINAL_GRACE = 15.0  # seconds a shutdown lets interrupted replies deliver their final text
 
 StopResult = Literal["stopped", "not_yours", "unknown"]
+HandoffResult = Literal["pinged", "already", "off"]  # "off": the profile has no handoff set up
+RESOLVED = "✅ Resolved: I'm answering here again."
 Finish = Callable[[dict[str, Any], str], Awaitable[None]]  # (record.place, final text)
 
 
@@ -138,6 +142,7 @@ class Host:
         gate: Gate | None = None,
         usage: UsageStore | None = None,
         brains: Callable[[str], Brain] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.config = config
         self.brain = brain  # the default profile's (`[model]`)
@@ -156,6 +161,29 @@ class Host:
         self._repairs: list[asyncio.Task[None]] = []
         self._shutdown: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._ledger = ledger
+        self.handoffs = Handoffs(lambda: self.ledger)
+
+    @property
+    def ledger(self) -> Ledger:
+        """Answers, votes and handoffs for the report: beside the state store (Redis, shared
+        by replicas) or in the memory file. Opened on first use."""
+        if self._ledger is None:
+            redis = getattr(self.store, "redis", None)
+            if redis is not None:
+                from core.redis_ledger import RedisLedger
+
+                self._ledger = RedisLedger(redis)
+            else:
+                self._ledger = SqliteLedger(self.config.memory.path)
+        return self._ledger
+
+    def handoff_for(self, profile: str) -> HandoffConfig | None:
+        """The profile's `handoff` settings, or None when it hands nothing to people."""
+        try:
+            return resolve(self.config, profile).handoff
+        except KeyError:  # a profile the config no longer has (a reply from before a restart)
+            return None
 
     def start(self) -> None:
         """Hear stop and delete signals other replicas forward, and end this process's replies
@@ -186,6 +214,11 @@ class Host:
         if question.reply_id in self._running:  # the same event delivered twice: answer once
             log.info("reply %s is already running; ignoring the repeat", question.reply_id)
             return None
+        profile = self.profile_for(question, target.platform)
+        if await self._held(question, profile, target):
+            return None
+        target.feedback = self.config.feedback.enabled
+        target.human = self.handoff_for(profile) is not None
         slot: Slot | None = None
         try:
             if self.closing:
@@ -268,10 +301,89 @@ class Host:
             },
         )
         finished = Finished(q, target.platform, outcome, profile, *run.citations(outcome.text))
+        self.spawn(self._record(finished))
         await self._count_usage(finished)
+        if outcome.human is not None:
+            await self.request_human(q.conversation, profile, "model", outcome.human, target)
         for hook in self.on_finished:
             hook(finished)
         return outcome
+
+    # --- the support desk: facts for the report, feedback, handoffs --------------------------------
+
+    async def _record(self, finished: Finished) -> None:
+        """The reply's facts for `streambot report`."""
+        q = finished.question
+        facts = AnswerFacts(
+            q.reply_id,
+            finished.profile,
+            finished.platform,
+            q.conversation,
+            q.prompt[:500],
+            finished.outcome.status,
+            cited=bool(finished.sources),
+            not_in_docs=finished.not_in_docs,
+        )
+        try:
+            await self.ledger.record_answer(facts)
+        except Exception as exc:  # the report misses one answer; the reply is not affected
+            log.warning("could not record reply %s for the report: %s", q.reply_id, exc)
+
+    async def feedback(self, reply_id: str, user: str, vote: Vote, platform: str) -> None:
+        """`user` clicked 👍 or 👎 under reply `reply_id` (their last click counts)."""
+        answer = await self.ledger.answer(reply_id)
+        await self.ledger.vote(reply_id, user, vote)
+        profile = answer.profile if answer else "(unknown)"
+        metrics.FEEDBACK.labels(platform, profile, vote).inc()
+        log.info("%s voted %s on reply %s", user, vote, reply_id, extra={"reply_id": reply_id})
+
+    async def feedback_reason(self, reply_id: str, user: str, reason: str) -> None:
+        """Why `user` voted 👎 (optional; asked after the click)."""
+        await self.ledger.give_reason(reply_id, user, reason.strip()[:1000])
+
+    async def request_human(
+        self, conversation: str, profile: str, by: str, reason: str, target: Target
+    ) -> HandoffResult:
+        """Hand `conversation` to a person: ping once (whoever asks, however often), then stay
+        silent there until someone resolves it."""
+        settings = self.handoff_for(profile)
+        if settings is None:
+            return "off"
+        facts = HandoffFacts(conversation, profile, reason.strip()[:300] or "asked for a person", by)
+
+        async def announce(facts: HandoffFacts) -> dict[str, Any]:
+            await self.pacer.acquire(target.budgets("notice"))
+            return await target.hand_off(settings, facts)
+
+        try:
+            pinged = await self.handoffs.request(facts, target.platform, announce)
+        except Exception as exc:
+            log.warning("could not hand %s to a person: %s", conversation, exc)
+            return "off"
+        return "pinged" if pinged else "already"
+
+    async def resolve(self, conversation: str, by: str) -> bool:
+        """A person resolved the handoff: the bot answers in `conversation` again."""
+        return await self.handoffs.resolve(conversation, by) is not None
+
+    async def _held(self, question: Question, profile: str, target: Target) -> bool:
+        """True when a person has this conversation (the bot stays silent), or when the
+        question was the command that resolves it."""
+        if self.handoff_for(profile) is None:
+            return False
+        try:
+            if not await self.handoffs.held(question.conversation):
+                return False
+            if is_resolve_command(question.prompt):
+                await self.resolve(question.conversation, question.user)
+                await target.resolved()
+                await self.notice(target, RESOLVED)
+                return True
+        except Exception as exc:  # a store that is down: answering beats silence
+            log.warning("could not check %s for a handoff (%s); answering", question.conversation, exc)
+            return False
+        log.info("conversation %s is with a person; not answering", question.conversation)
+        return True
 
     async def _count_usage(self, finished: Finished) -> None:
         """Add the reply's tokens to the metrics and to its person's, channel's and profile's

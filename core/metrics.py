@@ -1,4 +1,5 @@
-"""Prometheus metrics, recorded by the relay (every reply of every platform passes through it).
+"""Prometheus metrics, recorded by the relay (every reply of every platform passes through it)
+and, for feedback and handoffs, by the host.
 
 All series carry a `platform` label (`Target.platform`: the adapter's name). They live in
 prometheus-client's default registry, next to its process metrics (CPU, memory, open files);
@@ -54,6 +55,16 @@ MODEL_ERRORS = Counter(
 EVENT_LOOP_LAG = Gauge(
     "streambot_event_loop_lag_seconds",
     "How late the event loop last woke a 0.5 s sleep; liveness fails when it stays high.",
+)
+FEEDBACK = Counter(
+    "streambot_feedback",
+    "👍/👎 clicks on answers (every click: people may change their mind; the ledger keeps the last).",
+    ["platform", "profile", "vote"],
+)
+HANDOFFS = Counter(
+    "streambot_handoffs",
+    "Conversations handed to a person, by who asked: the model or a person (each pinged once).",
+    ["platform", "profile", "by"],
 )
 TOKENS = Counter(
     "streambot_tokens",

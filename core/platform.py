@@ -26,6 +26,15 @@ class Rate:
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """One tool call of a reply, as a task list shows it."""
+
+    id: str
+    title: str
+    status: Literal["in_progress", "complete", "error"] = "in_progress"
+
+
+@dataclass(frozen=True, slots=True)
 class Frame:
     """What one message of a reply should show now.
 
@@ -43,6 +52,13 @@ class Frame:
     raw: str
     final: bool  # this message will not change again
     streaming: bool  # the reply as a whole is still being written (show a Stop button)
+    # The reply ended and this is its last message: where 👍/👎 and "Get a human" go ("" while
+    # streaming or on an earlier page; else how it ended: done, stopped, failed, empty).
+    ended: str = ""
+    # What `text` shows below the answer while it streams (⏳ slow, 🔧 tool, ↪️ handoff): for
+    # transports that cannot show it inside the text (native streams show it their own way).
+    status: str = ""
+    steps: tuple[Step, ...] = ()  # the tool calls so far, in order, for transports with task lists
 
 
 class RateLimited(Exception):
@@ -79,6 +95,10 @@ class Target(ABC):
     platform: str = "console"  # names the adapter in metrics, logs and reply records
     page_limit: int = 2000
     page_max_age: float | None = None
+    # Set by the host before the reply starts: what the reply's last message offers once it
+    # ended (a frame with `ended`): 👍/👎 buttons, and a "Get a human" button.
+    feedback: bool = False
+    human: bool = False
     # The platform does not render Markdown tables: the relay shows them as aligned monospace
     # blocks at most `table_width` characters wide, as lists when wider (core/tables.py).
     render_tables: bool = False
@@ -115,6 +135,17 @@ class Target(ABC):
         """Show a short message that is not a model reply (a refusal, a hint) where the reply
         would have gone. By default: post it as a finished message."""
         await self.post(Frame(0, text, text, final=True, streaming=False))
+
+    async def hand_off(self, settings: Any, facts: Any) -> dict[str, Any]:
+        """Post the one handoff message where the reply went: ping the people `settings` (the
+        profile's `handoff` section) names, say why (`facts`, a ledger.HandoffFacts), offer a
+        "Resolved" button and mark the conversation as handed off. Returns where it posted
+        (JSON-able). By default: a notice without a ping."""
+        await self.notice(f"🆘 A person from the team has been asked to help: {facts.reason}")
+        return {}
+
+    async def resolved(self) -> None:
+        """The conversation's handoff was resolved by a command: take the handoff mark off."""
 
     async def open(self) -> None:
         """Called once the question is admitted, before the reply starts: acknowledge it (a

@@ -18,10 +18,21 @@ from typing import Any, Literal
 
 from core import metrics
 from core.config import StreamConfig
-from core.events import Done, Failed, Handoff, ModelRun, TextDelta, Thinking, ToolFinished, ToolStarted, Usage
+from core.events import (
+    Done,
+    Failed,
+    Handoff,
+    HumanWanted,
+    ModelRun,
+    TextDelta,
+    Thinking,
+    ToolFinished,
+    ToolStarted,
+    Usage,
+)
 from core.pacing import ACK, NORMAL, SOON, Pacer
 from core.paging import Pager
-from core.platform import Frame, MessageGone, Op, RateLimited, Target, TransientError
+from core.platform import Frame, MessageGone, Op, RateLimited, Step, Target, TransientError
 from core.state import ReplyRecord, StateStore
 from core.tables import TableFormatter
 
@@ -53,6 +64,8 @@ class Outcome:
     usage: Usage | None = None  # tokens the model reported for this reply
     placeholder_after: float | None = None  # seconds from the start until the first message showed
     first_text_after: float | None = None  # ... until the model's first text showed
+    tools: list[str] = field(default_factory=list)  # the tools the model called, in order
+    human: str | None = None  # the model asked for a person (the handoff tool), for this reason
 
 
 class _Gone(Exception):
@@ -84,6 +97,7 @@ class Reply:
         self.handles: list[Any] = []
         self.status_line = ""
         self._tools: dict[str, str] = {}
+        self._steps: dict[str, Step] = {}  # every tool call so far, for task lists
         self._end: Status | None = None
         self._changed = asyncio.Event()
         self._delivered: list[Frame] = []  # last frame each message shows
@@ -192,9 +206,19 @@ class Reply:
                 elif isinstance(ev, Usage):
                     self._outcome.usage = ev
                 elif isinstance(ev, ToolStarted):
-                    self._tools[ev.call_id or ev.name] = ev.name
+                    key = ev.call_id or ev.name
+                    self._tools[key] = ev.name
+                    self._steps[key] = Step(key, ev.name.replace("_", " "))
+                    self._outcome.tools.append(ev.name)
                 elif isinstance(ev, ToolFinished):
-                    self._tools.pop(ev.call_id or ev.name, None)
+                    key = ev.call_id or ev.name
+                    self._tools.pop(key, None)
+                    step = self._steps.get(key) or Step(key, ev.name.replace("_", " "))
+                    self._steps[key] = Step(step.id, step.title, "error" if ev.failed else "complete")
+                elif isinstance(ev, HumanWanted):
+                    if self._outcome.human is None:
+                        self._outcome.human = ev.reason
+                    self.target.human = False  # a person is being asked: no button for it
                 elif isinstance(ev, Handoff):
                     self.status_line = f"↪️ {ev.agent} is taking over…"
                 elif isinstance(ev, Failed):
@@ -295,16 +319,20 @@ class Reply:
         streaming = self._end is None
         status = self.status_line[: self.pager.limit // 4]
         cursor = self.settings.cursor
+        steps = tuple(self._steps.values())
         pending = self._pending()
         if self.pager.empty and not pending:
             text = self.settings.placeholder + (cursor if streaming else "")
-            return Frame(0, text + (f"\n{status}" if status else ""), "", not streaming, streaming)
+            text += f"\n{status}" if status else ""
+            return Frame(0, text, "", not streaming, streaming, self._end or "", status, steps)
         last = self.pager.render(streaming=streaming, cursor=cursor, status=status, pending=pending)
         pages = self.pager.pages
+        # the reply's last message carries how it ended (where feedback and handoff buttons go)
+        ended = (self._end or "") if k == self._page_count() - 1 else ""
         if k < len(pages):
-            return Frame(k, pages[k].text, pages[k].text, True, False)
+            return Frame(k, pages[k].text, pages[k].text, True, False, ended)
         raw = self.pager.source if streaming else last
-        return Frame(k, last, raw, not streaming, streaming)
+        return Frame(k, last, raw, not streaming, streaming, ended, status, steps)
 
     async def _deliver(self) -> None:
         k = 0  # first message whose final form is not delivered yet

@@ -9,6 +9,7 @@ used for status only, so no text is ever shown twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import sqlite3
@@ -33,6 +34,7 @@ from core.events import (
     Event,
     Failed,
     Handoff,
+    HumanWanted,
     Searched,
     TextDelta,
     Thinking,
@@ -40,6 +42,7 @@ from core.events import (
     ToolStarted,
     Usage,
 )
+from core.handoff import HANDOFF_TOOL, handoff_tool
 from core.knowledge import KnowledgeBase
 from core.memory import SQLiteMemory, prune_sqlite, redis_memory, undo
 from core.profiles import resolve
@@ -176,6 +179,8 @@ async def normalize(result: RunResultStreaming, state: RunState | None = None) -
                     else:
                         tools[call_id] = name
                     yield ToolStarted(name, call_id)
+                    if name == HANDOFF_TOOL:
+                        yield HumanWanted(_reason(_get(raw, "arguments")))
                 elif ev.name == "tool_output":
                     call_id = str(_get(raw, "call_id") or "")
                     failed = state is not None and call_id in state.failed
@@ -214,6 +219,15 @@ async def normalize(result: RunResultStreaming, state: RunState | None = None) -
     if usage := _usage(result):
         yield usage
     yield Done()
+
+
+def _reason(arguments: Any) -> str:
+    """The `reason` argument of a handoff tool call (JSON text), or '' if it has none."""
+    try:
+        value = json.loads(arguments or "{}").get("reason", "")
+    except (ValueError, AttributeError):
+        return ""
+    return str(value)
 
 
 # The SDK's raw events that carry reasoning: summaries, and raw reasoning text.
@@ -503,7 +517,13 @@ def build_brain(
             include_usage=True if p.api == "chat_completions" else None,
             reasoning=Reasoning(summary=summary) if summary != "off" else None,
         ),
-        tools=[*tools, *own_tools, *([knowledge_tool(kb)] if kb else [])],
+        # a profile with people to hand over to lets the model ask for them (core/handoff.py)
+        tools=[
+            *tools,
+            *own_tools,
+            *([knowledge_tool(kb)] if kb else []),
+            *([handoff_tool()] if p.handoff is not None else []),
+        ],
     )
     limits = config.limits
     return Brain(

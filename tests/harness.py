@@ -16,7 +16,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -342,6 +342,8 @@ async def running_slack_bot(
     backend: Any = None,
     profiles: dict[str, Any] | None = None,
     routes: list[dict[str, Any]] | None = None,
+    tools: Sequence[Any] = (),
+    feedback: dict[str, Any] | None = None,
     **slack_settings: Any,
 ) -> AsyncIterator[asyncio.Task[None]]:
     """Run `bots.slack_bot.serve` (the real adapter, bolt and slack_sdk) against `slack`.
@@ -353,7 +355,7 @@ async def running_slack_bot(
     """
     from bots.slack_api import SlackSettings
     from bots.slack_bot import EVENTS_PATH, serve
-    from core.config import LimitsConfig, StreamConfig
+    from core.config import FeedbackConfig, LimitsConfig, StreamConfig
     from fakes.slack_server import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET
 
     saved = {
@@ -382,6 +384,7 @@ async def running_slack_bot(
             memory=MemoryConfig(path=memory_path, **(memory or {})),
             stream=StreamConfig(**(stream or {})),
             limits=LimitsConfig(**(limits or {})),
+            feedback=FeedbackConfig(**(feedback or {})),
             slack=SlackSettings(**settings),
             profiles=profiles or {},
             routes=routes or [],
@@ -389,14 +392,14 @@ async def running_slack_bot(
         if backend is not None:
             host = Host(
                 config,
-                build_brain(config, redis=backend.redis),
+                build_brain(config, tools, redis=backend.redis),
                 backend.pacer,
                 backend.store,
                 backend.gate,
                 brains=profile_brains(config, backend.redis),
             )
         else:
-            host = Host(config, build_brain(config), Pacer(), store, brains=profile_brains(config))
+            host = Host(config, build_brain(config, tools), Pacer(), store, brains=profile_brains(config))
         return asyncio.create_task(serve(host, config.slack))
 
     task: asyncio.Task[None] | None = None
@@ -478,3 +481,12 @@ async def start_streambot(
             cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=err, **options,
         )  # fmt: skip
+
+
+def no_stop(components: list[dict[str, Any]]) -> bool:
+    """A Discord message's components hold no Stop button (a finished answer may hold 👍/👎)."""
+    return not any(
+        str(c.get("custom_id", "")).startswith("streambot:stop:")
+        for row in components
+        for c in row.get("components", [])
+    )

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from harness import GUARD, Bot, assert_pages_are, final, long_markdown
+from harness import GUARD, Bot, assert_pages_are, final, long_markdown, no_stop
 from harness import make_discord_config as make_config
 from harness import running_discord_bot as running_bot
 
@@ -72,7 +72,8 @@ async def test_short_reply(bot: Bot) -> None:
     first = page.history[0]
     assert first.content.startswith("…") and first.content.endswith(CURSOR)  # the placeholder
     assert "streambot:stop:" in first.components[0]["components"][0]["custom_id"]
-    assert page.history[-1].components == []  # Stop button gone when done
+    assert no_stop(page.history[-1].components)  # Stop button gone when done
+    assert page.custom_ids() == [f"streambot:fb:up:{question.id}", f"streambot:fb:down:{question.id}"]
     assert any(channel == fake.general.id for channel, _ in fake.typing)
     assert_never_pinged(fake)
     assert fake.throttled == []
@@ -92,7 +93,7 @@ async def test_long_markdown_reply_is_paged(bot: Bot) -> None:
     assert shown == outcome.pages
     for page in pages:
         assert all(len(rev.content) <= 2000 for rev in page.history)
-        assert page.history[-1].components == []
+        assert no_stop(page.history[-1].components)
     # each continuation replies to the page before it, so concurrent replies stay readable
     assert [p.reference for p in pages[1:]] == [p.id for p in pages[:-1]]
     assert not [c for c in fake.calls if c.status >= 400]
@@ -145,7 +146,7 @@ async def test_model_error_mid_stream_keeps_partial_text(bot: Bot) -> None:
     shown = final(page)
     assert shown.startswith("The first half of an answer\n\n⚠️")
     assert "upstream exploded" in shown
-    assert page.history[-1].components == []
+    assert no_stop(page.history[-1].components)
 
 
 async def test_empty_model_reply_says_so(bot: Bot) -> None:
@@ -184,7 +185,7 @@ async def test_stop_button_stops_the_run(bot: Bot) -> None:
     assert outcome.status == "stopped"
     assert click.callbacks == [{"type": 6}]  # acknowledged without a visible change
     assert final(page) == f"Partial answer \n\n{STOPPED}"  # the model's text, then the marker
-    assert page.history[-1].components == []
+    assert no_stop(page.history[-1].components)
     await bot.model.wait_idle()
     assert bot.model.disconnects == 1  # the model stream was really cancelled
 
@@ -297,7 +298,7 @@ async def test_ask_slash_command(bot: Bot) -> None:
     pages = [inter.original, *inter.followups]
     assert len(pages) >= 4
     assert_pages_are([final(p) for p in pages], text, 2000)
-    assert all(p.history[-1].components == [] for p in pages)
+    assert all(no_stop(p.history[-1].components) for p in pages)
     assert_never_pinged(fake)
     assert fake.throttled == []
     assert bot.model.requests[-1].body["input"][-1]["content"] == "Alice: write a lot"

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness import Bot, final, running_discord_bot
+from harness import Bot, final, no_stop, running_discord_bot
 from harness import running_slack_bot as running_bot
 
 import bots.discord_api
@@ -46,7 +46,7 @@ def discord_replies(fake: FakeDiscord, questions: list[FakeMessage]) -> list[str
         pages = fake.reply_pages(q)
         assert pages, f"no reply to {q.content!r}"
         for page in pages:
-            assert CURSOR not in final(page) and page.history[-1].components == [], final(page)
+            assert CURSOR not in final(page) and no_stop(page.history[-1].components), final(page)
         shown.append("".join(final(p) for p in pages))
     replies = sum(len(fake.reply_pages(q)) for q in questions)
     assert len(fake.bot_messages()) == replies, "a duplicate or stray bot message"

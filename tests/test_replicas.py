@@ -310,3 +310,28 @@ async def test_two_streambot_processes_share_stop_and_limits(
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
             await asyncio.wait_for(proc.wait(), WAIT)
+
+
+async def test_get_a_human_on_two_replicas_pings_once(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, redis_url: str
+) -> None:
+    from bots.slack_api import HUMAN_ACTION
+
+    fake_openai.reply("Try turning it off and on.")
+    desk = {
+        "profiles": {"support": {"handoff": {"slack_group": "S0ONCALL"}}},
+        "routes": [{"platform": "slack", "profile": "support"}],
+    }
+    async with two_replicas(slack, fake_openai, tmp_path, redis_url, **desk):
+        slack.route = 0
+        ts = await slack.mention(CHANNEL, "broken")
+        await slack.wait_for(lambda: settled(slack, CHANNEL, ts), WAIT, "the answer")
+        [answer] = slack.bot_messages(CHANNEL, ts)
+        slack.route = None  # the clicks take turns between the replicas
+        for user in ("U0ANN", "U0ANN", "U0BOB", "U0BOB"):
+            await slack.click(answer, HUMAN_ACTION, user=user)
+        await slack.wait_for(
+            lambda: slack.pings and len(slack.ephemeral) >= 3, WAIT, "one ping and three 'already' notes"
+        )
+        assert [p[2] for p in slack.pings] == ["<!subteam^S0ONCALL>"]
+        await slack.wait_for(lambda: slack.messages[(CHANNEL, ts)].reactions == {"sos"}, WAIT, "the 🆘")

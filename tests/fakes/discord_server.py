@@ -123,6 +123,7 @@ class FakeMessage:
     created: float = field(default_factory=time.time)
     edited: float | None = None
     history: list[Revision] = field(default_factory=list)
+    reactions: set[str] = field(default_factory=set)  # the bot's own reactions
     attachments: list[dict[str, Any]] = field(default_factory=list)  # as the message JSON shows them
 
     @property
@@ -208,6 +209,7 @@ class FakeInteraction:
     callbacks: list[dict[str, Any]] = field(default_factory=list)  # callback bodies, in order
     original: FakeMessage | None = None
     followups: list[FakeMessage] = field(default_factory=list)
+    modal: dict[str, Any] | None = None  # the modal the app answered with (callback type 9)
 
     @property
     def acknowledged(self) -> bool:
@@ -608,6 +610,35 @@ class FakeDiscord:
         await self._dispatch("INTERACTION_CREATE", payload, message.guild_id)
         return inter
 
+    async def submit_modal(
+        self, opened_by: FakeInteraction, values: dict[str, str], *, user: User | None = None
+    ) -> FakeInteraction:
+        """The user fills in the modal the app answered `opened_by` with (text input custom_id
+        -> value) and submits it."""
+        modal = opened_by.modal
+        assert modal is not None, "the app answered with no modal"
+        rows = []
+        for row in modal.get("components", []):
+            inputs = row.get("components", [row.get("component")] if row.get("component") else [])
+            for comp in inputs:
+                rows.append(
+                    {
+                        "type": 1,
+                        "components": [
+                            {
+                                "type": 4,
+                                "custom_id": comp["custom_id"],
+                                "value": values.get(comp["custom_id"], ""),
+                            }
+                        ],
+                    }
+                )
+        data = {"custom_id": modal["custom_id"], "components": rows}
+        channel = self.channels[opened_by.channel_id]
+        inter = self._new_interaction(5, channel, user or opened_by.user, data)
+        await self._dispatch("INTERACTION_CREATE", self._interaction_json(inter), channel.guild_id)
+        return inter
+
     async def slash(
         self, name: str, options: dict[str, Any], *, channel: Channel | None = None, user: User | None = None
     ) -> FakeInteraction:
@@ -857,6 +888,13 @@ class FakeDiscord:
                 "channel_id",
             ),
             ("POST", "/channels/{channel_id}/typing", self._typing, "other", "channel_id"),
+            (
+                "PUT",
+                "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me",
+                self._add_reaction,
+                "other",
+                "channel_id",
+            ),
             (
                 "POST",
                 "/channels/{channel_id}/messages/{message_id}/threads",
@@ -1253,6 +1291,13 @@ class FakeDiscord:
         await self.delete(self._message(request, channel.id))
         return 204, None
 
+    async def _add_reaction(self, request: web.Request, body: Any) -> tuple[int, Any]:
+        from urllib.parse import unquote
+
+        msg = self._message(request, int(request.match_info["channel_id"]))
+        msg.reactions.add(unquote(request.match_info["emoji"]))
+        return 204, None
+
     async def _typing(self, request: web.Request, body: Any) -> tuple[int, Any]:
         self.typing.append((self._channel(request).id, time.monotonic()))
         return 204, None
@@ -1338,6 +1383,10 @@ class FakeDiscord:
             assert inter.message_id is not None
             message = self.messages[inter.message_id]
             self._apply_edit(message, data, via="interaction")
+        elif kind == 9:  # MODAL: a form the user fills in (answered by a MODAL_SUBMIT interaction)
+            if inter.type not in (2, 3) or not data.get("custom_id") or not data.get("title"):
+                raise DiscordError(400, 50035, "Invalid Form Body")
+            inter.modal = data
         elif kind != 6:  # 6 = DEFERRED_UPDATE_MESSAGE: nothing visible
             raise DiscordError(400, 50035, "Invalid Form Body")
         inter.callbacks.append(body)

@@ -33,6 +33,7 @@ import hmac
 import itertools
 import json
 import math
+import re
 import time
 import uuid
 from collections import Counter
@@ -65,6 +66,8 @@ FAULTED = {
     "chat.stopStream": "edit",
 }
 TEXT_LIMIT = 40_000
+# Mentions that notify people: special mentions, user groups and users (not made inert).
+PING = re.compile(r"<!(?:channel|here|everyone|subteam\^[A-Z0-9]+)[^>]*>|<@[UW][A-Z0-9]+>", re.I)
 
 Scope = Literal["workspace", "channel"]
 
@@ -94,8 +97,11 @@ DEFAULT_LIMITS: dict[str, Limit] = {
     "assistant.threads.setStatus": tier(3),
     "assistant.threads.setTitle": tier(3),
     "assistant.threads.setSuggestedPrompts": tier(3),
-    "conversations.replies": tier(3),
     "reactions.add": tier(3),
+    "reactions.remove": tier(3),
+    "views.open": tier(4),
+    "chat.postEphemeral": tier(4),
+    "conversations.replies": tier(3),
     "auth.test": tier(4),
     "apps.connections.open": Limit(1.0, 5.0),
 }
@@ -151,6 +157,9 @@ class Message:
     history: list[str] = field(default_factory=list)  # visible text after every change
     times: list[float] = field(default_factory=list)  # monotonic time of every change
     stream: Literal["streaming", "stopped", "failed"] | None = None
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task chunks: id -> latest
+    task_updates: list[dict[str, Any]] = field(default_factory=list)  # every task chunk, in order
+    reactions: set[str] = field(default_factory=set)
     stream_started: float = 0.0
     appends: int = 0
     deleted: bool = False
@@ -160,6 +169,25 @@ class Message:
     def buttons(self) -> list[dict[str, Any]]:
         """Interactive elements currently shown (e.g. the Stop button)."""
         return [e for b in self.blocks if b.get("type") == "actions" for e in b.get("elements", [])]
+
+    @property
+    def is_control(self) -> bool:
+        """The Stop button the bot posts beside a native stream (no part of the answer)."""
+        return any(b.get("block_id") == "streambot_stop_control" for b in self.blocks)
+
+    @property
+    def stop_buttons(self) -> list[dict[str, Any]]:
+        return [b for b in self.buttons if b.get("action_id") == "streambot_stop"]
+
+    @property
+    def feedback(self) -> dict[str, Any] | None:
+        """Slack's native 👍/👎 (a feedback_buttons element in a context_actions block)."""
+        for b in self.blocks:
+            if b.get("type") == "context_actions":
+                for e in b.get("elements", []):
+                    if e.get("type") == "feedback_buttons":
+                        return dict(e)
+        return None
 
     @property
     def is_bot(self) -> bool:
@@ -237,6 +265,7 @@ class FakeSlack:
         # Switches for failure tests.
         self.native_streaming = True
         self.native_error = "unknown_method"  # answered by chat.startStream when switched off
+        self.feedback_blocks = True  # False: refuse context_actions blocks like an older Slack
         self.stream_ttl: float | None = None  # streams expire this long after starting
         self.fail_streams_after: int | None = None  # appends before a stream breaks
         self.fail_next: dict[str, list[str | int]] = {}  # method -> errors (str) / statuses (int)
@@ -249,6 +278,10 @@ class FakeSlack:
         self.deliveries: dict[str, Delivery] = {}  # by envelope/delivery id
         self.suggested_prompts: list[dict[str, Any]] = []
         self.statuses: list[tuple[str, str, str]] = []  # (channel, thread_ts, status)
+        self.loading_messages: list[list[str]] = []  # of every setStatus that had some
+        self.views: list[dict[str, Any]] = []  # modals opened (views.open)
+        self.ephemeral: list[dict[str, Any]] = []  # chat.postEphemeral messages
+        self.pings: list[tuple[str, str, str]] = []  # (channel, ts, mention) that notify people
         self.titles: dict[tuple[str, str], str] = {}
         self.files: dict[str, tuple[str, str, bytes]] = {}  # file id -> (name, mimetype, bytes)
         self.downloads: list[tuple[str, bool]] = []  # (file id, with the bot token) per download
@@ -483,10 +516,82 @@ class FakeSlack:
             }
         )
 
-    async def click(self, message: Message, action_id: str, user: str = "U0HUMAN") -> Delivery:
-        """A person clicks the button `action_id` on `message`."""
-        button = next(b for b in message.buttons if b.get("action_id") == action_id)
+    async def click(
+        self, message: Message, action_id: str, user: str = "U0HUMAN", *, redeliver: int = 0
+    ) -> Delivery:
+        """A person clicks the button `action_id` on `message`; `redeliver` delivers the same
+        click that many more times (a lost ack)."""
+        block_id, button = next(
+            (b.get("block_id", "b"), e)
+            for b in message.blocks
+            if b.get("type") == "actions"
+            for e in b.get("elements", [])
+            if e.get("action_id") == action_id
+        )
+        payload = self._action_payload(message, user)
+        payload |= {
+            "actions": [
+                {
+                    "action_id": action_id,
+                    "block_id": block_id,
+                    "type": "button",
+                    "value": button.get("value", ""),
+                    "text": button.get("text", {}),
+                    "action_ts": self.new_ts(),
+                }
+            ],
+        }
+        delivery = await self._deliver("interactive", payload)
+        for attempt in range(1, redeliver + 1):
+            await self._deliver("interactive", payload, attempt=attempt, reason="timeout")
+        return delivery
+
+    async def click_feedback(
+        self, message: Message, vote: Literal["up", "down"], user: str = "U0HUMAN", *, redeliver: int = 0
+    ) -> Delivery:
+        """A person clicks 👍 or 👎 (Slack's feedback buttons send the clicked button's value)."""
+        element = message.feedback
+        assert element is not None, "the message shows no feedback buttons"
+        button = element["positive_button" if vote == "up" else "negative_button"]
+        payload = self._action_payload(message, user)
+        payload["actions"] = [
+            {
+                "type": "feedback_buttons",
+                "action_id": element.get("action_id", ""),
+                "block_id": "fb",
+                "value": button["value"],
+                "action_ts": self.new_ts(),
+            }
+        ]
+        delivery = await self._deliver("interactive", payload)
+        for attempt in range(1, redeliver + 1):
+            await self._deliver("interactive", payload, attempt=attempt, reason="timeout")
+        return delivery
+
+    async def submit_view(
+        self, view: dict[str, Any], values: dict[str, dict[str, Any]], user: str = "U0HUMAN"
+    ) -> Delivery:
+        """A person submits a modal the app opened (`values`: block id -> action id -> value)."""
+        state = {
+            block: {action: {"type": "plain_text_input", "value": v} for action, v in actions.items()}
+            for block, actions in values.items()
+        }
         payload = {
+            "type": "view_submission",
+            "team": {"id": TEAM_ID, "domain": "fake"},
+            "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID},
+            "api_app_id": APP_ID,
+            "token": "verification-token",
+            "trigger_id": f"trigger.{next(self._ids)}",
+            "view": {**view, "id": f"V{next(self._ids)}", "team_id": TEAM_ID, "state": {"values": state}},
+            "response_urls": [],
+            "is_enterprise_install": False,
+            "enterprise": None,
+        }
+        return await self._deliver("interactive", payload)
+
+    def _action_payload(self, message: Message, user: str) -> dict[str, Any]:
+        return {
             "type": "block_actions",
             "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID},
             "api_app_id": APP_ID,
@@ -506,18 +611,7 @@ class FakeSlack:
             "message": message.as_event_message(),
             "state": {"values": {}},
             "response_url": f"http://127.0.0.1:{self._port}/response/{next(self._ids)}",
-            "actions": [
-                {
-                    "action_id": action_id,
-                    "block_id": button.get("block_id", "b"),
-                    "type": "button",
-                    "value": button.get("value", ""),
-                    "text": button.get("text", {}),
-                    "action_ts": self.new_ts(),
-                }
-            ],
         }
-        return await self._deliver("interactive", payload)
 
     async def send_event(
         self, event: dict[str, Any], *, redeliver: int = 0, event_id: str | None = None
@@ -551,12 +645,16 @@ class FakeSlack:
 
     # --- what tests look at ------------------------------------------------------------------
 
-    def bot_messages(self, channel: str | None = None, thread_ts: str | None = None) -> list[Message]:
-        """The bot's messages people can see (in a channel / thread), oldest first."""
+    def bot_messages(
+        self, channel: str | None = None, thread_ts: str | None = None, *, controls: bool = False
+    ) -> list[Message]:
+        """The bot's messages people can see (in a channel / thread), oldest first; without
+        `controls`, not the Stop buttons posted beside native streams."""
         out = [
             m
             for m in self.messages.values()
             if m.bot_id == BOT_ID
+            and (controls or not m.is_control)
             and m.ts != m.thread_ts
             and not m.deleted
             and (channel is None or m.channel == channel)
@@ -865,8 +963,7 @@ class FakeSlack:
             raise ApiError("message_not_found")
         return msg
 
-    @staticmethod
-    def _blocks(args: dict[str, Any]) -> list[dict[str, Any]]:
+    def _blocks(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         blocks = args.get("blocks")
         if isinstance(blocks, str):
             try:
@@ -885,6 +982,8 @@ class FakeSlack:
                 if not b.get("text"):
                     raise ApiError("invalid_blocks")
                 total += len(b["text"])
+            elif b["type"] == "context_actions" and not self.feedback_blocks:
+                raise ApiError("invalid_blocks", errors=["unsupported block type: context_actions"])
             elif b["type"] == "actions":
                 if not b.get("elements") or len(b["elements"]) > 25:
                     raise ApiError("invalid_blocks")
@@ -939,6 +1038,9 @@ class FakeSlack:
         )
         msg.show(visible_text(text, blocks, markdown))
         self.messages[(channel, msg.ts)] = msg
+        # a new message notifies whoever its text mentions (edits notify nobody)
+        for mention in PING.findall(text or markdown or ""):
+            self.pings.append((channel, msg.ts, mention))
         self._echo(msg)
         return {"channel": channel, "ts": msg.ts, "message": msg.as_event_message()}
 
@@ -981,6 +1083,9 @@ class FakeSlack:
                 raise ApiError("missing_recipient_user_id")
             if not args.get("recipient_team_id"):
                 raise ApiError("missing_recipient_team_id")
+        chunks = self._chunks(args)
+        if args.get("task_display_mode") not in (None, "timeline", "plan"):
+            raise ApiError("invalid_arguments")
         markdown = args.get("markdown_text") or ""
         if len(markdown) > MARKDOWN_LIMIT:
             raise ApiError("msg_too_long")
@@ -994,10 +1099,42 @@ class FakeSlack:
             stream="streaming",
             stream_started=time.monotonic(),
         )
-        msg.show(markdown)
+        msg.show(markdown + self._apply_chunks(msg, chunks))
         self.messages[(channel, msg.ts)] = msg
         self._echo(msg)
         return {"channel": channel, "ts": msg.ts}
+
+    def _chunks(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """A stream request's `chunks` (markdown_text or chunks, not both), checked."""
+        chunks = args.get("chunks")
+        if isinstance(chunks, str):
+            chunks = json.loads(chunks)
+        if not chunks:
+            return []
+        if args.get("markdown_text"):
+            raise ApiError("invalid_arguments", response_metadata={"messages": ["markdown_text and chunks"]})
+        for c in chunks:
+            kind = c.get("type")
+            if kind == "task_update":
+                if not c.get("id") or not c.get("title"):
+                    raise ApiError("invalid_chunks")
+                if c.get("status") not in ("pending", "in_progress", "complete", "error"):
+                    raise ApiError("invalid_chunks")
+            elif kind not in ("markdown_text", "plan_update", "blocks"):
+                raise ApiError("invalid_chunks")
+        return list(chunks)
+
+    @staticmethod
+    def _apply_chunks(msg: Message, chunks: list[dict[str, Any]]) -> str:
+        """Record the task chunks on `msg`; the Markdown they add."""
+        text = ""
+        for c in chunks:
+            if c["type"] == "markdown_text":
+                text += c.get("text", "")
+            elif c["type"] == "task_update":
+                msg.tasks[c["id"]] = dict(c)
+                msg.task_updates.append(dict(c))
+        return text
 
     def _streaming(self, args: dict[str, Any]) -> Message:
         channel = self._channel(args)
@@ -1010,8 +1147,9 @@ class FakeSlack:
 
     def _m_chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any]:
         msg = self._streaming(args)
+        chunks = self._chunks(args)
         markdown = args.get("markdown_text")
-        if not markdown and not args.get("chunks"):
+        if not markdown and not chunks:
             raise ApiError("no_text")
         if markdown and len(msg.text) + len(markdown) > MARKDOWN_LIMIT:
             raise ApiError("msg_too_long")  # a streamed message holds 12,000 characters in all
@@ -1019,7 +1157,7 @@ class FakeSlack:
             msg.stream = "failed"  # Slack shows "something went wrong"; the text stays
             raise ApiError("message_not_in_streaming_state")
         msg.appends += 1
-        msg.show(msg.text + (markdown or ""))
+        msg.show(msg.text + (markdown or "") + self._apply_chunks(msg, chunks))
         return {"channel": msg.channel, "ts": msg.ts}
 
     def _m_chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -1027,33 +1165,66 @@ class FakeSlack:
         if self.fail_streams_after is not None and msg.appends >= self.fail_streams_after:
             msg.stream = "failed"
             raise ApiError("message_not_in_streaming_state")
+        chunks = self._chunks(args)
         markdown = args.get("markdown_text") or ""
         if len(msg.text) + len(markdown) > MARKDOWN_LIMIT:
             raise ApiError("msg_too_long")
         msg.blocks = self._blocks(args)
         msg.stream = "stopped"
-        msg.show(msg.text + markdown)
+        msg.show(msg.text + markdown + self._apply_chunks(msg, chunks))
         self._echo(msg, "message_changed")
         return {"channel": msg.channel, "ts": msg.ts, "message": msg.as_event_message()}
 
     def _m_reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(args)
-        self._message(channel, args.get("timestamp"))
+        msg = self._message(channel, args.get("timestamp"))
         name = str(args.get("name") or "")
         if not name:
             raise ApiError("invalid_name")
-        ts = str(args.get("timestamp"))
-        if any(r[:3] == (channel, ts, name) for r in self.reactions):
+        if name in msg.reactions:
             raise ApiError("already_reacted")
-        self.reactions.append((channel, ts, name, time.monotonic()))
+        msg.reactions.add(name)  # what the message shows now
+        self.reactions.append((channel, msg.ts, name, time.monotonic()))  # every one ever added
         return {}
 
     def _m_assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
+        # any thread since 2026-03 (chat:write); before, assistant threads (DMs) only
         channel = self._channel(args, "channel_id")
-        if channel_type(channel) != "im":
-            raise ApiError("not_allowed")
         self.statuses.append((channel, str(args.get("thread_ts")), str(args.get("status", ""))))
+        loading = args.get("loading_messages")
+        if isinstance(loading, str):
+            loading = json.loads(loading)
+        if loading:
+            if len(loading) > 10:
+                raise ApiError("invalid_arguments")
+            self.loading_messages.append(list(loading))
         return {}
+
+    def _m_reactions_remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        msg = self._message(self._channel(args), args.get("timestamp"))
+        name = str(args.get("name", ""))
+        if name not in msg.reactions:
+            raise ApiError("no_reaction")
+        msg.reactions.discard(name)
+        return {}
+
+    def _m_views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not args.get("trigger_id"):
+            raise ApiError("invalid_trigger_id")
+        view = args.get("view")
+        if isinstance(view, str):
+            view = json.loads(view)
+        if not isinstance(view, dict) or view.get("type") != "modal" or not view.get("title"):
+            raise ApiError("invalid_arguments")
+        self.views.append(view)
+        return {"view": {**view, "id": f"V{next(self._ids)}"}}
+
+    def _m_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._channel(args)
+        if not args.get("user"):
+            raise ApiError("user_not_in_channel")
+        self.ephemeral.append(dict(args))
+        return {"message_ts": self.new_ts()}
 
     def _m_assistant_threads_setTitle(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(args, "channel_id")
@@ -1118,6 +1289,8 @@ def settled(slack: FakeSlack, channel: str, thread_ts: str, *, pages: int = 1) -
     """The bot's reply in a thread is finished: `pages` messages, none streaming or with a
     Stop button, none showing the cursor."""
     msgs = slack.bot_messages(channel, thread_ts)
+    if slack.bot_messages(channel, thread_ts, controls=True) != msgs:  # a Stop button is still up
+        return False
     return len(msgs) >= pages and all(
-        m.stream not in ("streaming", "failed") and not m.buttons and "▌" not in m.text for m in msgs
+        m.stream not in ("streaming", "failed") and not m.stop_buttons and "▌" not in m.text for m in msgs
     )
