@@ -1,7 +1,7 @@
 """Documents into passages: one per heading (long sections split at paragraphs), each with the
 heading's text and the anchor a docs site gives it, so an answer can link to the exact place.
 
-Markdown, plain text, HTML and (with the optional `pypdf`) PDF. Anchors follow GitHub's rule
+Markdown, plain text, HTML and PDF (via pypdf). Anchors follow GitHub's rule
 (lowercase, punctuation dropped, spaces to hyphens, repeats numbered), which most static site
 generators share; HTML keeps a heading's own `id`; PDF pages are `page=N`.
 """
@@ -138,11 +138,8 @@ def html(text: str) -> list[Passage]:
 
 
 def pdf(data: bytes) -> list[Passage]:
-    """One passage per page (split when long); needs the optional `pypdf`."""
-    try:
-        from pypdf import PdfReader
-    except ImportError:
-        raise ValueError("reading PDF needs pypdf: pip install 'streambot[pdf]'") from None
+    """One passage per page (split when long)."""
+    from pypdf import PdfReader  # imported here: only PDFs pay for it
 
     passages: list[Passage] = []
     for n, page in enumerate(PdfReader(io.BytesIO(data)).pages, 1):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
@@ -101,24 +100,11 @@ def tiny_pdf(pages: list[str]) -> bytes:
 
 
 def test_pdf_pages_become_passages_linked_by_page() -> None:
-    pytest.importorskip("pypdf")
     got = passages(Path("sla.pdf"), tiny_pdf(["Uptime is 99.9 percent", "Credits are paid monthly"]))
     assert [(p.heading, p.anchor, p.body) for p in got] == [
         ("page 1", "page=1", "Uptime is 99.9 percent"),
         ("page 2", "page=2", "Credits are paid monthly"),
     ]
-
-
-def test_without_pypdf_a_pdf_is_skipped_with_the_fix(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setitem(sys.modules, "pypdf", None)  # as if it were not installed
-    (tmp_path / "sla.pdf").write_bytes(tiny_pdf(["Uptime"]))
-    (tmp_path / "a.md").write_text("# A\n\ntext")
-    kb = KnowledgeBase(":memory:", [tmp_path])
-    report = kb.sync()
-    assert (report.added, report.skipped) == (1, 1)
-    assert "reading PDF needs pypdf: pip install 'streambot[pdf]'" in caplog.text
 
 
 # --- the index follows the files ---------------------------------------------------------------
