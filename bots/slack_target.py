@@ -261,17 +261,7 @@ class SlackTarget(Target):
                 self._waiting = True
                 await self._show_status(frame)
                 return SlackMessage(self.place.channel, "", native=True)
-            try:
-                handle = await self._start_stream(frame)
-            except SlackCallError as exc:
-                if self.bot.settings.streaming != "auto":
-                    raise
-                log.info("native streaming refused (%s); using chat.update instead", exc.error)
-                self.bot.native_refused(self.place, exc.error)
-                self._edit_mode()
-            else:
-                self._posted(handle)
-                return handle
+            return await self._stream_or_post(frame)
         # A first frame that is already final needs no stream: post it whole.
         resp = await self._ending(
             frame,
@@ -294,7 +284,7 @@ class SlackTarget(Target):
             if self._unsure:
                 await self._remove_strays()
             try:
-                started = await self._post(frame) if frame.final else await self._start_waiting(frame)
+                started = await self._post(frame) if frame.final else await self._stream_or_post(frame)
             except TransientError:
                 self._unsure = True
                 raise
@@ -318,8 +308,8 @@ class SlackTarget(Target):
 
     # --- native streams --------------------------------------------------------------------
 
-    async def _start_waiting(self, frame: Frame) -> SlackMessage:
-        """Start the stream a waiting handle stands for (or post, if native is refused)."""
+    async def _stream_or_post(self, frame: Frame) -> SlackMessage:
+        """Start a native stream with `frame` (or post it, if native streaming is refused)."""
         try:
             handle = await self._start_stream(frame)
         except SlackCallError as exc:
